@@ -1,0 +1,407 @@
+//! Invalidation events: the seed's eight types, its record and its JSON wire format.
+//!
+//! The wire format is documented in `docs/events.md`. Encoding always writes the enum's value
+//! form (`"booking_created"`); decoding also accepts the spelling shipped Python nodes emit
+//! (`"CacheEventType.BOOKING_CREATED"`). Unknown fields are ignored, so later versions can add
+//! optional fields without breaking older nodes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The wire format version this crate writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Largest encoded event accepted by [`Event::decode`], in bytes.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// The kind of change an event announces.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    /// A GPU became available or unavailable.
+    GpuAvailabilityChanged,
+    /// A price changed.
+    PricingUpdated,
+    /// A booking was made.
+    BookingCreated,
+    /// A booking was cancelled.
+    BookingCancelled,
+    /// A provider went online, offline or changed state.
+    ProviderStatusChanged,
+    /// Market statistics were recomputed.
+    MarketStatsUpdated,
+    /// The order book changed.
+    OrderBookUpdated,
+    /// An explicit invalidation or a write.
+    ManualInvalidation,
+}
+
+impl EventType {
+    /// All types, in the seed's order.
+    pub const ALL: [EventType; 8] = [
+        EventType::GpuAvailabilityChanged,
+        EventType::PricingUpdated,
+        EventType::BookingCreated,
+        EventType::BookingCancelled,
+        EventType::ProviderStatusChanged,
+        EventType::MarketStatsUpdated,
+        EventType::OrderBookUpdated,
+        EventType::ManualInvalidation,
+    ];
+
+    /// The wire string (the seed enum's value), e.g. `"booking_created"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::GpuAvailabilityChanged => "gpu_availability_changed",
+            EventType::PricingUpdated => "pricing_updated",
+            EventType::BookingCreated => "booking_created",
+            EventType::BookingCancelled => "booking_cancelled",
+            EventType::ProviderStatusChanged => "provider_status_changed",
+            EventType::MarketStatsUpdated => "market_stats_updated",
+            EventType::OrderBookUpdated => "order_book_updated",
+            EventType::ManualInvalidation => "manual_invalidation",
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventType {
+    type Err = Error;
+
+    /// Accepts the value form (`booking_created`), the Python enum form
+    /// (`CacheEventType.BOOKING_CREATED`), and the kebab form (`booking-created`) used on
+    /// command lines.
+    fn from_str(s: &str) -> Result<Self> {
+        let value = match s.strip_prefix("CacheEventType.") {
+            Some(upper) => upper.to_ascii_lowercase(),
+            None => s.replace('-', "_"),
+        };
+        EventType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == value)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::UnknownEventType,
+                    format!("unknown event type {s:?}"),
+                )
+            })
+    }
+}
+
+/// What an event asks receivers to drop from the namespaces it names.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every entry of each affected namespace (the seed's only behaviour).
+    #[default]
+    Namespace,
+    /// Only the entries tagged with the event's `resource_id`, in each affected namespace.
+    Resource,
+    /// Exactly these keys (`key_namespace:hex`), e.g. the key a write replaced.
+    Keys(Vec<String>),
+}
+
+/// One invalidation event, with the seed's fields and edge-cache's optional extensions.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// What changed.
+    pub event_type: EventType,
+    /// The resource the change concerns (`booking_b-1`, `gpu_g-42`, or a tag for
+    /// [`Scope::Resource`]).
+    pub resource_id: String,
+    /// Free-form details, as in the seed.
+    pub data: Map<String, Value>,
+    /// When the event was issued, in seconds since the Unix epoch.
+    pub timestamp: f64,
+    /// The node that issued it; receivers ignore their own.
+    pub source_node: String,
+    /// A unique id (UUID v4 text).
+    pub event_id: String,
+    /// The key namespaces (`gpu_avail`, …) the event invalidates.
+    pub affected_namespaces: Vec<String>,
+    /// What to drop inside those namespaces.
+    pub scope: Scope,
+    /// The format version the sender wrote; 0 for the seed's Python nodes.
+    pub version: u32,
+}
+
+impl Event {
+    /// A namespace-wide event of `event_type` with no data; the caller fills in the rest.
+    pub fn new(
+        event_type: EventType,
+        resource_id: impl Into<String>,
+        source_node: impl Into<String>,
+        event_id: impl Into<String>,
+        timestamp: f64,
+    ) -> Self {
+        Self {
+            event_type,
+            resource_id: resource_id.into(),
+            data: Map::new(),
+            timestamp,
+            source_node: source_node.into(),
+            event_id: event_id.into(),
+            affected_namespaces: Vec::new(),
+            scope: Scope::Namespace,
+            version: FORMAT_VERSION,
+        }
+    }
+
+    /// Encodes the event as its JSON wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        let (scope, keys) = match &self.scope {
+            Scope::Namespace => ("namespace", None),
+            Scope::Resource => ("resource", None),
+            Scope::Keys(keys) => ("keys", Some(keys.as_slice())),
+        };
+        let wire = WireOut {
+            event_type: self.event_type.as_str(),
+            resource_id: &self.resource_id,
+            data: &self.data,
+            timestamp: self.timestamp,
+            source_node: &self.source_node,
+            event_id: &self.event_id,
+            affected_namespaces: &self.affected_namespaces,
+            version: self.version,
+            scope,
+            keys,
+        };
+        // Serialising these plain fields to a Vec cannot fail: every map key is a string and
+        // a non-finite timestamp is written as null by serde_json.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Decodes an event from its JSON wire form.
+    ///
+    /// # Errors
+    /// [`ErrorKind::MalformedEvent`] for input over [`MAX_EVENT_BYTES`], invalid JSON, a missing or
+    /// mistyped field, or an unknown scope; [`ErrorKind::UnknownEventType`] for an `event_type`
+    /// naming no known type.
+    pub fn decode(bytes: &[u8]) -> Result<Event> {
+        if bytes.len() > MAX_EVENT_BYTES {
+            return Err(Error::new(
+                ErrorKind::MalformedEvent,
+                format!(
+                    "event of {} bytes exceeds the {MAX_EVENT_BYTES}-byte limit",
+                    bytes.len()
+                ),
+            ));
+        }
+        let wire: WireIn = serde_json::from_slice(bytes).map_err(|e| {
+            Error::new(ErrorKind::MalformedEvent, format!("not a valid event: {e}")).with_source(e)
+        })?;
+        let event_type: EventType = wire.event_type.parse()?;
+        let scope = match wire.scope.as_deref() {
+            None => legacy_scope(event_type, &wire.data, &wire.affected_namespaces),
+            Some("namespace") => Scope::Namespace,
+            Some("resource") => Scope::Resource,
+            Some("keys") => Scope::Keys(wire.keys.unwrap_or_default()),
+            Some(other) => {
+                return Err(Error::new(
+                    ErrorKind::MalformedEvent,
+                    format!("unknown scope {other:?}"),
+                ));
+            }
+        };
+        Ok(Event {
+            event_type,
+            resource_id: wire.resource_id.unwrap_or_default(),
+            data: wire.data.unwrap_or_default(),
+            timestamp: wire.timestamp.unwrap_or(0.0),
+            source_node: wire.source_node,
+            event_id: wire.event_id.unwrap_or_default(),
+            affected_namespaces: wire.affected_namespaces,
+            scope,
+            version: wire.version.unwrap_or(0),
+        })
+    }
+}
+
+/// A seed node's write announces `{"cache_key": …, "action": "updated"}`: only that key changed.
+/// Everything else from a seed node is namespace-wide, which is what it meant.
+fn legacy_scope(
+    event_type: EventType,
+    data: &Option<Map<String, Value>>,
+    namespaces: &[String],
+) -> Scope {
+    let key = data.as_ref().and_then(|d| {
+        let updated = d.get("action").and_then(Value::as_str) == Some("updated");
+        updated
+            .then(|| d.get("cache_key").and_then(Value::as_str))
+            .flatten()
+    });
+    match key {
+        Some(key) if event_type == EventType::ManualInvalidation && !namespaces.is_empty() => {
+            Scope::Keys(vec![key.to_owned()])
+        }
+        _ => Scope::Namespace,
+    }
+}
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    event_type: &'a str,
+    resource_id: &'a str,
+    data: &'a Map<String, Value>,
+    timestamp: f64,
+    source_node: &'a str,
+    event_id: &'a str,
+    affected_namespaces: &'a [String],
+    version: u32,
+    scope: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys: Option<&'a [String]>,
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    event_type: String,
+    #[serde(default, deserialize_with = "string_or_null")]
+    resource_id: Option<String>,
+    #[serde(default)]
+    data: Option<Map<String, Value>>,
+    #[serde(default)]
+    timestamp: Option<f64>,
+    source_node: String,
+    #[serde(default)]
+    event_id: Option<String>,
+    affected_namespaces: Vec<String>,
+    #[serde(default)]
+    version: Option<u32>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    keys: Option<Vec<String>>,
+}
+
+/// The seed sends `resource_id: null` in some paths; treat it as absent rather than malformed.
+fn string_or_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Event {
+        let mut e = Event::new(
+            EventType::BookingCreated,
+            "booking_b-1",
+            "edge_node_1",
+            "id-1",
+            1_700_000_000.25,
+        );
+        e.data.insert("gpu_id".into(), json!("g-42"));
+        e.affected_namespaces = vec!["gpu_avail".into(), "order_book".into()];
+        e
+    }
+
+    #[test]
+    fn round_trips_every_scope() {
+        for scope in [
+            Scope::Namespace,
+            Scope::Resource,
+            Scope::Keys(vec!["gpu_avail:ab".into()]),
+        ] {
+            let mut e = sample();
+            e.scope = scope;
+            assert_eq!(Event::decode(&e.encode()).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn writes_the_seed_field_names_and_the_value_form() {
+        let v: Value = serde_json::from_slice(&sample().encode()).unwrap();
+        assert_eq!(v["event_type"], "booking_created");
+        for field in [
+            "resource_id",
+            "data",
+            "timestamp",
+            "source_node",
+            "event_id",
+            "affected_namespaces",
+        ] {
+            assert!(v.get(field).is_some(), "{field} missing");
+        }
+        assert_eq!(v["version"], FORMAT_VERSION);
+    }
+
+    #[test]
+    fn accepts_the_python_enum_spelling_and_ignores_unknown_fields() {
+        let raw =
+            br#"{"event_type": "CacheEventType.BOOKING_CANCELLED", "resource_id": "booking_7",
+            "data": {"booking_id": "7", "gpu_id": "g"}, "timestamp": 1.5, "source_node": "py",
+            "event_id": "e", "affected_namespaces": ["gpu_avail"], "future_field": [1, 2]}"#;
+        let e = Event::decode(raw).unwrap();
+        assert_eq!(e.event_type, EventType::BookingCancelled);
+        assert_eq!(e.version, 0);
+        assert_eq!(e.scope, Scope::Namespace);
+    }
+
+    #[test]
+    fn a_seed_write_event_is_scoped_to_its_key() {
+        let raw = br#"{"event_type": "manual_invalidation", "resource_id": "gpu_pricing",
+            "data": {"cache_key": "gpu_pricing:00", "action": "updated"}, "timestamp": 1.0,
+            "source_node": "py", "event_id": "e", "affected_namespaces": ["gpu_pricing"]}"#;
+        assert_eq!(
+            Event::decode(raw).unwrap().scope,
+            Scope::Keys(vec!["gpu_pricing:00".into()])
+        );
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error() {
+        let cases: [(&[u8], ErrorKind); 6] = [
+            (b"not json", ErrorKind::MalformedEvent),
+            (b"{}", ErrorKind::MalformedEvent),
+            (br#"{"event_type": 5, "source_node": "a", "affected_namespaces": []}"#, ErrorKind::MalformedEvent),
+            (br#"{"event_type": "gpu_exploded", "source_node": "a", "affected_namespaces": []}"#, ErrorKind::UnknownEventType),
+            (br#"{"event_type": "pricing_updated", "source_node": "a", "affected_namespaces": [], "scope": "galaxy"}"#, ErrorKind::MalformedEvent),
+            (&[0xff, 0xfe], ErrorKind::MalformedEvent),
+        ];
+        for (raw, kind) in cases {
+            assert_eq!(
+                Event::decode(raw).unwrap_err().kind(),
+                kind,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let huge = vec![b' '; MAX_EVENT_BYTES + 1];
+        assert_eq!(
+            Event::decode(&huge).unwrap_err().kind(),
+            ErrorKind::MalformedEvent
+        );
+    }
+
+    #[test]
+    fn event_type_spellings() {
+        for t in EventType::ALL {
+            assert_eq!(t.as_str().parse::<EventType>().unwrap(), t);
+            assert_eq!(
+                t.as_str().replace('_', "-").parse::<EventType>().unwrap(),
+                t
+            );
+            let python = format!("CacheEventType.{}", t.as_str().to_ascii_uppercase());
+            assert_eq!(python.parse::<EventType>().unwrap(), t);
+        }
+        assert_eq!(
+            "nope".parse::<EventType>().unwrap_err().kind(),
+            ErrorKind::UnknownEventType
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! Namespace (cache type) configuration: the seed's `CacheConfig`, validated.
+
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// One cache type: how its entries are keyed, how long they live and where they are kept.
+///
+/// `name` is what callers pass (`"gpu_availability"`); `key_namespace` is the prefix of every key
+/// in the stores and the name used on the wire in `affected_namespaces` (`"gpu_avail"`).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceConfig {
+    /// The cache type name callers use.
+    pub name: String,
+    /// The key prefix, `key_namespace:sha256hex(params)`.
+    pub key_namespace: String,
+    /// Default lifetime of an entry; a per-call TTL overrides it.
+    pub ttl: Duration,
+    /// Whether writes and invalidations of this namespace are announced to the fleet.
+    pub event_driven: bool,
+    /// Whether entries are kept in the in-process L1 store (as well as in L2).
+    pub critical: bool,
+    /// The L1 byte budget of this namespace.
+    pub max_memory_bytes: u64,
+}
+
+impl NamespaceConfig {
+    /// A namespace named `name` keyed under `key_namespace` with `ttl`; not event-driven, not
+    /// critical, with a 64 MiB L1 budget until changed.
+    pub fn new(name: impl Into<String>, key_namespace: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            name: name.into(),
+            key_namespace: key_namespace.into(),
+            ttl,
+            event_driven: false,
+            critical: false,
+            max_memory_bytes: 64 * MIB,
+        }
+    }
+
+    /// Sets whether changes are announced to the fleet.
+    pub fn event_driven(mut self, yes: bool) -> Self {
+        self.event_driven = yes;
+        self
+    }
+
+    /// Sets whether entries are kept in L1.
+    pub fn critical(mut self, yes: bool) -> Self {
+        self.critical = yes;
+        self
+    }
+
+    /// Sets the L1 budget in mebibytes, as the seed's `max_memory_mb`.
+    pub fn max_memory_mb(mut self, mb: u64) -> Self {
+        self.max_memory_bytes = mb.saturating_mul(MIB);
+        self
+    }
+
+    /// Sets the L1 budget in bytes.
+    pub fn max_memory_bytes(mut self, bytes: u64) -> Self {
+        self.max_memory_bytes = bytes;
+        self
+    }
+
+    /// Checks this namespace on its own: names in the safe alphabet, a non-zero TTL.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] naming the field at fault, or [`ErrorKind::InvalidTtl`].
+    pub fn validate(&self) -> Result<()> {
+        check_name("name", &self.name)?;
+        check_name("key_namespace", &self.key_namespace)?;
+        if self.ttl.is_zero() {
+            return Err(Error::new(
+                ErrorKind::InvalidTtl,
+                format!(
+                    "namespace {:?}: the TTL must be greater than zero",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+const MAX_NAME_LEN: usize = 64;
+
+/// Names are limited to ASCII letters, digits, `_`, `-` and `.`: no `:` (the key delimiter) and no
+/// glob characters, so a namespace can never widen a pattern or collide with another's prefix.
+fn check_name(field: &str, value: &str) -> Result<()> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if value.is_empty() || value.len() > MAX_NAME_LEN || !value.chars().all(ok_char) {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "{field} {value:?} must be 1 to {MAX_NAME_LEN} characters from [A-Za-z0-9_.-] \
+                 (no ':', '*', '?', '[', ']', '\\\\' or spaces)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The set of configured namespaces, in insertion order.
+///
+/// Invariant: every namespace validates, no two share a `name`, and no two share a
+/// `key_namespace` (so their key spaces cannot overlap: keys are `key_namespace:` + hash, and `:`
+/// is not allowed inside a key namespace).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    list: Vec<NamespaceConfig>,
+}
+
+impl Namespaces {
+    /// No namespaces.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// The seed's six cache types with exactly its values.
+    pub fn defaults() -> Self {
+        let s = Duration::from_secs;
+        let list = vec![
+            NamespaceConfig::new(GPU_AVAILABILITY, "gpu_avail", s(30))
+                .event_driven(true)
+                .critical(true)
+                .max_memory_mb(100),
+            NamespaceConfig::new(GPU_PRICING, "gpu_pricing", s(60))
+                .event_driven(true)
+                .critical(true)
+                .max_memory_mb(50),
+            NamespaceConfig::new(ORDER_BOOK, "order_book", s(5))
+                .event_driven(true)
+                .critical(true)
+                .max_memory_mb(200),
+            NamespaceConfig::new(PROVIDER_STATUS, "provider_status", s(120))
+                .event_driven(true)
+                .critical(false)
+                .max_memory_mb(50),
+            NamespaceConfig::new(MARKET_STATS, "market_stats", s(300))
+                .event_driven(true)
+                .critical(false)
+                .max_memory_mb(100),
+            NamespaceConfig::new(HISTORICAL_DATA, "historical", s(3600))
+                .event_driven(false)
+                .critical(false)
+                .max_memory_mb(500),
+        ];
+        Self { list }
+    }
+
+    /// Adds a namespace.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] when it does not validate, or its name or key namespace is
+    /// already taken.
+    pub fn add(&mut self, config: NamespaceConfig) -> Result<()> {
+        config.validate()?;
+        self.check_unique(&config, None)?;
+        self.list.push(config);
+        Ok(())
+    }
+
+    /// Replaces the namespace with the same `name`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::UnknownNamespace`] when none has that name; [`ErrorKind::InvalidConfig`] as for
+    /// [`Namespaces::add`].
+    pub fn replace(&mut self, config: NamespaceConfig) -> Result<()> {
+        config.validate()?;
+        let index = self
+            .index_of(&config.name)
+            .ok_or_else(|| Error::unknown_namespace(&config.name))?;
+        self.check_unique(&config, Some(index))?;
+        self.list[index] = config;
+        Ok(())
+    }
+
+    /// Removes and returns the namespace named `name`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::UnknownNamespace`] when none has that name.
+    pub fn remove(&mut self, name: &str) -> Result<NamespaceConfig> {
+        let index = self
+            .index_of(name)
+            .ok_or_else(|| Error::unknown_namespace(name))?;
+        Ok(self.list.remove(index))
+    }
+
+    /// The namespace named `name`.
+    pub fn get(&self, name: &str) -> Option<&NamespaceConfig> {
+        self.list.iter().find(|c| c.name == name)
+    }
+
+    /// The namespace whose key prefix is `key_namespace`.
+    pub fn by_key_namespace(&self, key_namespace: &str) -> Option<&NamespaceConfig> {
+        self.list.iter().find(|c| c.key_namespace == key_namespace)
+    }
+
+    /// Position of the namespace named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.list.iter().position(|c| c.name == name)
+    }
+
+    /// All namespaces, in insertion order.
+    pub fn iter(&self) -> std::slice::Iter<'_, NamespaceConfig> {
+        self.list.iter()
+    }
+
+    /// How many namespaces are configured.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether none is configured.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn check_unique(&self, config: &NamespaceConfig, skip: Option<usize>) -> Result<()> {
+        for (i, other) in self.list.iter().enumerate() {
+            if Some(i) == skip {
+                continue;
+            }
+            if other.name == config.name {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("a namespace named {:?} already exists", config.name),
+                ));
+            }
+            if other.key_namespace == config.key_namespace {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "namespaces {:?} and {:?} would share the key space {:?}",
+                        other.name, config.name, config.key_namespace
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'a> IntoIterator for &'a Namespaces {
+    type Item = &'a NamespaceConfig;
+    type IntoIter = std::slice::Iter<'a, NamespaceConfig>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
+
+/// Name of the seed's GPU availability cache type.
+pub const GPU_AVAILABILITY: &str = "gpu_availability";
+/// Name of the seed's GPU pricing cache type.
+pub const GPU_PRICING: &str = "gpu_pricing";
+/// Name of the seed's order book cache type.
+pub const ORDER_BOOK: &str = "order_book";
+/// Name of the seed's provider status cache type.
+pub const PROVIDER_STATUS: &str = "provider_status";
+/// Name of the seed's market statistics cache type.
+pub const MARKET_STATS: &str = "market_stats";
+/// Name of the seed's historical data cache type.
+pub const HISTORICAL_DATA: &str = "historical_data";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let ns = Namespaces::defaults();
+        let expect = [
+            ("gpu_availability", "gpu_avail", 30, true, true, 100),
+            ("gpu_pricing", "gpu_pricing", 60, true, true, 50),
+            ("order_book", "order_book", 5, true, true, 200),
+            ("provider_status", "provider_status", 120, true, false, 50),
+            ("market_stats", "market_stats", 300, true, false, 100),
+            ("historical_data", "historical", 3600, false, false, 500),
+        ];
+        assert_eq!(ns.len(), expect.len());
+        for (config, (name, key_ns, ttl, event, critical, mb)) in ns.iter().zip(expect) {
+            assert_eq!(config.name, name);
+            assert_eq!(config.key_namespace, key_ns);
+            assert_eq!(config.ttl, Duration::from_secs(ttl));
+            assert_eq!(config.event_driven, event, "{name}");
+            assert_eq!(config.critical, critical, "{name}");
+            assert_eq!(config.max_memory_bytes, mb * MIB, "{name}");
+            config.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn names_outside_the_safe_alphabet_are_rejected() {
+        for bad in [
+            "",
+            "a:b",
+            "gpu*",
+            "a?",
+            "x[1]",
+            "back\\slash",
+            "with space",
+            &"n".repeat(65),
+        ] {
+            let err = NamespaceConfig::new("ok", bad, Duration::from_secs(1))
+                .validate()
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{bad:?}");
+            let err = NamespaceConfig::new(bad, "ok", Duration::from_secs(1))
+                .validate()
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn zero_ttl_is_rejected() {
+        let err = NamespaceConfig::new("a", "a", Duration::ZERO)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidTtl);
+    }
+
+    #[test]
+    fn add_replace_remove_and_overlap_checks() {
+        let mut ns = Namespaces::defaults();
+        ns.add(NamespaceConfig::new(
+            "gpu_reviews",
+            "reviews",
+            Duration::from_secs(10),
+        ))
+        .unwrap();
+        assert_eq!(ns.len(), 7);
+
+        // Same key space as gpu_availability: rejected, nothing changed.
+        let clash = NamespaceConfig::new("other", "gpu_avail", Duration::from_secs(10));
+        assert_eq!(ns.add(clash).unwrap_err().kind(), ErrorKind::InvalidConfig);
+        let dup = NamespaceConfig::new("gpu_reviews", "reviews2", Duration::from_secs(10));
+        assert_eq!(ns.add(dup).unwrap_err().kind(), ErrorKind::InvalidConfig);
+        assert_eq!(ns.len(), 7);
+
+        // A prefix of another key namespace is fine: keys are delimited by ':'.
+        ns.add(NamespaceConfig::new("gpu", "gpu", Duration::from_secs(10)))
+            .unwrap();
+
+        let changed =
+            NamespaceConfig::new("order_book", "order_book", Duration::from_secs(2)).critical(true);
+        ns.replace(changed.clone()).unwrap();
+        assert_eq!(ns.get("order_book"), Some(&changed));
+        let moved = NamespaceConfig::new("order_book", "historical", Duration::from_secs(2));
+        assert_eq!(
+            ns.replace(moved).unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
+
+        assert_eq!(ns.remove("gpu_reviews").unwrap().key_namespace, "reviews");
+        assert_eq!(
+            ns.remove("gpu_reviews").unwrap_err().kind(),
+            ErrorKind::UnknownNamespace
+        );
+        assert!(ns.by_key_namespace("gpu_avail").is_some());
+    }
+}

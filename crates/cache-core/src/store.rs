@@ -1,0 +1,241 @@
+//! The storage traits: the in-process L1 store and the shared L2 store.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::key::{CacheKey, Digest};
+use crate::namespace::NamespaceConfig;
+use crate::time::Timestamp;
+
+/// A decoded value as L1 holds it: shared, immutable, handed out without copying.
+pub type SharedValue = Arc<dyn Any + Send + Sync>;
+
+/// One L1 entry.
+#[non_exhaustive]
+#[derive(Clone)]
+pub struct L1Entry {
+    /// The decoded value.
+    pub value: SharedValue,
+    /// When the entry stops being served.
+    pub expires_at: Timestamp,
+    /// The value's size in bytes, as charged against the namespace's budget (edge-cache uses the
+    /// length of its encoded form).
+    pub size_bytes: u64,
+}
+
+impl L1Entry {
+    /// An entry holding `value` until `expires_at`, charged `size_bytes`.
+    pub fn new(value: SharedValue, expires_at: Timestamp, size_bytes: u64) -> Self {
+        Self {
+            value,
+            expires_at,
+            size_bytes,
+        }
+    }
+}
+
+impl fmt::Debug for L1Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("L1Entry")
+            .field("expires_at", &self.expires_at)
+            .field("size_bytes", &self.size_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an L1 store holds right now.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct L1Usage {
+    /// Entries held (expired ones not yet removed included).
+    pub entries: u64,
+    /// Bytes charged against the budget, overhead included.
+    pub bytes: u64,
+    /// The budget.
+    pub capacity_bytes: u64,
+}
+
+impl L1Usage {
+    /// Usage of `entries` entries weighing `bytes` out of `capacity_bytes`.
+    pub fn new(entries: u64, bytes: u64, capacity_bytes: u64) -> Self {
+        Self {
+            entries,
+            bytes,
+            capacity_bytes,
+        }
+    }
+}
+
+/// The in-process store of one namespace.
+///
+/// Contract for implementors: every method is safe to call from many threads at once; `get` must
+/// not block behind writers for long and must not return an entry whose `expires_at` is at or
+/// before `now`; the bytes held stay within the budget the store was built with.
+pub trait L1Store: Send + Sync {
+    /// The live value under `digest`, if any.
+    fn get(&self, digest: &Digest, now: Timestamp) -> Option<SharedValue>;
+
+    /// Stores `entry` under `digest`, replacing any previous entry, and records `tags` so
+    /// [`L1Store::invalidate_tag`] can find it. An entry larger than the budget is not stored.
+    fn insert(&self, digest: Digest, entry: L1Entry, tags: &[String]);
+
+    /// Removes the entry under `digest`; whether there was one.
+    fn remove(&self, digest: &Digest) -> bool;
+
+    /// Removes every entry recorded with `tag`; how many were removed.
+    fn invalidate_tag(&self, tag: &str) -> u64;
+
+    /// Removes everything; how many entries were removed.
+    fn clear(&self) -> u64;
+
+    /// Entries and bytes held.
+    fn usage(&self) -> L1Usage;
+}
+
+/// Builds the L1 store of each namespace.
+pub trait L1Factory: Send + Sync {
+    /// A store for `config`, honouring `config.max_memory_bytes`.
+    fn build(&self, config: &NamespaceConfig) -> Box<dyn L1Store>;
+}
+
+/// An opaque token taken before a load and checked when the result is written back: the write is
+/// refused if anything in the namespace was invalidated or written in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fence(pub u64);
+
+/// One entry read from L2.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L2Entry {
+    /// The encoded value.
+    pub bytes: Vec<u8>,
+    /// How much longer L2 keeps it; L1 copies never outlive this.
+    pub ttl_remaining: Duration,
+    /// The resource tags it was written with, so an L1 copy can be invalidated by tag too.
+    pub tags: Vec<String>,
+}
+
+impl L2Entry {
+    /// An entry of `bytes` that L2 keeps for `ttl_remaining` more, without tags.
+    pub fn new(bytes: Vec<u8>, ttl_remaining: Duration) -> Self {
+        Self {
+            bytes,
+            ttl_remaining,
+            tags: Vec::new(),
+        }
+    }
+
+    /// The same entry, recording the tags it was written with.
+    pub fn with_tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+}
+
+/// One write to L2.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L2Write {
+    /// Where to write.
+    pub key: CacheKey,
+    /// The encoded value.
+    pub bytes: Vec<u8>,
+    /// How long L2 keeps it.
+    pub ttl: Duration,
+    /// Resource tags, for [`L2Store::invalidate_tag`].
+    pub tags: Vec<String>,
+    /// When set, the write only happens if the namespace's fence still equals it.
+    pub fence: Option<Fence>,
+}
+
+impl L2Write {
+    /// An unconditional write of `bytes` under `key` for `ttl`, without tags.
+    pub fn new(key: CacheKey, bytes: Vec<u8>, ttl: Duration) -> Self {
+        Self {
+            key,
+            bytes,
+            ttl,
+            tags: Vec::new(),
+            fence: None,
+        }
+    }
+
+    /// Records `tags` with the entry.
+    pub fn tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// Makes the write conditional on `fence`.
+    pub fn fence(mut self, fence: Option<Fence>) -> Self {
+        self.fence = fence;
+        self
+    }
+}
+
+/// The shared second-tier store (Redis in production, in-process when embedded).
+///
+/// Contract for implementors: entries expire after their TTL; an entry written before an
+/// [`L2Store::invalidate_namespace`] of its namespace, or before an
+/// [`L2Store::invalidate_tag`] of one of its tags, is never returned afterwards; every write,
+/// delete and invalidation of a namespace changes its [`Fence`], and a fenced write whose fence
+/// is stale writes nothing and returns `Ok(false)`.
+///
+/// # Errors
+/// Every method returns [`crate::ErrorKind::L2`] when the store cannot be reached or fails.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait L2Store: Send + Sync {
+    /// The entry under `key`, if it is live.
+    async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>>;
+
+    /// Writes an entry; `Ok(false)` when its fence was stale and nothing was written.
+    async fn set(&self, write: L2Write) -> Result<bool>;
+
+    /// Removes `key`; whether it was there.
+    async fn delete(&self, key: &CacheKey) -> Result<bool>;
+
+    /// Makes every entry of `key_namespace` unreachable.
+    async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()>;
+
+    /// Removes the entries of `key_namespace` written with `tag`; how many.
+    async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64>;
+
+    /// The current fence of `key_namespace`, to pass to a later [`L2Write::fence`].
+    async fn fence(&self, key_namespace: &str) -> Result<Fence>;
+
+    /// Checks the store is reachable.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<T: L2Store + ?Sized> L2Store for Arc<T> {
+    async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>> {
+        (**self).get(key).await
+    }
+    async fn set(&self, write: L2Write) -> Result<bool> {
+        (**self).set(write).await
+    }
+    async fn delete(&self, key: &CacheKey) -> Result<bool> {
+        (**self).delete(key).await
+    }
+    async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()> {
+        (**self).invalidate_namespace(key_namespace).await
+    }
+    async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {
+        (**self).invalidate_tag(key_namespace, tag).await
+    }
+    async fn fence(&self, key_namespace: &str) -> Result<Fence> {
+        (**self).fence(key_namespace).await
+    }
+    async fn ping(&self) -> Result<()> {
+        (**self).ping().await
+    }
+}
