@@ -1,0 +1,261 @@
+//! [`MemoryBus`]: an in-process event bus with deterministic fault controls.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use async_trait::async_trait;
+use cache_core::{BusItem, ConnectionState, Error, ErrorKind, EventBus, Result, Subscription};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// Delivers every published payload to every subscriber in the process, in publish order, like
+/// Redis pub/sub on a single channel (the publisher's own subscription included).
+///
+/// Each subscriber has its own unbounded queue, so a slow subscriber never holds up a publisher
+/// or the other subscribers. Subscriptions whose receiving side was dropped are pruned on the
+/// next publish.
+///
+/// # Fault controls
+///
+/// Tests steer delivery with the methods below; each takes effect for publishes that start after
+/// it returns. State sits behind one `std::sync::Mutex`, never held across an `.await`.
+///
+/// - [`MemoryBus::drop_next`]: lose the next publishes.
+/// - [`MemoryBus::duplicate_next`]: deliver the next publishes twice.
+/// - [`MemoryBus::hold`], [`MemoryBus::release`], [`MemoryBus::release_reversed`]: delay, then
+///   deliver in order or reordered.
+/// - [`MemoryBus::disconnect`], [`MemoryBus::reconnect`]: lose the subscriptions for a while.
+/// - [`MemoryBus::fail_publishes`]: make publishing fail.
+///
+/// ```
+/// use cache_core::{BusItem, ConnectionState, EventBus};
+/// use cache_memory::MemoryBus;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> cache_core::Result<()> {
+/// let bus = MemoryBus::new();
+/// let mut sub = bus.subscribe().await?;
+/// assert_eq!(sub.next().await, Some(BusItem::State(ConnectionState::Connected)));
+/// bus.publish(b"hello".to_vec()).await?;
+/// assert_eq!(sub.next().await, Some(BusItem::Message(b"hello".to_vec())));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Default)]
+pub struct MemoryBus {
+    state: Mutex<BusState>,
+}
+
+#[derive(Default)]
+struct BusState {
+    subscribers: Vec<Subscriber>,
+    /// Publishes still to be lost.
+    drop_next: u64,
+    /// Publishes still to be delivered twice.
+    duplicate_next: u64,
+    /// Whether publishes are queued in `held` rather than delivered.
+    holding: bool,
+    /// Held payloads, in publish order, with how many copies of each to deliver.
+    held: Vec<(Vec<u8>, u32)>,
+    fail_publishes: bool,
+    published: u64,
+}
+
+struct Subscriber {
+    tx: UnboundedSender<BusItem>,
+    connected: bool,
+}
+
+impl BusState {
+    /// Sends `copies` copies of `payload` to every connected subscriber, pruning closed ones.
+    fn deliver(&mut self, payload: &[u8], copies: u32) {
+        self.subscribers.retain(|sub| {
+            if !sub.connected {
+                // Like Redis pub/sub: what is published while a subscriber is away is lost.
+                return !sub.tx.is_closed();
+            }
+            (0..copies).all(|_| sub.tx.send(BusItem::Message(payload.to_vec())).is_ok())
+        });
+    }
+
+    /// Moves every subscriber whose connection flag differs from `connected` to `connected`
+    /// and tells it so with `item`; pruning closed ones on the way.
+    fn set_connected(&mut self, connected: bool, item: ConnectionState) {
+        self.subscribers.retain_mut(|sub| {
+            if sub.connected == connected {
+                return !sub.tx.is_closed();
+            }
+            sub.connected = connected;
+            sub.tx.send(BusItem::State(item)).is_ok()
+        });
+    }
+
+    fn release(&mut self, reversed: bool) {
+        self.holding = false;
+        let mut held = std::mem::take(&mut self.held);
+        if reversed {
+            held.reverse();
+        }
+        for (payload, copies) in held {
+            self.deliver(&payload, copies);
+        }
+    }
+}
+
+impl MemoryBus {
+    /// A bus with no subscribers and no faults armed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide bus, created on first use: the embedded default shared by every cache in
+    /// the process when no external bus is configured.
+    pub fn global() -> Arc<MemoryBus> {
+        static GLOBAL: OnceLock<Arc<MemoryBus>> = OnceLock::new();
+        Arc::clone(GLOBAL.get_or_init(|| Arc::new(MemoryBus::new())))
+    }
+
+    /// The next `n` publishes succeed but are delivered to nobody (adds to any count already
+    /// armed).
+    pub fn drop_next(&self, n: u64) {
+        let mut state = self.lock();
+        state.drop_next = state.drop_next.saturating_add(n);
+    }
+
+    /// Each of the next `n` publishes is delivered twice in a row to every subscriber (adds to
+    /// any count already armed). A publish armed to be dropped is dropped, not duplicated.
+    pub fn duplicate_next(&self, n: u64) {
+        let mut state = self.lock();
+        state.duplicate_next = state.duplicate_next.saturating_add(n);
+    }
+
+    /// Queues publishes instead of delivering them, simulating delay, until
+    /// [`MemoryBus::release`] or [`MemoryBus::release_reversed`].
+    pub fn hold(&self) {
+        self.lock().holding = true;
+    }
+
+    /// Stops holding and delivers the held publishes in publish order, to the subscribers
+    /// current (and connected) now.
+    pub fn release(&self) {
+        self.lock().release(false);
+    }
+
+    /// Stops holding and delivers the held publishes in reverse publish order: every
+    /// subscriber sees them reordered.
+    pub fn release_reversed(&self) {
+        self.lock().release(true);
+    }
+
+    /// Drops the connection of every current subscriber: each receives
+    /// [`ConnectionState::Disconnected`], and nothing published until [`MemoryBus::reconnect`]
+    /// reaches it (those messages are lost for it, as with Redis pub/sub). Subscriptions started
+    /// afterwards are connected normally. Publishing still succeeds.
+    pub fn disconnect(&self) {
+        self.lock()
+            .set_connected(false, ConnectionState::Disconnected);
+    }
+
+    /// Restores every disconnected subscriber, which receives [`ConnectionState::Resubscribed`]
+    /// and then the messages published from now on.
+    pub fn reconnect(&self) {
+        self.lock()
+            .set_connected(true, ConnectionState::Resubscribed);
+    }
+
+    /// While `fail` is true, [`EventBus::publish`] returns an [`ErrorKind::Bus`] error and
+    /// delivers nothing.
+    pub fn fail_publishes(&self, fail: bool) {
+        self.lock().fail_publishes = fail;
+    }
+
+    /// How many publish calls have succeeded (dropped and held ones included).
+    pub fn published(&self) -> u64 {
+        self.lock().published
+    }
+
+    /// How many subscriptions are still open (connected or not).
+    pub fn subscriber_count(&self) -> usize {
+        let mut state = self.lock();
+        state.subscribers.retain(|sub| !sub.tx.is_closed());
+        state.subscribers.len()
+    }
+
+    /// Ends every subscription: each yields what it has queued, then `None`. Later
+    /// subscriptions work normally.
+    pub fn end_subscriptions(&self) {
+        self.lock().subscribers.clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BusState> {
+        // Every update keeps the state consistent before anything that could panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl EventBus for MemoryBus {
+    async fn publish(&self, payload: Vec<u8>) -> Result<()> {
+        let mut state = self.lock();
+        if state.fail_publishes {
+            return Err(Error::new(
+                ErrorKind::Bus,
+                "in-process bus is set to fail publishes",
+            ));
+        }
+        state.published += 1;
+        if state.drop_next > 0 {
+            state.drop_next -= 1;
+            return Ok(());
+        }
+        let copies = if state.duplicate_next > 0 {
+            state.duplicate_next -= 1;
+            2
+        } else {
+            1
+        };
+        if state.holding {
+            state.held.push((payload, copies));
+        } else {
+            state.deliver(&payload, copies);
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<Box<dyn Subscription>> {
+        let (tx, rx) = unbounded_channel();
+        // Queued before the subscriber is visible to publishers, so it always comes first.
+        tx.send(BusItem::State(ConnectionState::Connected))
+            .expect("the receiver is alive");
+        self.lock().subscribers.push(Subscriber {
+            tx,
+            connected: true,
+        });
+        Ok(Box::new(MemorySubscription { rx }))
+    }
+}
+
+impl fmt::Debug for MemoryBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("MemoryBus")
+            .field("subscribers", &state.subscribers.len())
+            .field("published", &state.published)
+            .field("holding", &state.holding)
+            .field("held", &state.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One subscriber's queue of [`BusItem`]s.
+struct MemorySubscription {
+    rx: UnboundedReceiver<BusItem>,
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    /// # Cancel safety
+    /// Cancel safe: `UnboundedReceiver::recv` loses nothing when its future is dropped.
+    async fn next(&mut self) -> Option<BusItem> {
+        self.rx.recv().await
+    }
+}
