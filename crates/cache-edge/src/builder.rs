@@ -1,0 +1,178 @@
+//! Building an [`EdgeCache`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{
+    Clock, Error, ErrorKind, EventBus, L1Factory, L2Store, Namespaces, Result, Routing,
+};
+use cache_memory::{MemoryBus, MemoryL1Factory, MemoryL2, SystemClock};
+
+use crate::cache::EdgeCache;
+use crate::observer::{NoopObserver, Observer};
+
+/// Default largest encoded value accepted by a write: 1 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Default cap on the lifetime of an L1 copy back-filled from L2 (the seed's 60 s).
+pub const DEFAULT_BACKFILL_TTL_CAP: Duration = Duration::from_secs(60);
+
+/// Builds an [`EdgeCache`]. Everything has a default: the seed's namespaces and routes, the
+/// process-wide in-process L2 and event bus (so every `EdgeCache` in the process shares them,
+/// as nodes share one Redis), the system clock and a node id `edge_node_<8 hex>`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> cache_core::Result<()> {
+/// use std::sync::Arc;
+/// use cache_edge::EdgeCache;
+/// use cache_memory::{MemoryBus, MemoryL2, SystemClock};
+///
+/// let bus = Arc::new(MemoryBus::new());
+/// let l2 = Arc::new(MemoryL2::new(64 << 20, Arc::new(SystemClock)));
+/// let node = EdgeCache::builder().node_id("edge-eu-1").region("eu-west").l2(l2).bus(bus).build().await?;
+/// assert_eq!(node.node_id(), "edge-eu-1");
+/// node.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct EdgeCacheBuilder {
+    pub(crate) node_id: Option<String>,
+    pub(crate) region: String,
+    pub(crate) namespaces: Namespaces,
+    pub(crate) routing: Routing,
+    pub(crate) l1: Arc<dyn L1Factory>,
+    pub(crate) l2: Option<Arc<dyn L2Store>>,
+    pub(crate) bus: Option<Arc<dyn EventBus>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) observer: Arc<dyn Observer>,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) backfill_ttl_cap: Duration,
+}
+
+impl Default for EdgeCacheBuilder {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            region: "default".to_owned(),
+            namespaces: Namespaces::defaults(),
+            routing: Routing::defaults(),
+            l1: Arc::new(MemoryL1Factory),
+            l2: None,
+            bus: None,
+            clock: Arc::new(SystemClock),
+            observer: Arc::new(NoopObserver),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            backfill_ttl_cap: DEFAULT_BACKFILL_TTL_CAP,
+        }
+    }
+}
+
+impl EdgeCacheBuilder {
+    /// The node's id, written on every event it publishes; receivers ignore events carrying
+    /// their own id, so ids must be unique in the fleet.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// The node's region, reported in stats and health and written on events as `data.region`.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    /// The namespaces (cache types); default [`Namespaces::defaults`].
+    pub fn namespaces(mut self, namespaces: Namespaces) -> Self {
+        self.namespaces = namespaces;
+        self
+    }
+
+    /// The event routing table; default [`Routing::defaults`].
+    pub fn routing(mut self, routing: Routing) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// How L1 stores are built; default in-process [`MemoryL1Factory`].
+    pub fn l1(mut self, factory: impl L1Factory + 'static) -> Self {
+        self.l1 = Arc::new(factory);
+        self
+    }
+
+    /// The L2 store; default the process-wide [`MemoryL2::global`].
+    pub fn l2(mut self, l2: Arc<dyn L2Store>) -> Self {
+        self.l2 = Some(l2);
+        self
+    }
+
+    /// The event bus; default the process-wide [`MemoryBus::global`].
+    pub fn bus(mut self, bus: Arc<dyn EventBus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// The clock; default the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Hooks called as the node works; default none.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// The largest encoded value a write accepts; default [`DEFAULT_MAX_VALUE_BYTES`].
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// The cap on the lifetime of L1 copies back-filled from L2; default
+    /// [`DEFAULT_BACKFILL_TTL_CAP`]. A copy never outlives the L2 entry either way.
+    pub fn backfill_ttl_cap(mut self, cap: Duration) -> Self {
+        self.backfill_ttl_cap = cap;
+        self
+    }
+
+    /// Validates the configuration, subscribes to the bus and starts the event listener.
+    ///
+    /// Must be called inside a tokio runtime (the listener is a spawned task).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] or [`ErrorKind::UnknownNamespace`] for a configuration that
+    /// does not validate (duplicate namespaces, a route to a missing namespace, a zero value
+    /// limit); [`ErrorKind::Bus`] when the subscription cannot be made.
+    pub async fn build(mut self) -> Result<EdgeCache> {
+        for config in &self.namespaces {
+            config.validate()?;
+        }
+        // Re-adding checks that no two namespaces share a name or key space.
+        let mut checked = Namespaces::empty();
+        for config in &self.namespaces {
+            checked.add(config.clone())?;
+        }
+        self.routing.validate(&checked)?;
+        if self.max_value_bytes == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "max_value_bytes must be greater than zero",
+            ));
+        }
+        if self.bus.is_none() {
+            self.bus = Some(MemoryBus::global());
+        }
+        if self.l2.is_none() {
+            self.l2 = Some(MemoryL2::global());
+        }
+        EdgeCache::start(self).await
+    }
+}
+
+/// A node id of the seed's form, `edge_node_<8 hex>`.
+pub(crate) fn default_node_id() -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("edge_node_{}", &hex[..8])
+}

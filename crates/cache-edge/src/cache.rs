@@ -1,0 +1,992 @@
+//! [`EdgeCache`]: the read path, the write path, invalidation and notification.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Relaxed, SeqCst},
+};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cache_core::{
+    CacheKey, Clock, ConnectionState, Digest, Error, ErrorKind, Event, EventBus, EventType, Fence,
+    L1Entry, L1Store, L2Store, L2Write, NamespaceConfig, Result, Routing, Scope, SharedValue,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::{watch, OnceCell};
+use tokio::task::JoinHandle;
+
+use crate::builder::{default_node_id, EdgeCacheBuilder};
+use crate::notify::Notification;
+use crate::observer::Observer;
+use crate::options::SetOptions;
+use crate::stats::{Counters, Health, HealthStatus, NamespaceStats, Stats};
+
+/// One node's two-tier cache. Cheap to clone: clones share the node.
+///
+/// Reads go L1 (in-process, critical namespaces only), then L2 (shared), then miss. Writes go
+/// to L2, to L1 for critical namespaces, and, for event-driven namespaces, announce the key so
+/// other nodes drop their L1 copy. Invalidations and notifications are applied here and
+/// published; L2 is invalidated once, by the node that issues the invalidation.
+///
+/// Invariant: no read that starts after this node applied an invalidation returns a value
+/// cached before it. Fills (back-fills from L2, loader results) are fenced: a fill that raced an
+/// invalidation or a write of its namespace is dropped rather than stored.
+#[derive(Clone)]
+pub struct EdgeCache {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    node_id: String,
+    region: String,
+    namespaces: Vec<NsState>,
+    routing: Routing,
+    l2: Arc<dyn L2Store>,
+    bus: Arc<dyn EventBus>,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn Observer>,
+    max_value_bytes: usize,
+    backfill_ttl_cap: Duration,
+    counters: Counters,
+    flights: Mutex<HashMap<(usize, Digest), Arc<Flight>>>,
+    /// True while the bus reports a lost subscription: L1 of event-driven namespaces is bypassed.
+    bus_down: AtomicBool,
+    closed: AtomicBool,
+    listener_running: AtomicBool,
+    events_handled: AtomicU64,
+    shutdown_tx: watch::Sender<bool>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct NsState {
+    config: NamespaceConfig,
+    l1: Option<Box<dyn L1Store>>,
+    /// Bumped before every removal from this namespace's L1; a fill that saw another value
+    /// before it started undoes itself.
+    epoch: AtomicU64,
+}
+
+type Flight = OnceCell<Result<SharedValue>>;
+
+impl EdgeCache {
+    /// A builder with every default (see [`EdgeCacheBuilder`]).
+    pub fn builder() -> EdgeCacheBuilder {
+        EdgeCacheBuilder::default()
+    }
+
+    pub(crate) async fn start(b: EdgeCacheBuilder) -> Result<EdgeCache> {
+        let (l2, bus) = match (b.l2, b.bus) {
+            (Some(l2), Some(bus)) => (l2, bus),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    "builder must resolve L2 and bus",
+                ))
+            }
+        };
+        let subscription = bus.subscribe().await?;
+        let namespaces = b
+            .namespaces
+            .iter()
+            .map(|config| NsState {
+                l1: config.critical.then(|| b.l1.build(config)),
+                config: config.clone(),
+                epoch: AtomicU64::new(0),
+            })
+            .collect();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            node_id: b.node_id.unwrap_or_else(default_node_id),
+            region: b.region,
+            namespaces,
+            routing: b.routing,
+            l2,
+            bus,
+            clock: b.clock,
+            observer: b.observer,
+            max_value_bytes: b.max_value_bytes,
+            backfill_ttl_cap: b.backfill_ttl_cap,
+            counters: Counters::default(),
+            flights: Mutex::new(HashMap::new()),
+            bus_down: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            listener_running: AtomicBool::new(true),
+            events_handled: AtomicU64::new(0),
+            shutdown_tx,
+            listener: Mutex::new(None),
+        });
+        let handle = tokio::spawn(crate::listener::run(
+            Arc::clone(&inner),
+            subscription,
+            shutdown_rx,
+        ));
+        *lock(&inner.listener) = Some(handle);
+        tracing::info!(node_id = %inner.node_id, region = %inner.region, "edge cache started");
+        Ok(EdgeCache { inner })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// This node's region.
+    pub fn region(&self) -> &str {
+        &self.inner.region
+    }
+
+    /// The configuration of the namespace named `namespace`.
+    pub fn namespace(&self, namespace: &str) -> Option<&NamespaceConfig> {
+        self.inner
+            .namespaces
+            .iter()
+            .map(|ns| &ns.config)
+            .find(|c| c.name == namespace)
+    }
+
+    /// Derives the key of `params` in `namespace`, for the `*_key` methods. Derive once and
+    /// reuse it on hot paths: hashing the parameters is most of the cost of a hit.
+    ///
+    /// # Errors
+    /// [`ErrorKind::UnknownNamespace`], or [`ErrorKind::Encode`] when `params` cannot be
+    /// serialised.
+    pub fn key<P: Serialize + ?Sized>(&self, namespace: &str, params: &P) -> Result<CacheKey> {
+        let (_, ns) = self.inner.ns_by_name(namespace)?;
+        CacheKey::derive(&ns.config.key_namespace, params)
+    }
+
+    /// Reads `params` in `namespace`: L1, then L2, then `None`.
+    ///
+    /// A hit hands out the shared decoded value. An L2 failure or an L2 value that does not
+    /// decode as `T` is counted, logged and served as a miss: it never fails the read.
+    ///
+    /// # Errors
+    /// [`ErrorKind::UnknownNamespace`], [`ErrorKind::Encode`] (params), [`ErrorKind::Shutdown`].
+    pub async fn get<T, P>(&self, namespace: &str, params: &P) -> Result<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+        P: Serialize + ?Sized,
+    {
+        let key = self.key(namespace, params)?;
+        self.get_key(&key).await
+    }
+
+    /// [`EdgeCache::get`] with a key derived by [`EdgeCache::key`].
+    ///
+    /// # Errors
+    /// As [`EdgeCache::get`].
+    pub async fn get_key<T>(&self, key: &CacheKey) -> Result<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let (_, ns) = inner.ns_by_key(key)?;
+        if let Some(hit) = inner.l1_get::<T>(ns, key) {
+            inner.counters.l1_hits.fetch_add(1, Relaxed);
+            return Ok(Some(hit));
+        }
+        let found = inner.l2_get::<T>(ns, key).await;
+        let counter = if found.is_some() {
+            &inner.counters.l2_hits
+        } else {
+            &inner.counters.misses
+        };
+        counter.fetch_add(1, Relaxed);
+        Ok(found)
+    }
+
+    /// Writes `value` for `params` in `namespace` with the namespace's TTL and no tags.
+    ///
+    /// # Errors
+    /// As [`EdgeCache::set_key`].
+    pub async fn set<T, P>(&self, namespace: &str, params: &P, value: &T) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        P: Serialize + ?Sized,
+    {
+        let key = self.key(namespace, params)?;
+        self.set_key(&key, value, SetOptions::new()).await
+    }
+
+    /// Writes `value` for `params` in `namespace` with per-call options (TTL, resource tags).
+    ///
+    /// # Errors
+    /// As [`EdgeCache::set_key`].
+    pub async fn set_with<T, P>(
+        &self,
+        namespace: &str,
+        params: &P,
+        value: &T,
+        options: SetOptions,
+    ) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        P: Serialize + ?Sized,
+    {
+        let key = self.key(namespace, params)?;
+        self.set_key(&key, value, options).await
+    }
+
+    /// Writes `value` under `key`: L2, then L1 (critical namespaces), then, for event-driven
+    /// namespaces, an event that makes other nodes drop *this key* from their L1. Nothing else in
+    /// the namespace is touched anywhere.
+    ///
+    /// This node's L1 keeps a copy decoded from the encoded bytes, the same value other nodes
+    /// decode from L2: later changes to the caller's object do not reach the cache.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidTtl`] for a zero TTL, [`ErrorKind::ValueTooLarge`] over the configured
+    /// limit (nothing written), [`ErrorKind::Encode`]; [`ErrorKind::L2`] when L2 refused the
+    /// write (L1 and the fleet untouched); [`ErrorKind::Bus`] when the write landed but the
+    /// announcement failed (other nodes may keep their old copy until its TTL).
+    pub async fn set_key<T>(&self, key: &CacheKey, value: &T, options: SetOptions) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let (_, ns) = inner.ns_by_key(key)?;
+        let ttl = inner.ttl_for(ns, &options)?;
+        let bytes = inner.encode(key, value)?;
+        let tags = options.resource_tags().to_vec();
+        // L1 holds a copy decoded from the stored bytes, so this node's readers get exactly what
+        // other nodes read from L2 (same type, no shared reference to the caller's object).
+        let l1_copy = match inner.usable_l1(ns) {
+            Some(l1) => {
+                let copy: T = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Encode,
+                        format!("{key}: value does not decode back from its encoding: {e}"),
+                    )
+                })?;
+                Some((l1, Arc::new(copy)))
+            }
+            None => None,
+        };
+        let write = L2Write::new(key.clone(), bytes.clone(), ttl).tags(tags.clone());
+        inner
+            .l2
+            .set(write)
+            .await
+            .map_err(|e| inner.l2_failed("set", e))?;
+        if let Some((l1, copy)) = l1_copy {
+            // Bumping the epoch makes any fill that started before this write undo itself.
+            ns.epoch.fetch_add(1, SeqCst);
+            l1.insert(
+                *key.digest(),
+                L1Entry::new(copy, inner.clock.now().saturating_add(ttl), len64(&bytes)),
+                &tags,
+            );
+        }
+        inner.counters.sets.fetch_add(1, Relaxed);
+        if ns.config.event_driven {
+            let mut data = Map::new();
+            data.insert("cache_key".into(), json!(key.as_str()));
+            data.insert("action".into(), json!("updated"));
+            let mut event =
+                inner.new_event(EventType::ManualInvalidation, ns.config.name.clone(), data);
+            // Seed nodes wipe whatever `affected_namespaces` lists; leaving it empty keeps them
+            // from erasing the value just written. Our nodes read the key from the scope.
+            event.scope = Scope::Keys(vec![key.as_str().to_owned()]);
+            inner.publish(&event).await?;
+        }
+        Ok(())
+    }
+
+    /// Returns the cached value for `params` in `namespace`, or calls `loader` once for every
+    /// concurrent caller of the same key and caches its result.
+    ///
+    /// While a load for a key runs, other callers of that key wait for it (single flight); a
+    /// loader error is handed to every waiter and nothing is cached. A loaded value is cached only
+    /// if nothing invalidated or wrote its namespace while it was loading; otherwise it is
+    /// returned to the waiters but not stored, so a stale load never outlives an invalidation.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Loader`] with the loader's error as source; [`ErrorKind::InvalidTtl`],
+    /// [`ErrorKind::UnknownNamespace`], [`ErrorKind::Encode`], [`ErrorKind::Shutdown`].
+    ///
+    /// # Cancel safety
+    /// Dropping the call that is running the loader lets another waiter run its own loader.
+    pub async fn get_or_load<T, P, F, Fut, E>(
+        &self,
+        namespace: &str,
+        params: &P,
+        options: SetOptions,
+        loader: F,
+    ) -> Result<Arc<T>>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        P: Serialize + ?Sized,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let key = self.key(namespace, params)?;
+        self.get_or_load_key(&key, options, loader).await
+    }
+
+    /// [`EdgeCache::get_or_load`] with a key derived by [`EdgeCache::key`].
+    ///
+    /// # Errors
+    /// As [`EdgeCache::get_or_load`].
+    pub async fn get_or_load_key<T, F, Fut, E>(
+        &self,
+        key: &CacheKey,
+        options: SetOptions,
+        loader: F,
+    ) -> Result<Arc<T>>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(hit) = self.get_key::<T>(key).await? {
+            return Ok(hit);
+        }
+        let inner = &*self.inner;
+        let (index, ns) = inner.ns_by_key(key)?;
+        let ttl = inner.ttl_for(ns, &options)?;
+        let flight_key = (index, *key.digest());
+        let flight = Arc::clone(lock(&inner.flights).entry(flight_key).or_default());
+        let outcome = flight
+            .get_or_init(|| async {
+                // Another flight may have filled the key between our miss and joining this one.
+                if let Some(hit) = inner.l1_get::<T>(ns, key) {
+                    return Ok(hit as SharedValue);
+                }
+                if let Some(hit) = inner.l2_get::<T>(ns, key).await {
+                    return Ok(hit as SharedValue);
+                }
+                inner
+                    .load_and_fill(ns, key, ttl, options.resource_tags(), loader)
+                    .await
+            })
+            .await
+            .clone();
+        {
+            let mut flights = lock(&inner.flights);
+            if flights
+                .get(&flight_key)
+                .is_some_and(|f| Arc::ptr_eq(f, &flight))
+            {
+                flights.remove(&flight_key);
+            }
+        }
+        outcome?.downcast::<T>().map_err(|_| {
+            Error::new(
+                ErrorKind::Decode,
+                format!("{key}: a concurrent load produced another type"),
+            )
+        })
+    }
+
+    /// Drops every entry of `namespace` from this node's L1 and from L2, and tells the fleet.
+    ///
+    /// # Errors
+    /// [`ErrorKind::UnknownNamespace`]; [`ErrorKind::L2`] or [`ErrorKind::Bus`] when that step
+    /// failed (the other steps were still done).
+    pub async fn invalidate_namespace(&self, namespace: &str, reason: &str) -> Result<()> {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let (_, ns) = inner.ns_by_name(namespace)?;
+        let l2 = inner
+            .l2
+            .invalidate_namespace(&ns.config.key_namespace)
+            .await;
+        let mut data = Map::new();
+        data.insert("reason".into(), json!(reason));
+        let mut event =
+            inner.new_event(EventType::ManualInvalidation, ns.config.name.clone(), data);
+        event.affected_namespaces = vec![ns.config.key_namespace.clone()];
+        inner.counters.invalidations.fetch_add(1, Relaxed);
+        inner
+            .issue(
+                event,
+                l2.map_err(|e| inner.l2_failed("invalidate_namespace", e)),
+            )
+            .await
+    }
+
+    /// Drops exactly the entries of `namespace` written with the tag `resource` (see
+    /// [`SetOptions::tag`]) from this node's L1 and from L2, and tells the fleet.
+    ///
+    /// # Errors
+    /// As [`EdgeCache::invalidate_namespace`].
+    pub async fn invalidate_resource(&self, namespace: &str, resource: &str) -> Result<()> {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let (_, ns) = inner.ns_by_name(namespace)?;
+        let l2 = inner
+            .l2
+            .invalidate_tag(&ns.config.key_namespace, resource)
+            .await
+            .map(drop);
+        let mut data = Map::new();
+        data.insert("reason".into(), json!("resource"));
+        let mut event = inner.new_event(EventType::ManualInvalidation, resource.to_owned(), data);
+        event.affected_namespaces = vec![ns.config.key_namespace.clone()];
+        event.scope = Scope::Resource;
+        inner.counters.invalidations.fetch_add(1, Relaxed);
+        inner
+            .issue(event, l2.map_err(|e| inner.l2_failed("invalidate_tag", e)))
+            .await
+    }
+
+    /// Drops one key from this node's L1 and from L2, and tells the fleet.
+    ///
+    /// # Errors
+    /// As [`EdgeCache::invalidate_namespace`].
+    pub async fn invalidate_key(&self, key: &CacheKey) -> Result<()> {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let (_, ns) = inner.ns_by_key(key)?;
+        let l2 = inner.l2.delete(key).await.map(drop);
+        let mut event = inner.new_event(
+            EventType::ManualInvalidation,
+            ns.config.name.clone(),
+            Map::new(),
+        );
+        event.scope = Scope::Keys(vec![key.as_str().to_owned()]);
+        inner.counters.invalidations.fetch_add(1, Relaxed);
+        inner
+            .issue(event, l2.map_err(|e| inner.l2_failed("delete", e)))
+            .await
+    }
+
+    /// Announces a marketplace change: invalidates the namespaces the routing table names for its
+    /// event type in L2 (once, here), applies it to this node's L1, then publishes it. Returns the
+    /// event as published.
+    ///
+    /// # Errors
+    /// [`ErrorKind::L2`] or [`ErrorKind::Bus`] when that step failed (the other steps were still
+    /// done; this node's L1 is always cleared).
+    pub async fn notify(&self, notification: Notification) -> Result<Event> {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let (event_type, resource_id, data) = notification.into_parts();
+        let mut event = inner.new_event(event_type, resource_id, data);
+        let mut l2_result = Ok(());
+        for name in inner.routing.namespaces(event_type) {
+            let (_, ns) = inner.ns_by_name(name)?;
+            event
+                .affected_namespaces
+                .push(ns.config.key_namespace.clone());
+            if let Err(e) = inner
+                .l2
+                .invalidate_namespace(&ns.config.key_namespace)
+                .await
+            {
+                l2_result = Err(inner.l2_failed("invalidate_namespace", e));
+            }
+        }
+        inner.counters.notifications.fetch_add(1, Relaxed);
+        inner.issue(event.clone(), l2_result).await?;
+        Ok(event)
+    }
+
+    /// A snapshot of the counters and of L1 use per namespace.
+    pub fn stats(&self) -> Stats {
+        let inner = &*self.inner;
+        let namespaces = inner
+            .namespaces
+            .iter()
+            .map(|ns| {
+                let usage = ns.l1.as_ref().map(|l1| l1.usage()).unwrap_or_default();
+                NamespaceStats {
+                    name: ns.config.name.clone(),
+                    l1_entries: usage.entries,
+                    l1_bytes: usage.bytes,
+                    l1_capacity_bytes: usage.capacity_bytes,
+                }
+            })
+            .collect();
+        inner
+            .counters
+            .snapshot(&inner.node_id, &inner.region, namespaces)
+    }
+
+    /// Checks L2 and the event subscription and reports healthy, degraded or unhealthy.
+    pub async fn health(&self) -> Health {
+        let inner = &*self.inner;
+        let l2 = inner.l2.ping().await;
+        let listener = inner.listener_running.load(SeqCst);
+        let bus_connected = listener && !inner.bus_down.load(SeqCst);
+        let (status, reason) = if inner.closed.load(SeqCst) {
+            (
+                HealthStatus::Unhealthy,
+                Some("the cache was shut down".to_owned()),
+            )
+        } else if !listener {
+            (
+                HealthStatus::Unhealthy,
+                Some("the event listener stopped: invalidations are not received".to_owned()),
+            )
+        } else if !bus_connected {
+            (
+                HealthStatus::Degraded,
+                Some(
+                    "the event bus is disconnected: L1 of event-driven namespaces is bypassed"
+                        .to_owned(),
+                ),
+            )
+        } else if let Err(e) = &l2 {
+            (
+                HealthStatus::Degraded,
+                Some(format!("L2 is unreachable: {e}")),
+            )
+        } else {
+            (HealthStatus::Healthy, None)
+        };
+        let received = inner.counters.events_received.load(Relaxed);
+        let last = inner.counters.last_event_nanos.load(Relaxed);
+        Health {
+            status,
+            l2_connected: l2.is_ok(),
+            bus_connected,
+            event_queue_size: received.saturating_sub(inner.events_handled.load(Relaxed)),
+            last_event_age: (last != 0).then(|| {
+                inner
+                    .clock
+                    .now()
+                    .saturating_since(cache_core::Timestamp::from_nanos(last))
+            }),
+            reason,
+        }
+    }
+
+    /// Stops the event listener and waits for it to end. Later calls on any clone fail with
+    /// [`ErrorKind::Shutdown`]. Calling it again does nothing.
+    pub async fn shutdown(&self) {
+        let inner = &*self.inner;
+        if inner.closed.swap(true, SeqCst) {
+            return;
+        }
+        let _ = inner.shutdown_tx.send(true);
+        let handle = lock(&inner.listener).take();
+        if let Some(handle) = handle {
+            if let Err(e) = handle.await {
+                tracing::warn!(node_id = %inner.node_id, error = %e, "event listener ended abnormally");
+            }
+        }
+        tracing::info!(node_id = %inner.node_id, "edge cache shut down");
+    }
+}
+
+impl std::fmt::Debug for EdgeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeCache")
+            .field("node_id", &self.inner.node_id)
+            .field("region", &self.inner.region)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Relaxed) {
+            return Err(Error::new(
+                ErrorKind::Shutdown,
+                format!("node {} was shut down", self.node_id),
+            ));
+        }
+        Ok(())
+    }
+
+    fn ns_by_name(&self, name: &str) -> Result<(usize, &NsState)> {
+        self.namespaces
+            .iter()
+            .enumerate()
+            .find(|(_, ns)| ns.config.name == name)
+            .ok_or_else(|| Error::unknown_namespace(name))
+    }
+
+    fn ns_by_key_namespace(&self, key_namespace: &str) -> Option<&NsState> {
+        self.namespaces
+            .iter()
+            .find(|ns| ns.config.key_namespace == key_namespace)
+    }
+
+    fn ns_by_key(&self, key: &CacheKey) -> Result<(usize, &NsState)> {
+        self.namespaces
+            .iter()
+            .enumerate()
+            .find(|(_, ns)| ns.config.key_namespace == key.key_namespace())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::UnknownNamespace,
+                    format!("no namespace has the key space {:?}", key.key_namespace()),
+                )
+            })
+    }
+
+    fn ttl_for(&self, ns: &NsState, options: &SetOptions) -> Result<Duration> {
+        match options.ttl_override() {
+            Some(ttl) if ttl.is_zero() => Err(Error::new(
+                ErrorKind::InvalidTtl,
+                format!(
+                    "namespace {:?}: a per-call TTL must be greater than zero",
+                    ns.config.name
+                ),
+            )),
+            Some(ttl) => Ok(ttl),
+            None => Ok(ns.config.ttl),
+        }
+    }
+
+    fn encode<T: Serialize + ?Sized>(&self, key: &CacheKey, value: &T) -> Result<Vec<u8>> {
+        let bytes = serde_json::to_vec(value).map_err(|e| {
+            Error::new(
+                ErrorKind::Encode,
+                format!("{key}: value cannot be encoded: {e}"),
+            )
+            .with_source(e)
+        })?;
+        if bytes.len() > self.max_value_bytes {
+            return Err(Error::new(
+                ErrorKind::ValueTooLarge,
+                format!(
+                    "{key}: value of {} bytes exceeds the {}-byte limit; nothing was written",
+                    bytes.len(),
+                    self.max_value_bytes
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Whether L1 may be used for `ns` right now: it must exist, and for event-driven namespaces
+    /// the bus must be up (otherwise invalidations could be missed).
+    fn usable_l1<'a>(&self, ns: &'a NsState) -> Option<&'a dyn L1Store> {
+        let l1 = ns.l1.as_deref()?;
+        if ns.config.event_driven && self.bus_down.load(Relaxed) {
+            return None;
+        }
+        Some(l1)
+    }
+
+    /// The hit path: no allocation, no lock held across an await (there is no await).
+    fn l1_get<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        ns: &NsState,
+        key: &CacheKey,
+    ) -> Option<Arc<T>> {
+        let l1 = self.usable_l1(ns)?;
+        let value = l1.get(key.digest(), self.clock.now())?;
+        // A value of another type (a caller reading the namespace with a different type) is
+        // not an error here: fall through to L2 and decode it as asked.
+        value.downcast::<T>().ok()
+    }
+
+    /// Reads L2 and back-fills L1 for critical namespaces. Failures become misses.
+    async fn l2_get<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        ns: &NsState,
+        key: &CacheKey,
+    ) -> Option<Arc<T>> {
+        let epoch = ns.epoch.load(SeqCst);
+        let entry = match self.l2.get(key).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return None,
+            Err(e) => {
+                let _ = self.l2_failed("get", e);
+                return None;
+            }
+        };
+        let typed: Arc<T> = match serde_json::from_slice(&entry.bytes) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                self.counters.decode_errors.fetch_add(1, Relaxed);
+                tracing::warn!(key = %key, error = %e, "L2 value does not decode as the requested type; served as a miss");
+                return None;
+            }
+        };
+        if let Some(l1) = self.usable_l1(ns) {
+            let ttl = entry.ttl_remaining.min(self.backfill_ttl_cap);
+            if !ttl.is_zero() {
+                let l1_entry = L1Entry::new(
+                    typed.clone(),
+                    self.clock.now().saturating_add(ttl),
+                    len64(&entry.bytes),
+                );
+                self.fenced_insert(ns, l1, key, l1_entry, &entry.tags, epoch);
+            }
+        }
+        Some(typed)
+    }
+
+    /// Inserts, then undoes the insert if the namespace's epoch moved since `epoch` was read.
+    /// Invalidation bumps the epoch before removing, so either it removes this entry or this
+    /// check sees the bump.
+    fn fenced_insert(
+        &self,
+        ns: &NsState,
+        l1: &dyn L1Store,
+        key: &CacheKey,
+        entry: L1Entry,
+        tags: &[String],
+        epoch: u64,
+    ) {
+        l1.insert(*key.digest(), entry, tags);
+        if ns.epoch.load(SeqCst) != epoch || (ns.config.event_driven && self.bus_down.load(SeqCst))
+        {
+            l1.remove(key.digest());
+            self.counters.fills_fenced.fetch_add(1, Relaxed);
+        }
+    }
+
+    async fn load_and_fill<T, F, Fut, E>(
+        &self,
+        ns: &NsState,
+        key: &CacheKey,
+        ttl: Duration,
+        tags: &[String],
+        loader: F,
+    ) -> Result<SharedValue>
+    where
+        T: Serialize + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let epoch = ns.epoch.load(SeqCst);
+        let fence: Option<Fence> = match self.l2.fence(&ns.config.key_namespace).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                let _ = self.l2_failed("fence", e);
+                None
+            }
+        };
+        self.counters.loads.fetch_add(1, Relaxed);
+        let value = match loader().await {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                self.counters.load_errors.fetch_add(1, Relaxed);
+                let source: Box<dyn std::error::Error + Send + Sync> = e.into();
+                return Err(Error::new(
+                    ErrorKind::Loader,
+                    format!("loader for {key} failed: {source}"),
+                )
+                .with_source(source));
+            }
+        };
+        let bytes = match self.encode(key, &*value) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "loaded value not cached");
+                return Ok(value);
+            }
+        };
+        let mut stale = false;
+        if let Some(fence) = fence {
+            let write = L2Write::new(key.clone(), bytes.clone(), ttl)
+                .tags(tags.to_vec())
+                .fence(Some(fence));
+            match self.l2.set(write).await {
+                Ok(true) => {}
+                Ok(false) => stale = true,
+                Err(e) => {
+                    let _ = self.l2_failed("set", e);
+                }
+            }
+        }
+        if stale {
+            self.counters.fills_fenced.fetch_add(1, Relaxed);
+        } else if let Some(l1) = self.usable_l1(ns) {
+            let entry = L1Entry::new(
+                value.clone(),
+                self.clock.now().saturating_add(ttl),
+                len64(&bytes),
+            );
+            self.fenced_insert(ns, l1, key, entry, tags, epoch);
+        }
+        Ok(value)
+    }
+
+    fn l2_failed(&self, op: &str, e: Error) -> Error {
+        self.counters.l2_errors.fetch_add(1, Relaxed);
+        tracing::warn!(node_id = %self.node_id, op, error = %e, "L2 operation failed");
+        e
+    }
+
+    fn new_event(
+        &self,
+        event_type: EventType,
+        resource_id: String,
+        mut data: Map<String, Value>,
+    ) -> Event {
+        data.entry("region").or_insert_with(|| json!(self.region));
+        let mut event = Event::new(
+            event_type,
+            resource_id,
+            self.node_id.clone(),
+            uuid::Uuid::new_v4().to_string(),
+            self.clock.now().as_secs_f64(),
+        );
+        event.data = data;
+        event
+    }
+
+    /// Applies an event this node issued, then publishes it; reports the first failure.
+    async fn issue(&self, event: Event, l2_result: Result<()>) -> Result<()> {
+        self.apply(&event);
+        let published = self.publish(&event).await;
+        l2_result.and(published)
+    }
+
+    async fn publish(&self, event: &Event) -> Result<()> {
+        match self.bus.publish(event.encode()).await {
+            Ok(()) => {
+                self.counters.events_published.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.publish_errors.fetch_add(1, Relaxed);
+                tracing::warn!(node_id = %self.node_id, event_id = %event.event_id, error = %e, "publishing an event failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies an event to L1 (never to L2: the issuer did that once).
+    pub(crate) fn apply(&self, event: &Event) {
+        // A newer format than ours may mean things we cannot interpret: drop whole namespaces.
+        let conservative = event.version > cache_core::FORMAT_VERSION;
+        for name in &event.affected_namespaces {
+            let Some(ns) = self.ns_by_key_namespace(name) else {
+                continue;
+            };
+            match (&event.scope, conservative) {
+                (Scope::Resource, false) => self.drop_l1(ns, |l1| {
+                    l1.invalidate_tag(&event.resource_id);
+                }),
+                _ => self.drop_l1(ns, |l1| {
+                    l1.clear();
+                }),
+            }
+        }
+        if let Scope::Keys(keys) = &event.scope {
+            for key in keys.iter().filter_map(|k| CacheKey::parse(k)) {
+                let Some(ns) = self.ns_by_key_namespace(key.key_namespace()) else {
+                    continue;
+                };
+                if conservative {
+                    self.drop_l1(ns, |l1| {
+                        l1.clear();
+                    });
+                } else {
+                    self.drop_l1(ns, |l1| {
+                        l1.remove(key.digest());
+                    });
+                }
+            }
+        }
+        let now = self.clock.now();
+        self.counters.events_applied.fetch_add(1, Relaxed);
+        self.counters
+            .last_event_nanos
+            .store(now.as_nanos().max(1), Relaxed);
+        let lag = now.saturating_since(cache_core::Timestamp::from_secs_f64(event.timestamp));
+        self.observer.on_event_applied(event, lag);
+    }
+
+    fn drop_l1(&self, ns: &NsState, remove: impl FnOnce(&dyn L1Store)) {
+        ns.epoch.fetch_add(1, SeqCst);
+        if let Some(l1) = ns.l1.as_deref() {
+            remove(l1);
+        }
+    }
+
+    /// Handles one raw message from the bus.
+    pub(crate) async fn receive(&self, bytes: &[u8]) {
+        self.counters.events_received.fetch_add(1, Relaxed);
+        match Event::decode(bytes) {
+            Ok(event) if event.source_node == self.node_id => {
+                self.counters.own_events_ignored.fetch_add(1, Relaxed);
+            }
+            Ok(event) => {
+                tracing::debug!(node_id = %self.node_id, event_id = %event.event_id, event_type = %event.event_type, "applying event");
+                if event.version == 0 {
+                    self.invalidate_l2_for_seed_event(&event).await;
+                }
+                self.apply(&event);
+            }
+            Err(e) => {
+                self.counters.events_rejected.fetch_add(1, Relaxed);
+                tracing::warn!(node_id = %self.node_id, error = %e, len = bytes.len(), "dropped a malformed event");
+                self.observer.on_event_rejected(&e);
+            }
+        }
+        self.events_handled.fetch_add(1, Relaxed);
+    }
+
+    /// A seed (Python) node publishes without touching L2 and relies on every receiver to
+    /// clear it. In a mixed fleet this node does its share, before dropping L1, so a read after
+    /// the event cannot back-fill from the stale L2 entry. A seed write event (one key, already
+    /// rewritten in L2 by its writer) needs nothing here.
+    async fn invalidate_l2_for_seed_event(&self, event: &Event) {
+        if matches!(event.scope, Scope::Keys(_)) {
+            return;
+        }
+        for name in &event.affected_namespaces {
+            if self.ns_by_key_namespace(name).is_none() {
+                continue;
+            }
+            if let Err(e) = self.l2.invalidate_namespace(name).await {
+                let _ = self.l2_failed("invalidate_namespace", e);
+            }
+        }
+    }
+
+    /// Handles a change of the bus connection. Pub/sub loses what is published while a node is
+    /// away, so L1 of event-driven namespaces is dropped on loss and again on resubscribe, and
+    /// bypassed in between.
+    pub(crate) fn connection_changed(&self, state: ConnectionState) {
+        match state {
+            ConnectionState::Connected => self.bus_down.store(false, SeqCst),
+            ConnectionState::Disconnected => {
+                self.bus_down.store(true, SeqCst);
+                self.drop_event_driven_l1();
+                tracing::warn!(node_id = %self.node_id, "event bus disconnected; bypassing L1 of event-driven namespaces");
+            }
+            ConnectionState::Resubscribed => {
+                self.drop_event_driven_l1();
+                self.bus_down.store(false, SeqCst);
+                tracing::info!(node_id = %self.node_id, "event bus resubscribed; L1 of event-driven namespaces dropped");
+            }
+            _ => {}
+        }
+        self.observer.on_connection_state(state);
+    }
+
+    fn drop_event_driven_l1(&self) {
+        for ns in self.namespaces.iter().filter(|ns| ns.config.event_driven) {
+            self.drop_l1(ns, |l1| {
+                l1.clear();
+            });
+        }
+        self.counters.resyncs.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn listener_stopped(&self) {
+        self.listener_running.store(false, SeqCst);
+    }
+
+    pub(crate) fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+fn len64(bytes: &[u8]) -> u64 {
+    u64::try_from(bytes.len()).unwrap_or(u64::MAX)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

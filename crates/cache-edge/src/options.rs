@@ -1,0 +1,58 @@
+//! Per-call options of writes and loads.
+
+use std::time::Duration;
+
+/// Options of one `set` or `get_or_load` call.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_edge::SetOptions;
+///
+/// let opts = SetOptions::new().ttl(Duration::from_secs(10)).tag("gpu:g-42").tag("provider:p-1");
+/// assert_eq!(opts.resource_tags().len(), 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetOptions {
+    ttl: Option<Duration>,
+    tags: Vec<String>,
+}
+
+impl SetOptions {
+    /// The namespace's TTL and no tags.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Overrides the namespace's TTL for this entry. A zero TTL is rejected when the call is made,
+    /// never silently replaced by the default.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Tags the entry with a resource, so `invalidate_resource(namespace, resource)` removes it.
+    pub fn tag(mut self, resource: impl Into<String>) -> Self {
+        self.tags.push(resource.into());
+        self
+    }
+
+    /// Tags the entry with several resources.
+    pub fn tags<I, S>(mut self, resources: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags.extend(resources.into_iter().map(Into::into));
+        self
+    }
+
+    /// The TTL override, if any.
+    pub fn ttl_override(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The resource tags.
+    pub fn resource_tags(&self) -> &[String] {
+        &self.tags
+    }
+}

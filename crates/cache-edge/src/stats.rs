@@ -1,0 +1,149 @@
+//! Statistics and health of a node.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use cache_core::Timestamp;
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// Live counters, bumped with relaxed atomics (they are statistics, not synchronisation).
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $( pub(crate) $name: AtomicU64, )*
+            /// Nanoseconds since the epoch of the last applied event; 0 when none.
+            pub(crate) last_event_nanos: AtomicU64,
+        }
+
+        /// A snapshot of a node's counters, from [`crate::EdgeCache::stats`].
+        #[non_exhaustive]
+        #[derive(Debug, Clone, PartialEq, Eq, Default)]
+        pub struct Stats {
+            /// The node's id.
+            pub node_id: String,
+            /// The node's region.
+            pub region: String,
+            $( $(#[$doc])* pub $name: u64, )*
+            /// When the last event was applied.
+            pub last_event_time: Option<Timestamp>,
+            /// L1 use per namespace, in configuration order.
+            pub namespaces: Vec<NamespaceStats>,
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self, node_id: &str, region: &str, namespaces: Vec<NamespaceStats>) -> Stats {
+                let last = self.last_event_nanos.load(Relaxed);
+                Stats {
+                    node_id: node_id.to_owned(),
+                    region: region.to_owned(),
+                    $( $name: self.$name.load(Relaxed), )*
+                    last_event_time: (last != 0).then(|| Timestamp::from_nanos(last)),
+                    namespaces,
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Reads answered by L1.
+    l1_hits,
+    /// Reads answered by L2.
+    l2_hits,
+    /// Reads that found nothing (an L2 error counts here too).
+    misses,
+    /// Successful writes.
+    sets,
+    /// Invalidations this node issued (namespace, resource or key).
+    invalidations,
+    /// Notifications this node issued.
+    notifications,
+    /// Events published to the bus.
+    events_published,
+    /// Publishes that failed.
+    publish_errors,
+    /// Messages received from the bus (own ones included).
+    events_received,
+    /// Events applied to L1 (received from others or issued here).
+    events_applied,
+    /// Messages dropped because they could not be decoded.
+    events_rejected,
+    /// Own events received back and ignored.
+    own_events_ignored,
+    /// L2 operations that failed.
+    l2_errors,
+    /// L2 values that could not be decoded into the requested type (served as misses).
+    decode_errors,
+    /// Loader calls made by `get_or_load`.
+    loads,
+    /// Loader calls that failed.
+    load_errors,
+    /// Fills dropped because an invalidation or write happened while the value was being read.
+    fills_fenced,
+    /// Times L1 of event-driven namespaces was dropped because the bus lost events.
+    resyncs,
+}
+
+/// L1 use of one namespace.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NamespaceStats {
+    /// The namespace (cache type) name.
+    pub name: String,
+    /// Entries in L1.
+    pub l1_entries: u64,
+    /// Bytes charged in L1.
+    pub l1_bytes: u64,
+    /// The L1 budget.
+    pub l1_capacity_bytes: u64,
+}
+
+impl Stats {
+    /// Hits in both tiers.
+    pub fn hits(&self) -> u64 {
+        self.l1_hits + self.l2_hits
+    }
+}
+
+/// Overall state of a node.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    /// Everything works.
+    Healthy,
+    /// Serving, but L2 is unreachable or the event bus is down (L1 of event-driven namespaces is
+    /// bypassed until the bus is back).
+    Degraded,
+    /// Not serving correctly: the node was shut down or its event listener stopped.
+    Unhealthy,
+}
+
+impl HealthStatus {
+    /// `"healthy"`, `"degraded"` or `"unhealthy"`, as the seed reported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// The result of [`crate::EdgeCache::health`], with the seed's fields.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Overall state.
+    pub status: HealthStatus,
+    /// Whether L2 answered a ping (the seed's `redis_connected`).
+    pub l2_connected: bool,
+    /// Whether the event subscription is up (the seed's `pubsub_active`).
+    pub bus_connected: bool,
+    /// Events received but not yet applied. Events are applied as they are received, so this is
+    /// 0 unless the listener is behind.
+    pub event_queue_size: u64,
+    /// Time since the last applied event.
+    pub last_event_age: Option<Duration>,
+    /// Why the status is not healthy.
+    pub reason: Option<String>,
+}

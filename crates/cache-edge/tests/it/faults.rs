@@ -1,0 +1,220 @@
+//! Faults forced with mockall doubles or gated fakes: an L2 that errors, a bus that cannot
+//! publish, and a back-fill that races an invalidation.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cache_core::mock::{MockEventBus, MockL2Store};
+use cache_core::{
+    BusItem, CacheKey, ConnectionState, Error, ErrorKind, Fence, L2Entry, L2Store, L2Write, Result,
+    Subscription,
+};
+use cache_edge::{EdgeCache, Notification};
+use cache_memory::MemoryL2;
+use serde_json::json;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::support::{applied, within, Fleet};
+
+fn l2_down() -> Error {
+    Error::new(ErrorKind::L2, "connection reset")
+}
+
+#[tokio::test]
+async fn an_l2_that_errors_degrades_reads_to_misses_and_fails_writes_loudly() {
+    let fleet = Fleet::new();
+    let mut l2 = MockL2Store::new();
+    l2.expect_get().times(1).returning(|_| Err(l2_down()));
+    l2.expect_set().times(1).returning(|_| Err(l2_down()));
+    let node = fleet.builder("a").l2(Arc::new(l2)).build().await.unwrap();
+    let p = json!({"gpu_id": "g"});
+
+    assert!(node
+        .get::<String, _>("gpu_availability", &p)
+        .await
+        .unwrap()
+        .is_none());
+    let err = node
+        .set("gpu_availability", &p, &"v".to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::L2);
+    assert!(err.is_transient());
+    let s = node.stats();
+    assert_eq!(
+        (s.l2_errors, s.misses, s.sets, s.events_published),
+        (2, 1, 0, 0)
+    );
+    // The failed write did not reach L1 either.
+    let l1 = s
+        .namespaces
+        .iter()
+        .find(|n| n.name == "gpu_availability")
+        .unwrap();
+    assert_eq!(l1.l1_entries, 0);
+    node.shutdown().await;
+}
+
+/// A subscription that yields `Connected` and then whatever the test sends.
+struct Scripted(mpsc::UnboundedReceiver<BusItem>);
+
+#[async_trait]
+impl Subscription for Scripted {
+    async fn next(&mut self) -> Option<BusItem> {
+        self.0.recv().await
+    }
+}
+
+#[tokio::test]
+async fn a_bus_that_cannot_publish_is_reported_and_the_write_still_lands() {
+    let fleet = Fleet::new();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(BusItem::State(ConnectionState::Connected)).unwrap();
+    let rx = std::sync::Mutex::new(Some(rx));
+    let mut bus = MockEventBus::new();
+    bus.expect_subscribe().times(1).returning(move || {
+        Ok(Box::new(Scripted(rx.lock().unwrap().take().unwrap())) as Box<dyn Subscription>)
+    });
+    bus.expect_publish()
+        .times(2)
+        .returning(|_| Err(Error::new(ErrorKind::Bus, "publisher connection lost")));
+    let node = fleet.builder("a").bus(Arc::new(bus)).build().await.unwrap();
+    let p = json!({"gpu_id": "g"});
+
+    let err = node
+        .set("gpu_availability", &p, &"v".to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Bus);
+    assert_eq!(fleet.l2.len(), 1, "the L2 write landed");
+    assert_eq!(
+        *node
+            .get::<String, _>("gpu_availability", &p)
+            .await
+            .unwrap()
+            .unwrap(),
+        "v"
+    );
+
+    let err = node
+        .notify(Notification::booking_created("b", "g"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Bus);
+    assert!(
+        node.get::<String, _>("gpu_availability", &p)
+            .await
+            .unwrap()
+            .is_none(),
+        "applied locally anyway"
+    );
+    assert_eq!(node.stats().publish_errors, 2);
+    drop(tx);
+    node.shutdown().await;
+}
+
+/// An L2 whose next `get` waits until the test opens the gate, to force an interleaving.
+struct GatedL2 {
+    inner: Arc<MemoryL2>,
+    reached: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    gate: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
+#[async_trait]
+impl L2Store for GatedL2 {
+    async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>> {
+        let read = self.inner.get(key).await;
+        if let Some(reached) = self.reached.lock().await.take() {
+            let _ = reached.send(());
+            if let Some(gate) = self.gate.lock().await.take() {
+                let _ = gate.await;
+            }
+        }
+        read
+    }
+    async fn set(&self, write: L2Write) -> Result<bool> {
+        self.inner.set(write).await
+    }
+    async fn delete(&self, key: &CacheKey) -> Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()> {
+        self.inner.invalidate_namespace(key_namespace).await
+    }
+    async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {
+        self.inner.invalidate_tag(key_namespace, tag).await
+    }
+    async fn fence(&self, key_namespace: &str) -> Result<Fence> {
+        self.inner.fence(key_namespace).await
+    }
+}
+
+#[tokio::test]
+async fn a_backfill_that_raced_an_invalidation_is_not_kept() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let p = json!({"gpu_id": "g-1"});
+    a.set("gpu_availability", &p, &"old".to_string())
+        .await
+        .unwrap();
+
+    let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
+    let gated = Arc::new(GatedL2 {
+        inner: fleet.l2.clone(),
+        reached: Mutex::new(Some(reached_tx)),
+        gate: Mutex::new(Some(gate_rx)),
+    });
+    let b: EdgeCache = fleet.builder("b").l2(gated).build().await.unwrap();
+    let read = b.get::<String, _>("gpu_availability", &p);
+    let booking = async {
+        reached_rx.await.unwrap(); // B has read "old" from L2 and not yet back-filled it
+        a.notify(Notification::booking_created("b-1", "g-1"))
+            .await
+            .unwrap();
+        applied(&b, 1).await;
+        gate_tx.send(()).unwrap();
+    };
+    let (old, ()) = within(async { tokio::join!(read, booking) }).await;
+    assert_eq!(
+        *old.unwrap().unwrap(),
+        "old",
+        "the racing read itself may return the old value"
+    );
+    assert_eq!(b.stats().fills_fenced, 1);
+    // Every read that starts after B applied the booking misses.
+    assert!(b
+        .get::<String, _>("gpu_availability", &p)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(b.stats().l1_hits, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_l2_outage_on_the_in_process_store_is_survived() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let p = json!({"gpu_id": "g"});
+    fleet.l2.set_unavailable(true);
+    assert!(a
+        .get::<String, _>("gpu_availability", &p)
+        .await
+        .unwrap()
+        .is_none());
+    let v = a
+        .get_or_load("gpu_availability", &p, Default::default(), || async {
+            Ok::<_, std::io::Error>("loaded".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        *v, "loaded",
+        "a load still serves the caller while L2 is down"
+    );
+    fleet.l2.set_unavailable(false);
+    assert!(a.stats().l2_errors >= 2);
+    a.shutdown().await;
+}

@@ -1,0 +1,11 @@
+//! Behaviour of `EdgeCache` on the in-process backends (and mockall doubles where a fault or an
+//! interleaving must be forced).
+
+mod support;
+
+mod events;
+mod faults;
+mod health;
+mod invalidation;
+mod load;
+mod read_write;

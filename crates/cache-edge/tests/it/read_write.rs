@@ -1,0 +1,307 @@
+//! The read path (L1 → L2 → miss, back-fill) and the write path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{CacheKey, ErrorKind};
+use cache_edge::SetOptions;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::support::{applied, Fleet};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Availability {
+    gpu_id: String,
+    available: bool,
+}
+
+fn avail(id: &str, available: bool) -> Availability {
+    Availability {
+        gpu_id: id.into(),
+        available,
+    }
+}
+
+#[tokio::test]
+async fn reads_go_l1_then_l2_then_miss() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let b = fleet.node("b").await;
+    let p = json!({"gpu_id": "g-1"});
+
+    assert!(b
+        .get::<Availability, _>("gpu_availability", &p)
+        .await
+        .unwrap()
+        .is_none());
+    a.set("gpu_availability", &p, &avail("g-1", true))
+        .await
+        .unwrap();
+
+    let first = b
+        .get::<Availability, _>("gpu_availability", &p)
+        .await
+        .unwrap()
+        .unwrap();
+    let second = b
+        .get::<Availability, _>("gpu_availability", &p)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*first, avail("g-1", true));
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "an L1 hit hands out the shared decoded value"
+    );
+    let s = b.stats();
+    assert_eq!((s.misses, s.l2_hits, s.l1_hits), (1, 1, 1));
+
+    // A non-critical namespace is never kept in L1.
+    a.set(
+        "provider_status",
+        &json!({"provider": "p"}),
+        &"online".to_string(),
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        b.get::<String, _>("provider_status", &json!({"provider": "p"}))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(b.stats().l2_hits, 3);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn backfilled_l1_never_outlives_l2_and_is_capped_at_60s() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let b = fleet.node("b").await;
+    let long = json!({"gpu_id": "long"});
+    let short = json!({"gpu_id": "short"});
+    let opts = |s| SetOptions::new().ttl(Duration::from_secs(s));
+    a.set_with("gpu_availability", &long, &avail("long", true), opts(100))
+        .await
+        .unwrap();
+    a.set_with("gpu_availability", &short, &avail("short", true), opts(10))
+        .await
+        .unwrap();
+    b.get::<Availability, _>("gpu_availability", &long)
+        .await
+        .unwrap()
+        .unwrap();
+    b.get::<Availability, _>("gpu_availability", &short)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.stats().l2_hits, 2);
+
+    // 11 s later the short entry is gone from L2, and B's L1 copy went with it.
+    fleet.clock.advance(Duration::from_secs(11));
+    assert!(b
+        .get::<Availability, _>("gpu_availability", &short)
+        .await
+        .unwrap()
+        .is_none());
+    b.get::<Availability, _>("gpu_availability", &long)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        b.stats().l1_hits,
+        1,
+        "the long entry is still in L1 at 11 s"
+    );
+
+    // At 61 s the L1 copy has expired (cap 60 s) although L2 keeps the entry until 100 s.
+    fleet.clock.advance(Duration::from_secs(50));
+    b.get::<Availability, _>("gpu_availability", &long)
+        .await
+        .unwrap()
+        .unwrap();
+    let s = b.stats();
+    assert_eq!((s.l1_hits, s.l2_hits), (1, 3));
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_set_replaces_only_its_key_on_other_nodes_and_in_l2() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let b = fleet.node("b").await;
+    let (k1, k2) = (json!({"gpu_id": "g-1"}), json!({"gpu_id": "g-2"}));
+    a.set("gpu_availability", &k1, &avail("g-1", true))
+        .await
+        .unwrap();
+    a.set("gpu_availability", &k2, &avail("g-2", true))
+        .await
+        .unwrap();
+    applied(&b, 2).await;
+    // B caches both in L1.
+    b.get::<Availability, _>("gpu_availability", &k1)
+        .await
+        .unwrap()
+        .unwrap();
+    b.get::<Availability, _>("gpu_availability", &k2)
+        .await
+        .unwrap()
+        .unwrap();
+
+    a.set("gpu_availability", &k1, &avail("g-1", false))
+        .await
+        .unwrap();
+    applied(&b, 3).await;
+
+    let before = b.stats();
+    assert_eq!(
+        *b.get::<Availability, _>("gpu_availability", &k1)
+            .await
+            .unwrap()
+            .unwrap(),
+        avail("g-1", false)
+    );
+    assert_eq!(
+        *b.get::<Availability, _>("gpu_availability", &k2)
+            .await
+            .unwrap()
+            .unwrap(),
+        avail("g-2", true)
+    );
+    let after = b.stats();
+    assert_eq!(
+        after.l2_hits - before.l2_hits,
+        1,
+        "only the written key left B's L1"
+    );
+    assert_eq!(
+        after.l1_hits - before.l1_hits,
+        1,
+        "the other key stayed in B's L1"
+    );
+    assert_eq!(fleet.l2.len(), 2, "nothing was erased from L2");
+    // The writer itself serves its new value from L1.
+    assert_eq!(
+        *a.get::<Availability, _>("gpu_availability", &k1)
+            .await
+            .unwrap()
+            .unwrap(),
+        avail("g-1", false)
+    );
+    assert_eq!(a.stats().l1_hits, 1);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_writer_keeps_a_decoded_copy_not_the_callers_object() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let p = json!({"gpu_id": "g-1"});
+    let mut value = avail("g-1", true);
+    a.set("gpu_availability", &p, &value).await.unwrap();
+    value.available = false;
+    let cached = a
+        .get::<Availability, _>("gpu_availability", &p)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        cached.available,
+        "mutating the caller's value does not reach the cache"
+    );
+    assert_eq!(a.stats().l1_hits, 1);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cached_none_is_not_a_miss() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let p = json!({"gpu_id": "ghost"});
+    a.set("gpu_availability", &p, &None::<Availability>)
+        .await
+        .unwrap();
+    let got = a
+        .get::<Option<Availability>, _>("gpu_availability", &p)
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some(&None));
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_writes_are_clear_errors_and_write_nothing() {
+    let fleet = Fleet::new();
+    let a = fleet
+        .builder("a")
+        .max_value_bytes(64)
+        .build()
+        .await
+        .unwrap();
+    let p = json!({"gpu_id": "g"});
+
+    let zero = SetOptions::new().ttl(Duration::ZERO);
+    let err = a
+        .set_with("gpu_availability", &p, &avail("g", true), zero)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidTtl);
+
+    let big = "x".repeat(100);
+    let err = a.set("gpu_availability", &p, &big).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ValueTooLarge);
+    assert!(
+        err.to_string()
+            .contains("102 bytes exceeds the 64-byte limit"),
+        "{err}"
+    );
+
+    let err = a.set("no_such_namespace", &p, &1u32).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownNamespace);
+    let err = a.get::<u32, _>("no_such_namespace", &p).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownNamespace);
+
+    assert_eq!(fleet.l2.len(), 0);
+    assert_eq!(fleet.bus.published(), 0);
+    assert_eq!(a.stats().sets, 0);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn keys_match_the_seed_and_work_with_the_key_api() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let key = a.key("gpu_pricing", &json!({"gpu_type": "A100"})).unwrap();
+    assert_eq!(
+        key,
+        CacheKey::derive("gpu_pricing", &json!({"gpu_type": "A100"})).unwrap()
+    );
+    a.set_key(&key, &2.5f64, SetOptions::new()).await.unwrap();
+    assert_eq!(*a.get_key::<f64>(&key).await.unwrap().unwrap(), 2.5);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn l2_value_of_another_type_is_a_counted_miss() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let b = fleet.node("b").await;
+    let p = json!({"gpu_id": "g"});
+    a.set("gpu_availability", &p, &"text".to_string())
+        .await
+        .unwrap();
+    assert!(b
+        .get::<Availability, _>("gpu_availability", &p)
+        .await
+        .unwrap()
+        .is_none());
+    let s = b.stats();
+    assert_eq!((s.decode_errors, s.misses), (1, 1));
+    b.shutdown().await;
+    a.shutdown().await;
+}
