@@ -1,0 +1,1 @@
+//! Cross-crate integration suites of edge-cache live in `it/`; this library is empty.
