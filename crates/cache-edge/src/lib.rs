@@ -47,3 +47,8 @@ pub use options::SetOptions;
 pub use stats::{Health, HealthStatus, NamespaceStats, Stats};
 
 pub use cache_core::{self as core, CacheKey, Error, ErrorKind, Result};
+
+/// The README's example, compiled and run as a doctest so it cannot rot.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
