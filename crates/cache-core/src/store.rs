@@ -104,7 +104,8 @@ pub trait L1Factory: Send + Sync {
 }
 
 /// An opaque token taken before a load and checked when the result is written back: the write is
-/// refused if anything in the namespace was invalidated or written in between.
+/// refused if the key was written or deleted, or its namespace (or a tag) invalidated, in
+/// between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fence(pub u64);
 
@@ -182,9 +183,11 @@ impl L2Write {
 ///
 /// Contract for implementors: entries expire after their TTL; an entry written before an
 /// [`L2Store::invalidate_namespace`] of its namespace, or before an
-/// [`L2Store::invalidate_tag`] of one of its tags, is never returned afterwards; every write,
-/// delete and invalidation of a namespace changes its [`Fence`], and a fenced write whose fence
-/// is stale writes nothing and returns `Ok(false)`.
+/// [`L2Store::invalidate_tag`] of one of its tags, is never returned afterwards. A key's
+/// [`Fence`] changes whenever that key is written or deleted and whenever its namespace is
+/// invalidated or one of the namespace's tags is (it may also change spuriously, e.g. when
+/// another key shares a stripe: that only costs a skipped write). A fenced write whose fence is
+/// stale writes nothing and returns `Ok(false)`.
 ///
 /// # Errors
 /// Every method returns [`crate::ErrorKind::L2`] when the store cannot be reached or fails.
@@ -206,8 +209,8 @@ pub trait L2Store: Send + Sync {
     /// Removes the entries of `key_namespace` written with `tag`; how many.
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64>;
 
-    /// The current fence of `key_namespace`, to pass to a later [`L2Write::fence`].
-    async fn fence(&self, key_namespace: &str) -> Result<Fence>;
+    /// The current fence of `key`, to pass to a later [`L2Write::fence`] of the same key.
+    async fn fence(&self, key: &CacheKey) -> Result<Fence>;
 
     /// Checks the store is reachable.
     async fn ping(&self) -> Result<()> {
@@ -232,8 +235,8 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {
         (**self).invalidate_tag(key_namespace, tag).await
     }
-    async fn fence(&self, key_namespace: &str) -> Result<Fence> {
-        (**self).fence(key_namespace).await
+    async fn fence(&self, key: &CacheKey) -> Result<Fence> {
+        (**self).fence(key).await
     }
     async fn ping(&self) -> Result<()> {
         (**self).ping().await

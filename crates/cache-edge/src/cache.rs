@@ -6,7 +6,7 @@ use std::sync::atomic::{
     AtomicBool, AtomicU64,
     Ordering::{Relaxed, SeqCst},
 };
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cache_core::{
@@ -65,12 +65,21 @@ pub(crate) struct Inner {
 struct NsState {
     config: NamespaceConfig,
     l1: Option<Box<dyn L1Store>>,
-    /// Bumped before every removal from this namespace's L1; a fill that saw another value
-    /// before it started undoes itself.
+    /// Bumped (under `gate`, written) with every removal from this namespace's L1. A fill reads
+    /// it before reading its value and inserts (under `gate`, read) only if it has not moved.
     epoch: AtomicU64,
+    /// Makes "check the epoch, then insert" atomic with respect to "bump, then remove": without
+    /// it a fill could land just after a removal and be served until it noticed the bump.
+    /// Never held across an await, and never taken on the hit path.
+    gate: RwLock<()>,
 }
 
-type Flight = OnceCell<Result<SharedValue>>;
+/// One in-progress load of a key, joined by every caller that misses the key while the
+/// namespace's epoch is still the one the load started in.
+struct Flight {
+    epoch: u64,
+    cell: OnceCell<Result<SharedValue>>,
+}
 
 impl EdgeCache {
     /// A builder with every default (see [`EdgeCacheBuilder`]).
@@ -96,6 +105,7 @@ impl EdgeCache {
                 l1: config.critical.then(|| b.l1.build(config)),
                 config: config.clone(),
                 epoch: AtomicU64::new(0),
+                gate: RwLock::new(()),
             })
             .collect();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -275,7 +285,12 @@ impl EdgeCache {
             .await
             .map_err(|e| inner.l2_failed("set", e))?;
         if let Some((l1, copy)) = l1_copy {
-            // Bumping the epoch makes any fill that started before this write undo itself.
+            // Bumping the epoch keeps any fill that started before this write from landing
+            // on top of it.
+            let _gate = ns
+                .gate
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             ns.epoch.fetch_add(1, SeqCst);
             l1.insert(
                 *key.digest(),
@@ -353,8 +368,25 @@ impl EdgeCache {
         let (index, ns) = inner.ns_by_key(key)?;
         let ttl = inner.ttl_for(ns, &options)?;
         let flight_key = (index, *key.digest());
-        let flight = Arc::clone(lock(&inner.flights).entry(flight_key).or_default());
+        // A load that began before an invalidation must not serve callers that arrive after
+        // it: they start a new flight instead of joining the old one.
+        let epoch = ns.epoch.load(SeqCst);
+        let flight = {
+            let mut flights = lock(&inner.flights);
+            match flights.get(&flight_key) {
+                Some(f) if f.epoch == epoch => Arc::clone(f),
+                _ => {
+                    let f = Arc::new(Flight {
+                        epoch,
+                        cell: OnceCell::new(),
+                    });
+                    flights.insert(flight_key, Arc::clone(&f));
+                    f
+                }
+            }
+        };
         let outcome = flight
+            .cell
             .get_or_init(|| async {
                 // Another flight may have filled the key between our miss and joining this one.
                 if let Some(hit) = inner.l1_get::<T>(ns, key) {
@@ -364,7 +396,7 @@ impl EdgeCache {
                     return Ok(hit as SharedValue);
                 }
                 inner
-                    .load_and_fill(ns, key, ttl, options.resource_tags(), loader)
+                    .load_and_fill(ns, key, ttl, options.resource_tags(), flight.epoch, loader)
                     .await
             })
             .await
@@ -720,9 +752,9 @@ impl Inner {
         Some(typed)
     }
 
-    /// Inserts, then undoes the insert if the namespace's epoch moved since `epoch` was read.
-    /// Invalidation bumps the epoch before removing, so either it removes this entry or this
-    /// check sees the bump.
+    /// Inserts only if the namespace's epoch is still `epoch` (read before the value was read)
+    /// and L1 is trusted (the bus is up). The gate makes the check and the insert one step
+    /// with respect to removals, so an entry removed by an invalidation is never put back.
     fn fenced_insert(
         &self,
         ns: &NsState,
@@ -732,12 +764,16 @@ impl Inner {
         tags: &[String],
         epoch: u64,
     ) {
-        l1.insert(*key.digest(), entry, tags);
+        let _gate = ns
+            .gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if ns.epoch.load(SeqCst) != epoch || (ns.config.event_driven && self.bus_down.load(SeqCst))
         {
-            l1.remove(key.digest());
             self.counters.fills_fenced.fetch_add(1, Relaxed);
+            return;
         }
+        l1.insert(*key.digest(), entry, tags);
     }
 
     async fn load_and_fill<T, F, Fut, E>(
@@ -746,6 +782,7 @@ impl Inner {
         key: &CacheKey,
         ttl: Duration,
         tags: &[String],
+        epoch: u64,
         loader: F,
     ) -> Result<SharedValue>
     where
@@ -754,8 +791,7 @@ impl Inner {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let epoch = ns.epoch.load(SeqCst);
-        let fence: Option<Fence> = match self.l2.fence(&ns.config.key_namespace).await {
+        let fence: Option<Fence> = match self.l2.fence(key).await {
             Ok(f) => Some(f),
             Err(e) => {
                 let _ = self.l2_failed("fence", e);
@@ -896,6 +932,10 @@ impl Inner {
     }
 
     fn drop_l1(&self, ns: &NsState, remove: impl FnOnce(&dyn L1Store)) {
+        let _gate = ns
+            .gate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         ns.epoch.fetch_add(1, SeqCst);
         if let Some(l1) = ns.l1.as_deref() {
             remove(l1);

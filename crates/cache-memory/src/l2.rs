@@ -71,11 +71,40 @@ impl Weighter<String, Stored> for StoredWeighter {
 struct Namespace {
     /// Bumped by `invalidate_namespace`; entries from older generations are absent.
     generation: u64,
-    /// Bumped by every set, delete and invalidation of the namespace.
+    /// Bumped by every invalidation of the namespace or of one of its tags.
     fence: u64,
+    /// Bumped by every set and delete of a key, striped by the key's first digest byte so
+    /// concurrent fills of different keys do not fence each other out.
+    write_stripes: Vec<u32>,
     /// Keys written with each tag. May name keys since evicted, overwritten without the tag or
     /// left in an old generation; those are checked against the entry and pruned.
     tags: HashMap<String, HashSet<String>>,
+}
+
+const WRITE_STRIPES: usize = 256;
+
+impl Namespace {
+    fn stripe(key: &CacheKey) -> usize {
+        usize::from(key.digest().0[0]) % WRITE_STRIPES
+    }
+
+    /// The namespace's invalidation count in the high half, the key's stripe in the low half.
+    fn key_fence(&self, key: &CacheKey) -> Fence {
+        let stripe = self
+            .write_stripes
+            .get(Self::stripe(key))
+            .copied()
+            .unwrap_or(0);
+        Fence((self.fence << 32) ^ u64::from(stripe))
+    }
+
+    fn bump_key(&mut self, key: &CacheKey) {
+        if self.write_stripes.is_empty() {
+            self.write_stripes = vec![0; WRITE_STRIPES];
+        }
+        let stripe = &mut self.write_stripes[Self::stripe(key)];
+        *stripe = stripe.wrapping_add(1);
+    }
 }
 
 struct State {
@@ -278,10 +307,13 @@ impl L2Store for MemoryL2 {
         let key_namespace = write.key.key_namespace();
         let mut state = self.lock();
         let ns = state.namespace_mut(key_namespace);
-        if write.fence.is_some_and(|fence| fence.0 != ns.fence) {
+        if write
+            .fence
+            .is_some_and(|fence| fence != ns.key_fence(&write.key))
+        {
             return Ok(false);
         }
-        ns.fence += 1;
+        ns.bump_key(&write.key);
         let generation = ns.generation;
         state.remove(key_namespace, write.key.as_str());
 
@@ -320,7 +352,7 @@ impl L2Store for MemoryL2 {
         self.check_available()?;
         let now = self.clock.now();
         let mut state = self.lock();
-        state.namespace_mut(key.key_namespace()).fence += 1;
+        state.namespace_mut(key.key_namespace()).bump_key(key);
         let generation = state.generation(key.key_namespace());
         let removed = state.remove(key.key_namespace(), key.as_str());
         Ok(removed.is_some_and(|stored| stored.is_live(now, generation)))
@@ -363,12 +395,13 @@ impl L2Store for MemoryL2 {
         Ok(removed)
     }
 
-    async fn fence(&self, key_namespace: &str) -> Result<Fence> {
+    async fn fence(&self, key: &CacheKey) -> Result<Fence> {
         self.check_available()?;
         let state = self.lock();
-        Ok(Fence(
-            state.namespaces.get(key_namespace).map_or(0, |ns| ns.fence),
-        ))
+        Ok(state
+            .namespaces
+            .get(key.key_namespace())
+            .map_or(Fence(0), |ns| ns.key_fence(key)))
     }
 
     async fn ping(&self) -> Result<()> {

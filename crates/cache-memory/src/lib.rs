@@ -22,8 +22,8 @@
 //! let l2 = MemoryL2::new(1 << 20, clock.clone());
 //! let key = CacheKey::derive("gpu_avail", &serde_json::json!({"gpu_id": "g-42"}))?;
 //!
-//! // A fenced write lands only if nothing in the namespace changed since the fence was taken.
-//! let fence = l2.fence("gpu_avail").await?;
+//! // A fenced write lands only if neither the key nor its namespace changed since the fence.
+//! let fence = l2.fence(&key).await?;
 //! let write = L2Write::new(key.clone(), b"{\"free\": 3}".to_vec(), Duration::from_secs(30));
 //! assert!(l2.set(write.fence(Some(fence))).await?);
 //!

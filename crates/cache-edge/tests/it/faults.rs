@@ -144,8 +144,8 @@ impl L2Store for GatedL2 {
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {
         self.inner.invalidate_tag(key_namespace, tag).await
     }
-    async fn fence(&self, key_namespace: &str) -> Result<Fence> {
-        self.inner.fence(key_namespace).await
+    async fn fence(&self, key: &CacheKey) -> Result<Fence> {
+        self.inner.fence(key).await
     }
 }
 

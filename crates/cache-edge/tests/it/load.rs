@@ -218,3 +218,49 @@ async fn loads_use_the_per_call_ttl_and_then_hit() {
     assert_eq!(err.kind(), ErrorKind::InvalidTtl);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_caller_arriving_after_an_invalidation_does_not_join_the_older_load() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let q = PriceQuery { gpu_type: "H200" };
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let (finish_tx, finish_rx) = oneshot::channel::<()>();
+    let price = |cents| Price {
+        gpu_type: "H200".into(),
+        cents,
+    };
+    let old_load = a.get_or_load("gpu_pricing", &q, SetOptions::new(), || async {
+        started_tx.send(()).unwrap();
+        finish_rx.await.unwrap();
+        Ok::<_, std::io::Error>(price(100))
+    });
+    let late_caller = async {
+        started_rx.await.unwrap();
+        a.notify(Notification::pricing_updated("H200", 1.5))
+            .await
+            .unwrap();
+        // Starts after the node applied the change: it must load anew, not wait for 100.
+        let fresh = a
+            .get_or_load("gpu_pricing", &q, SetOptions::new(), || async {
+                Ok::<_, std::io::Error>(price(150))
+            })
+            .await;
+        finish_tx.send(()).unwrap();
+        fresh
+    };
+    let (old, fresh) = within(async { tokio::join!(old_load, late_caller) }).await;
+    assert_eq!(old.unwrap().cents, 100);
+    assert_eq!(fresh.unwrap().cents, 150);
+    assert_eq!(a.stats().loads, 2);
+    assert_eq!(
+        a.get::<Price, _>("gpu_pricing", &q)
+            .await
+            .unwrap()
+            .unwrap()
+            .cents,
+        150,
+        "the fresh load is cached"
+    );
+    a.shutdown().await;
+}

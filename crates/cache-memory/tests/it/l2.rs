@@ -178,9 +178,9 @@ async fn tag_invalidation_removes_and_counts_the_tagged_entries_of_the_namespace
 async fn fenced_writes_land_only_on_a_fresh_fence() {
     let (_clock, l2) = setup();
     let k = key("gpu_avail", 1);
-    let fence = l2.fence("gpu_avail").await.unwrap();
+    let fence = l2.fence(&k).await.unwrap();
     assert_eq!(
-        l2.fence("gpu_avail").await.unwrap(),
+        l2.fence(&k).await.unwrap(),
         fence,
         "reading a fence changes nothing"
     );
@@ -202,42 +202,43 @@ async fn fenced_writes_land_only_on_a_fresh_fence() {
     );
 
     let other = key("gpu_avail", 2);
-    let before = l2.fence("gpu_avail").await.unwrap();
+    let before = l2.fence(&other).await.unwrap();
     assert!(!l2
         .set(write(&other, b"x").fence(Some(Fence(before.0 + 1))))
         .await
         .unwrap());
     assert!(read(&l2, &other).await.is_none());
     assert_eq!(
-        l2.fence("gpu_avail").await.unwrap(),
+        l2.fence(&other).await.unwrap(),
         before,
         "a refused write moves nothing"
     );
 }
 
 #[tokio::test]
-async fn every_kind_of_mutation_moves_the_fence_of_its_namespace_only() {
+async fn every_kind_of_mutation_moves_the_fence_of_its_key_only() {
     let (_clock, l2) = setup();
     let k = key("gpu_avail", 1);
     let ns = "gpu_avail";
-    let other_before = l2.fence("gpu_pricing").await.unwrap();
+    let other_ns = key("gpu_pricing", 1);
+    let other_before = l2.fence(&other_ns).await.unwrap();
 
-    let mut seen = vec![l2.fence(ns).await.unwrap()];
+    let mut seen = vec![l2.fence(&k).await.unwrap()];
     l2.set(write(&k, b"v")).await.unwrap();
-    seen.push(l2.fence(ns).await.unwrap());
+    seen.push(l2.fence(&k).await.unwrap());
     l2.delete(&k).await.unwrap();
-    seen.push(l2.fence(ns).await.unwrap());
+    seen.push(l2.fence(&k).await.unwrap());
     l2.delete(&k).await.unwrap(); // even when there was nothing to delete
-    seen.push(l2.fence(ns).await.unwrap());
+    seen.push(l2.fence(&k).await.unwrap());
     l2.invalidate_namespace(ns).await.unwrap();
-    seen.push(l2.fence(ns).await.unwrap());
+    seen.push(l2.fence(&k).await.unwrap());
     l2.invalidate_tag(ns, "no-such-tag").await.unwrap();
-    seen.push(l2.fence(ns).await.unwrap());
+    seen.push(l2.fence(&k).await.unwrap());
 
     for pair in seen.windows(2) {
         assert_ne!(pair[0], pair[1], "fences seen: {seen:?}");
     }
-    assert_eq!(l2.fence("gpu_pricing").await.unwrap(), other_before);
+    assert_eq!(l2.fence(&other_ns).await.unwrap(), other_before);
 
     // A fence taken before any of those mutations is stale after each of them.
     for stale in &seen[..seen.len() - 1] {
@@ -251,6 +252,26 @@ async fn every_kind_of_mutation_moves_the_fence_of_its_namespace_only() {
         .set(write(&k, b"ok").fence(seen.last().copied()))
         .await
         .unwrap());
+}
+
+#[tokio::test]
+async fn writes_of_other_keys_leave_a_fence_alone_so_concurrent_fills_both_land() {
+    let (_clock, l2) = setup();
+    let (a, b) = (key("gpu_avail", 1), key("gpu_avail", 2));
+    assert_ne!(
+        a.digest().0[0],
+        b.digest().0[0],
+        "the two keys must fall in different stripes"
+    );
+    let (fa, fb) = (l2.fence(&a).await.unwrap(), l2.fence(&b).await.unwrap());
+    assert!(l2.set(write(&a, b"a").fence(Some(fa))).await.unwrap());
+    assert!(l2.set(write(&b, b"b").fence(Some(fb))).await.unwrap());
+    l2.invalidate_namespace("gpu_avail").await.unwrap();
+    assert_ne!(
+        l2.fence(&b).await.unwrap(),
+        fb,
+        "a namespace invalidation moves every key's fence"
+    );
 }
 
 #[tokio::test]
@@ -286,7 +307,7 @@ async fn an_unavailable_store_fails_every_call_with_kind_l2() {
         l2.delete(&k).await.err(),
         l2.invalidate_namespace("gpu_avail").await.err(),
         l2.invalidate_tag("gpu_avail", "t").await.err(),
-        l2.fence("gpu_avail").await.err(),
+        l2.fence(&k).await.err(),
         l2.ping().await.err(),
     ];
     for (i, error) in errors.into_iter().enumerate() {
