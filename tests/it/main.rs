@@ -11,14 +11,14 @@ use cache_edge::EdgeCache;
 use cache_memory::{ManualClock, MemoryBus, MemoryL2};
 
 /// Nodes sharing a private bus, L2 and manual clock.
-pub struct Backends {
-    pub bus: Arc<MemoryBus>,
-    pub l2: Arc<MemoryL2>,
-    pub clock: Arc<ManualClock>,
+pub(crate) struct Backends {
+    pub(crate) bus: Arc<MemoryBus>,
+    pub(crate) l2: Arc<MemoryL2>,
+    pub(crate) clock: Arc<ManualClock>,
 }
 
 impl Backends {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let clock = Arc::new(ManualClock::new(Timestamp::from_nanos(
             1_750_000_000_000_000_000,
         )));
@@ -30,7 +30,7 @@ impl Backends {
         }
     }
 
-    pub fn builder(&self, id: &str) -> cache_edge::EdgeCacheBuilder {
+    pub(crate) fn builder(&self, id: &str) -> cache_edge::EdgeCacheBuilder {
         EdgeCache::builder()
             .node_id(id)
             .l2(self.l2.clone() as Arc<dyn L2Store>)
@@ -38,7 +38,7 @@ impl Backends {
             .clock(self.clock.clone() as Arc<dyn Clock>)
     }
 
-    pub async fn nodes(&self, ids: &[&str]) -> Vec<EdgeCache> {
+    pub(crate) async fn nodes(&self, ids: &[&str]) -> Vec<EdgeCache> {
         let mut nodes = Vec::new();
         for id in ids {
             nodes.push(self.builder(id).build().await.expect("node builds"));
@@ -48,7 +48,7 @@ impl Backends {
 }
 
 /// Waits until every node has applied at least `n` events; fails after 5 s.
-pub async fn all_applied(nodes: &[EdgeCache], n: u64) {
+pub(crate) async fn all_applied(nodes: &[EdgeCache], n: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while nodes.iter().any(|node| node.stats().events_applied < n) {
         assert!(
@@ -59,7 +59,7 @@ pub async fn all_applied(nodes: &[EdgeCache], n: u64) {
     }
 }
 
-pub async fn shutdown(nodes: Vec<EdgeCache>) {
+pub(crate) async fn shutdown(nodes: Vec<EdgeCache>) {
     for node in nodes {
         node.shutdown().await;
     }
