@@ -121,3 +121,44 @@ async fn a_cancellation_is_seen_by_every_node_of_a_larger_fleet() {
     }
     shutdown(nodes).await;
 }
+
+/// The only test that uses the process-wide embedded backends; every other test has its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_built_with_defaults_share_the_embedded_l2_and_bus() {
+    let a = EdgeCache::builder().build().await.unwrap();
+    let b = EdgeCache::builder().build().await.unwrap();
+    assert_ne!(a.node_id(), b.node_id());
+    let p = json!({"gpu_id": format!("embedded-{}", a.node_id())});
+    a.set("gpu_availability", &p, &Snapshot { version: 7 })
+        .await
+        .unwrap();
+    assert_eq!(
+        read_p(&b, &p).await,
+        Some(7),
+        "B reads A's write from the shared L2"
+    );
+    assert_eq!(read_p(&b, &p).await, Some(7));
+    assert!(b.stats().l1_hits >= 1);
+    let before = b.stats().events_applied;
+    a.invalidate_namespace("gpu_availability", "embedded test")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while b.stats().events_applied == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never received A's event on the shared bus"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(read_p(&b, &p).await, None);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn read_p(node: &EdgeCache, p: &serde_json::Value) -> Option<u64> {
+    node.get::<Snapshot, _>("gpu_availability", p)
+        .await
+        .unwrap()
+        .map(|s| s.version)
+}

@@ -1,5 +1,6 @@
 //! Cross-crate integration suites: whole fleets of `EdgeCache` nodes on shared backends.
 
+mod alloc;
 mod fleet;
 mod seed_defects;
 
@@ -9,6 +10,9 @@ use std::time::Duration;
 use cache_core::{Clock, EventBus, L2Store, Timestamp};
 use cache_edge::EdgeCache;
 use cache_memory::{ManualClock, MemoryBus, MemoryL2};
+
+#[global_allocator]
+static ALLOCATOR: alloc::CountingAllocator = alloc::CountingAllocator;
 
 /// Nodes sharing a private bus, L2 and manual clock.
 pub(crate) struct Backends {
