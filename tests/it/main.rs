@@ -1,7 +1,10 @@
 //! Cross-crate integration suites: whole fleets of `EdgeCache` nodes on shared backends.
 
 mod alloc;
+mod contract_bus;
+mod contract_l2;
 mod fleet;
+mod redis_fleet;
 mod seed_defects;
 
 use std::sync::Arc;

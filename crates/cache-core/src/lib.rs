@@ -33,7 +33,7 @@ pub use key::{canonical_json, CacheKey, Digest};
 pub use namespace::{NamespaceConfig, Namespaces};
 pub use routing::Routing;
 pub use store::{
-    Fence, L1Entry, L1Factory, L1Store, L1Usage, L2Entry, L2Store, L2Write, SharedValue,
+    Fence, L1Entry, L1Factory, L1Store, L1Usage, L2Entry, L2Info, L2Store, L2Write, SharedValue,
 };
 pub use time::{Clock, Timestamp};
 

@@ -186,8 +186,9 @@ impl L2Write {
 /// [`L2Store::invalidate_tag`] of one of its tags, is never returned afterwards. A key's
 /// [`Fence`] changes whenever that key is written or deleted and whenever its namespace is
 /// invalidated or one of the namespace's tags is (it may also change spuriously, e.g. when
-/// another key shares a stripe: that only costs a skipped write). A fenced write whose fence is
-/// stale writes nothing and returns `Ok(false)`.
+/// another key shares a stripe: that only costs a skipped write). A fenced write is a fill: it
+/// writes nothing and returns `Ok(false)` when its fence is stale or when the key already holds
+/// a live entry (which is at least as fresh as the fill).
 ///
 /// # Errors
 /// Every method returns [`crate::ErrorKind::L2`] when the store cannot be reached or fails.
@@ -216,6 +217,41 @@ pub trait L2Store: Send + Sync {
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
+
+    /// The entries under `keys`, in order; stores that can batch (Redis: one round trip)
+    /// override this.
+    async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<L2Entry>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
+    /// Server figures (memory, clients) where the store has them, as the seed reported.
+    async fn info(&self) -> Result<L2Info> {
+        Ok(L2Info::default())
+    }
+}
+
+/// What an L2 store reports about itself; fields it cannot tell are `None`.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct L2Info {
+    /// Bytes of memory the store uses (Redis `INFO memory` `used_memory`).
+    pub used_memory_bytes: Option<u64>,
+    /// Clients connected to the store (Redis `INFO clients` `connected_clients`).
+    pub connected_clients: Option<u64>,
+}
+
+impl L2Info {
+    /// Figures as reported.
+    pub fn new(used_memory_bytes: Option<u64>, connected_clients: Option<u64>) -> Self {
+        Self {
+            used_memory_bytes,
+            connected_clients,
+        }
+    }
 }
 
 #[async_trait]
@@ -240,5 +276,11 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     }
     async fn ping(&self) -> Result<()> {
         (**self).ping().await
+    }
+    async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<L2Entry>>> {
+        (**self).get_many(keys).await
+    }
+    async fn info(&self) -> Result<L2Info> {
+        (**self).info().await
     }
 }

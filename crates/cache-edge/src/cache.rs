@@ -543,6 +543,15 @@ impl EdgeCache {
             .snapshot(&inner.node_id, &inner.region, namespaces)
     }
 
+    /// L2's own figures (for Redis: `used_memory` and `connected_clients`, as the seed
+    /// reported).
+    ///
+    /// # Errors
+    /// [`ErrorKind::L2`] when L2 cannot be reached.
+    pub async fn l2_info(&self) -> Result<cache_core::L2Info> {
+        self.inner.l2.info().await
+    }
+
     /// Checks L2 and the event subscription and reports healthy, degraded or unhealthy.
     pub async fn health(&self) -> Health {
         let inner = &*self.inner;

@@ -313,8 +313,14 @@ impl L2Store for MemoryL2 {
         {
             return Ok(false);
         }
-        ns.bump_key(&write.key);
         let generation = ns.generation;
+        let live = |stored: &Stored| stored.is_live(now, generation);
+        if write.fence.is_some() && state.entries.peek(write.key.as_str()).is_some_and(live) {
+            // A fill never replaces a live entry: that entry is at least as fresh.
+            return Ok(false);
+        }
+        let ns = state.namespace_mut(key_namespace);
+        ns.bump_key(&write.key);
         state.remove(key_namespace, write.key.as_str());
 
         let tag_bytes: usize = write.tags.iter().map(String::len).sum();

@@ -1,0 +1,222 @@
+//! [`RedisBus`]: invalidation events on Redis pub/sub.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cache_core::{BusItem, ConnectionState, Error, ErrorKind, EventBus, Result, Subscription};
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use tokio::sync::mpsc;
+
+use crate::config::{redact, RedisConfig};
+
+/// The event bus on Redis pub/sub.
+///
+/// Publishing goes through one shared auto-reconnecting connection. Each subscription has a
+/// dedicated connection and a task that reconnects and resubscribes with exponential backoff
+/// whenever the connection is lost, reporting [`ConnectionState::Disconnected`] and then
+/// [`ConnectionState::Resubscribed`]: pub/sub does not replay what was published in between, and
+/// the node must know.
+#[derive(Clone)]
+pub struct RedisBus {
+    client: redis::Client,
+    publisher: ConnectionManager,
+    config: Arc<RedisConfig>,
+}
+
+impl RedisBus {
+    /// Connects the publisher (subscriptions connect when made).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] for a URL that does not parse; [`ErrorKind::Bus`] when Redis
+    /// cannot be reached.
+    pub async fn connect(config: &RedisConfig) -> Result<RedisBus> {
+        let client = config.client()?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.response()))
+            .set_connection_timeout(Some(config.connect()))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        let publisher = client
+            .get_connection_manager_with_config(manager_config)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Bus,
+                    format!("cannot connect to Redis at {}: {e}", redact(config.url())),
+                )
+                .with_source(e)
+            })?;
+        Ok(RedisBus {
+            client,
+            publisher,
+            config: Arc::new(config.clone()),
+        })
+    }
+
+    /// The channel events travel on.
+    pub fn channel(&self) -> &str {
+        self.config.channel_name()
+    }
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("url", &redact(self.config.url()))
+            .field("channel", &self.config.channel_name())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl EventBus for RedisBus {
+    async fn publish(&self, payload: Vec<u8>) -> Result<()> {
+        let mut conn = self.publisher.clone();
+        let _receivers: i64 = conn
+            .publish(self.config.channel_name(), payload)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Bus,
+                    format!("PUBLISH to {} failed: {e}", self.config.channel_name()),
+                )
+                .with_source(e)
+            })?;
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<Box<dyn Subscription>> {
+        // The first subscription is made here so a node that cannot subscribe fails to start,
+        // with the reason, instead of starting deaf.
+        let first = subscribe_once(&self.client, &self.config)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Bus,
+                    format!("cannot subscribe to {}: {e}", self.config.channel_name()),
+                )
+                .with_source(e)
+            })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(BusItem::State(ConnectionState::Connected));
+        tokio::spawn(run(
+            self.client.clone(),
+            Arc::clone(&self.config),
+            first,
+            tx,
+        ));
+        Ok(Box::new(RedisSubscription { rx }))
+    }
+}
+
+struct RedisSubscription {
+    rx: mpsc::UnboundedReceiver<BusItem>,
+}
+
+#[async_trait]
+impl Subscription for RedisSubscription {
+    async fn next(&mut self) -> Option<BusItem> {
+        self.rx.recv().await
+    }
+}
+
+async fn subscribe_once(
+    client: &redis::Client,
+    config: &RedisConfig,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let connect = client.get_async_pubsub();
+    let mut pubsub = tokio::time::timeout(config.connect(), connect)
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connection timed out")))??;
+    pubsub.subscribe(config.channel_name()).await?;
+    Ok(pubsub)
+}
+
+/// Forwards messages until the connection is lost, then reconnects with backoff; ends when the
+/// subscriber is dropped.
+async fn run(
+    client: redis::Client,
+    config: Arc<RedisConfig>,
+    first: redis::aio::PubSub,
+    tx: mpsc::UnboundedSender<BusItem>,
+) {
+    let mut pubsub = Some(first);
+    let (min, max) = config.backoff();
+    let mut delay = min;
+    loop {
+        if let Some(connected) = pubsub.take() {
+            delay = min;
+            forward(connected, &config, &tx).await;
+            if tx.is_closed() {
+                return;
+            }
+            tracing::warn!(
+                channel = config.channel_name(),
+                "lost the Redis subscription; reconnecting"
+            );
+            if tx
+                .send(BusItem::State(ConnectionState::Disconnected))
+                .is_err()
+            {
+                return;
+            }
+        }
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        match subscribe_once(&client, &config).await {
+            Ok(connected) => {
+                tracing::info!(channel = config.channel_name(), "resubscribed to Redis");
+                if tx
+                    .send(BusItem::State(ConnectionState::Resubscribed))
+                    .is_err()
+                {
+                    return;
+                }
+                pubsub = Some(connected);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, ?delay, "resubscribe failed");
+                delay = (delay * 2).min(max);
+            }
+        }
+    }
+}
+
+/// Forwards one connection's messages; returns when it is lost or the subscriber is gone.
+async fn forward(
+    pubsub: redis::aio::PubSub,
+    config: &RedisConfig,
+    tx: &mpsc::UnboundedSender<BusItem>,
+) {
+    let (mut sink, mut stream) = pubsub.split();
+    let mut ping = tokio::time::interval(config.ping_every());
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            message = stream.next() => match message {
+                Some(message) => {
+                    if tx.send(BusItem::Message(message.get_payload_bytes().to_vec())).is_err() {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            _ = ping.tick() => {
+                // A connection can die without closing (a host gone, a network cut): a ping
+                // that does not come back in time ends it.
+                let alive = tokio::time::timeout(config.response(), sink.ping::<String>()).await;
+                if !matches!(alive, Ok(Ok(_))) {
+                    return;
+                }
+            }
+        }
+    }
+}

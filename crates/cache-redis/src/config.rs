@@ -1,0 +1,186 @@
+//! Connection settings shared by the Redis L2 store and the Redis event bus.
+
+use std::time::Duration;
+
+/// The seed's channel name, the default for invalidation events.
+pub const DEFAULT_CHANNEL: &str = "cache_invalidation_events";
+
+/// Default prefix of every key edge-cache writes.
+pub const DEFAULT_KEY_PREFIX: &str = "ec:";
+
+/// Default largest value accepted by the L2 store: 1 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// How to reach Redis and how to behave when it goes away.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_redis::RedisConfig;
+///
+/// let config = RedisConfig::new("redis://edge:s3cret@10.0.0.5:6380/2")
+///     .channel("marketplace_invalidation")
+///     .response_timeout(Duration::from_millis(250));
+/// assert_eq!(config.url(), "redis://edge:s3cret@10.0.0.5:6380/2");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    url: String,
+    channel: String,
+    key_prefix: String,
+    max_value_bytes: usize,
+    response_timeout: Duration,
+    connect_timeout: Duration,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+    ping_interval: Duration,
+}
+
+impl RedisConfig {
+    /// Settings for `url`: `redis://[user:password@]host:port[/db]`, or `rediss://...` for TLS
+    /// (feature `tls`). Every other setting has its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            channel: DEFAULT_CHANNEL.to_owned(),
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            response_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            reconnect_min: Duration::from_millis(25),
+            reconnect_max: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// The pub/sub channel events travel on; default [`DEFAULT_CHANNEL`].
+    pub fn channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = channel.into();
+        self
+    }
+
+    /// The prefix of every key written; default [`DEFAULT_KEY_PREFIX`]. Fleets sharing one Redis
+    /// database with different prefixes do not see each other's entries.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The largest encoded value a write accepts; larger ones fail with
+    /// `ErrorKind::ValueTooLarge` before anything is sent. Default [`DEFAULT_MAX_VALUE_BYTES`].
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// How long a command may wait for its reply before it fails (default 1 s).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How long a connection attempt may take (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The first and the longest wait between reconnection attempts of the event subscriber;
+    /// the wait doubles from `min` up to `max` (defaults 25 ms and 2 s).
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max.max(min);
+        self
+    }
+
+    /// How often the subscriber pings Redis to notice a connection that died silently
+    /// (default 1 s).
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The event channel.
+    pub fn channel_name(&self) -> &str {
+        &self.channel
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    pub(crate) fn max_value(&self) -> usize {
+        self.max_value_bytes
+    }
+    pub(crate) fn response(&self) -> Duration {
+        self.response_timeout
+    }
+    pub(crate) fn connect(&self) -> Duration {
+        self.connect_timeout
+    }
+    pub(crate) fn backoff(&self) -> (Duration, Duration) {
+        (self.reconnect_min, self.reconnect_max)
+    }
+    pub(crate) fn ping_every(&self) -> Duration {
+        self.ping_interval
+    }
+
+    /// Opens a client for the URL.
+    pub(crate) fn client(&self) -> cache_core::Result<redis::Client> {
+        redis::Client::open(self.url.as_str()).map_err(|e| {
+            cache_core::Error::new(
+                cache_core::ErrorKind::InvalidConfig,
+                format!("invalid Redis URL {}: {e}", redact(&self.url)),
+            )
+            .with_source(e)
+        })
+    }
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{scheme}://{shown}@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("redis://edge:s3cret@h:6379/0"),
+            "redis://edge:***@h:6379/0"
+        );
+        assert_eq!(redact("rediss://:s3cret@h:6380"), "rediss://:***@h:6380");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn a_bad_url_is_a_config_error_without_the_password() {
+        let err = RedisConfig::new("http://edge:s3cret@h")
+            .client()
+            .unwrap_err();
+        assert_eq!(err.kind(), cache_core::ErrorKind::InvalidConfig);
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+}

@@ -1,0 +1,408 @@
+//! [`RedisL2`]: the shared second tier on Redis.
+//!
+//! # Key layout
+//!
+//! For a key namespace `ns` and prefix `ec:` (every key of a namespace shares the hash tag
+//! `{ns}`, so one namespace lives in one Redis Cluster slot and its scripts stay single-slot):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `ec:{ns}:g` | string (integer) | the namespace's generation, bumped by a namespace invalidation |
+//! | `ec:{ns}:f` | string (integer) | the fence counter, bumped by deletes and tag invalidations |
+//! | `ec:{ns}:<gen>:<sha256 hex>` | string | an entry: envelope (tags + value), with `PX` TTL |
+//! | `ec:{ns}:t:<tag>` | set | the entry keys written with `tag` |
+//!
+//! Namespace invalidation is one `INCR` whatever the number of keys: entries of older
+//! generations are unreachable and expire on their own TTL. Tag invalidation deletes exactly the
+//! members of the tag's set. Reads and writes run as Lua scripts, so reading the generation and
+//! the entry (or checking a fence and writing) is one round trip and atomic.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cache_core::{CacheKey, Error, ErrorKind, Fence, L2Entry, L2Info, L2Store, L2Write, Result};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script, Value};
+
+use crate::config::{redact, RedisConfig};
+
+const GET: &str = r"
+local g = redis.call('GET', KEYS[1] .. 'g') or '0'
+local out = {}
+for i = 1, #ARGV do
+  local k = KEYS[1] .. g .. ':' .. ARGV[i]
+  local v = redis.call('GET', k)
+  if v then
+    out[2 * i - 1] = v
+    out[2 * i] = redis.call('PTTL', k)
+  else
+    out[2 * i - 1] = ''
+    out[2 * i] = -2
+  end
+end
+return out
+";
+
+/// ARGV: hash, envelope, ttl ms, fenced (0/1), expected generation, expected fence, tags...
+const SET: &str = r"
+local g = redis.call('GET', KEYS[1] .. 'g') or '0'
+local k = KEYS[1] .. g .. ':' .. ARGV[1]
+if ARGV[4] == '1' then
+  local f = redis.call('GET', KEYS[1] .. 'f') or '0'
+  if g ~= ARGV[5] or f ~= ARGV[6] then return 0 end
+  if not redis.call('SET', k, ARGV[2], 'PX', ARGV[3], 'NX') then return 0 end
+else
+  redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
+end
+local ttl = tonumber(ARGV[3])
+for i = 7, #ARGV do
+  local t = KEYS[1] .. 't:' .. ARGV[i]
+  redis.call('SADD', t, k)
+  if redis.call('PTTL', t) < ttl then redis.call('PEXPIRE', t, ttl) end
+end
+return 1
+";
+
+const DELETE: &str = r"
+local g = redis.call('GET', KEYS[1] .. 'g') or '0'
+redis.call('INCR', KEYS[1] .. 'f')
+return redis.call('DEL', KEYS[1] .. g .. ':' .. ARGV[1])
+";
+
+const INVALIDATE_TAG: &str = r"
+local t = KEYS[1] .. 't:' .. ARGV[1]
+local members = redis.call('SMEMBERS', t)
+local removed = 0
+for i = 1, #members, 512 do
+  removed = removed + redis.call('DEL', unpack(members, i, math.min(i + 511, #members)))
+end
+redis.call('DEL', t)
+redis.call('INCR', KEYS[1] .. 'f')
+return removed
+";
+
+/// The L2 store on Redis: one auto-reconnecting multiplexed connection shared by every caller
+/// (cloning a `RedisL2` shares it too), scripts for every multi-step operation.
+///
+/// When Redis is unreachable, calls fail with [`ErrorKind::L2`] within the response timeout;
+/// the connection is re-established in the background and later calls succeed again.
+#[derive(Clone)]
+pub struct RedisL2 {
+    conn: ConnectionManager,
+    prefix: String,
+    max_value_bytes: usize,
+    url: String,
+    get: Script,
+    set: Script,
+    delete: Script,
+    invalidate_tag: Script,
+}
+
+impl RedisL2 {
+    /// Connects (once; reconnection afterwards is automatic).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] for a URL that does not parse; [`ErrorKind::L2`] when Redis
+    /// cannot be reached or refuses the credentials.
+    pub async fn connect(config: &RedisConfig) -> Result<RedisL2> {
+        let client = config.client()?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.response()))
+            .set_connection_timeout(Some(config.connect()))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        let conn = client
+            .get_connection_manager_with_config(manager_config)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::L2,
+                    format!("cannot connect to Redis at {}: {e}", redact(config.url())),
+                )
+                .with_source(e)
+            })?;
+        Ok(RedisL2 {
+            conn,
+            prefix: config.prefix().to_owned(),
+            max_value_bytes: config.max_value(),
+            url: redact(config.url()),
+            get: Script::new(GET),
+            set: Script::new(SET),
+            delete: Script::new(DELETE),
+            invalidate_tag: Script::new(INVALIDATE_TAG),
+        })
+    }
+
+    /// `ec:{ns}:` — the start of every key of the namespace.
+    fn ns_prefix(&self, key_namespace: &str) -> String {
+        format!("{}{{{key_namespace}}}:", self.prefix)
+    }
+
+    fn fail(&self, op: &str, e: redis::RedisError) -> Error {
+        Error::new(
+            ErrorKind::L2,
+            format!("Redis {op} failed ({}): {e}", self.url),
+        )
+        .with_source(e)
+    }
+
+    /// The entry keys of one namespace's generation, for tests and tools: `ec:{ns}:<gen>:`.
+    pub async fn generation(&self, key_namespace: &str) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let g: Option<u64> = conn
+            .get(format!("{}g", self.ns_prefix(key_namespace)))
+            .await
+            .map_err(|e| self.fail("GET", e))?;
+        Ok(g.unwrap_or(0))
+    }
+}
+
+impl std::fmt::Debug for RedisL2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisL2")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl L2Store for RedisL2 {
+    async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>> {
+        let mut found = self.get_many(std::slice::from_ref(key)).await?;
+        Ok(found.pop().flatten())
+    }
+
+    async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<L2Entry>>> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        // One script call per namespace: keys of one namespace share a slot.
+        if keys
+            .iter()
+            .any(|k| k.key_namespace() != first.key_namespace())
+        {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                out.push(self.get(key).await?);
+            }
+            return Ok(out);
+        }
+        let mut invocation = self.get.key(self.ns_prefix(first.key_namespace()));
+        for key in keys {
+            invocation.arg(key.digest().to_hex());
+        }
+        let mut conn = self.conn.clone();
+        let values: Vec<Value> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("GET", e))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, pair) in keys.iter().zip(values.chunks(2)) {
+            out.push(decode_entry(key, pair)?);
+        }
+        Ok(out)
+    }
+
+    async fn set(&self, write: L2Write) -> Result<bool> {
+        if write.bytes.len() > self.max_value_bytes {
+            return Err(Error::new(
+                ErrorKind::ValueTooLarge,
+                format!(
+                    "{}: value of {} bytes exceeds the L2 limit of {} bytes; nothing was sent",
+                    write.key,
+                    write.bytes.len(),
+                    self.max_value_bytes
+                ),
+            ));
+        }
+        let ttl_ms = u64::try_from(write.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let envelope = envelope::encode(&write.tags, &write.bytes);
+        let (fenced, generation, fence) = match write.fence {
+            Some(Fence(f)) => ("1", (f >> 32).to_string(), (f & 0xffff_ffff).to_string()),
+            None => ("0", String::new(), String::new()),
+        };
+        let mut invocation = self.set.key(self.ns_prefix(write.key.key_namespace()));
+        invocation
+            .arg(write.key.digest().to_hex())
+            .arg(envelope)
+            .arg(ttl_ms)
+            .arg(fenced)
+            .arg(generation)
+            .arg(fence);
+        for tag in &write.tags {
+            invocation.arg(tag);
+        }
+        let mut conn = self.conn.clone();
+        let written: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("SET", e))?;
+        Ok(written == 1)
+    }
+
+    async fn delete(&self, key: &CacheKey) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = self
+            .delete
+            .key(self.ns_prefix(key.key_namespace()))
+            .arg(key.digest().to_hex())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("DEL", e))?;
+        Ok(removed > 0)
+    }
+
+    async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .incr(format!("{}g", self.ns_prefix(key_namespace)), 1)
+            .await
+            .map_err(|e| self.fail("INCR", e))?;
+        Ok(())
+    }
+
+    async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let removed: u64 = self
+            .invalidate_tag
+            .key(self.ns_prefix(key_namespace))
+            .arg(tag)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("tag invalidation", e))?;
+        Ok(removed)
+    }
+
+    async fn fence(&self, key: &CacheKey) -> Result<Fence> {
+        let prefix = self.ns_prefix(key.key_namespace());
+        let mut conn = self.conn.clone();
+        let (g, f): (Option<u64>, Option<u64>) = conn
+            .mget(&[format!("{prefix}g"), format!("{prefix}f")])
+            .await
+            .map_err(|e| self.fail("MGET", e))?;
+        let (g, f) = (g.unwrap_or(0), f.unwrap_or(0));
+        if g > u64::from(u32::MAX) || f > u64::from(u32::MAX) {
+            // Past 2^32 invalidations the packed form no longer fits: no fence, no fenced write.
+            return Err(Error::new(
+                ErrorKind::L2,
+                format!("fence counters of {} exceed 32 bits", key.key_namespace()),
+            ));
+        }
+        Ok(Fence((g << 32) | f))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("PING", e))?;
+        Ok(())
+    }
+
+    async fn info(&self) -> Result<L2Info> {
+        let mut conn = self.conn.clone();
+        let text: String = redis::cmd("INFO")
+            .arg("memory")
+            .arg("clients")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("INFO", e))?;
+        Ok(L2Info::new(
+            info_field(&text, "used_memory"),
+            info_field(&text, "connected_clients"),
+        ))
+    }
+}
+
+fn info_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(':')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+fn decode_entry(key: &CacheKey, pair: &[Value]) -> Result<Option<L2Entry>> {
+    let (raw, pttl) = match pair {
+        [Value::BulkString(raw), Value::Int(pttl)] => (raw, *pttl),
+        other => {
+            return Err(Error::new(
+                ErrorKind::L2,
+                format!("{key}: unexpected reply from the GET script: {other:?}"),
+            ));
+        }
+    };
+    if raw.is_empty() && pttl == -2 {
+        return Ok(None);
+    }
+    let Some((tags, bytes)) = envelope::decode(raw) else {
+        return Err(Error::new(
+            ErrorKind::Decode,
+            format!("{key}: the stored entry is not an edge-cache envelope"),
+        ));
+    };
+    // PTTL is -1 for a key without expiry (never written so by edge-cache) and may round to 0.
+    let remaining = u64::try_from(pttl).map_or(Duration::ZERO, Duration::from_millis);
+    Ok(Some(
+        L2Entry::new(bytes.to_vec(), remaining).with_tags(tags),
+    ))
+}
+
+/// The stored form of an entry: `0x01`, the tags as a JSON array with a 4-byte big-endian length,
+/// then the value's bytes. Binary-safe whatever the value codec.
+pub(crate) mod envelope {
+    const FORMAT: u8 = 1;
+
+    pub(crate) fn encode(tags: &[String], value: &[u8]) -> Vec<u8> {
+        let tags_json = if tags.is_empty() {
+            b"[]".to_vec()
+        } else {
+            serde_json::to_vec(tags).unwrap_or_else(|_| b"[]".to_vec())
+        };
+        let len = u32::try_from(tags_json.len()).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(1 + 4 + tags_json.len() + value.len());
+        out.push(FORMAT);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&tags_json);
+        out.extend_from_slice(value);
+        out
+    }
+
+    pub(crate) fn decode(raw: &[u8]) -> Option<(Vec<String>, &[u8])> {
+        let (&format, rest) = raw.split_first()?;
+        if format != FORMAT || rest.len() < 4 {
+            return None;
+        }
+        let (len, rest) = rest.split_at(4);
+        let len = usize::try_from(u32::from_be_bytes(len.try_into().ok()?)).ok()?;
+        if rest.len() < len {
+            return None;
+        }
+        let (tags, value) = rest.split_at(len);
+        Some((serde_json::from_slice(tags).ok()?, value))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trips_and_rejects_foreign_bytes() {
+            let tags = vec!["gpu:g-1".to_owned(), "p\n1".to_owned()];
+            let raw = encode(&tags, b"{\"a\":1}\n\x00bin");
+            let (t, v) = decode(&raw).unwrap();
+            assert_eq!(t, tags);
+            assert_eq!(v, b"{\"a\":1}\n\x00bin");
+            assert!(decode(b"{\"plain\": \"json\"}").is_none());
+            assert!(decode(&[1, 0, 0, 0, 9, b'[']).is_none());
+            assert!(decode(&[]).is_none());
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! One contract suite for every L2 store, run against the in-process store and against a real
+//! redis-server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{CacheKey, L2Store, L2Write};
+use cache_memory::{MemoryL2, SystemClock};
+use cache_redis::{RedisConfig, RedisL2};
+use test_support::{eventually, RedisServer};
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn key(ns: &str, id: u32) -> CacheKey {
+    CacheKey::derive(ns, &serde_json::json!({ "id": id })).unwrap()
+}
+
+fn write(k: &CacheKey, bytes: &[u8]) -> L2Write {
+    L2Write::new(k.clone(), bytes.to_vec(), TTL)
+}
+
+async fn bytes(l2: &dyn L2Store, k: &CacheKey) -> Option<Vec<u8>> {
+    l2.get(k).await.unwrap().map(|e| e.bytes)
+}
+
+/// The contract of `cache_core::L2Store`, for any implementation.
+async fn contract(l2: Arc<dyn L2Store>) {
+    let l2 = &*l2;
+    l2.ping().await.unwrap();
+    let (a, b, other) = (key("avail", 1), key("avail", 2), key("pricing", 1));
+
+    // Round trip with tags and the remaining lifetime.
+    assert!(bytes(l2, &a).await.is_none());
+    assert!(l2
+        .set(write(&a, b"one").tags(vec!["gpu:1".into(), "p".into()]))
+        .await
+        .unwrap());
+    let entry = l2.get(&a).await.unwrap().unwrap();
+    assert_eq!(entry.bytes, b"one");
+    assert_eq!(entry.tags, ["gpu:1", "p"]);
+    assert!(
+        entry.ttl_remaining <= TTL && entry.ttl_remaining > TTL - Duration::from_secs(5),
+        "{:?}",
+        entry.ttl_remaining
+    );
+
+    // Batched reads keep the order and report misses.
+    l2.set(write(&other, b"price")).await.unwrap();
+    let many = l2
+        .get_many(&[a.clone(), b.clone(), other.clone()])
+        .await
+        .unwrap();
+    let many: Vec<_> = many.into_iter().map(|e| e.map(|e| e.bytes)).collect();
+    assert_eq!(many, [Some(b"one".to_vec()), None, Some(b"price".to_vec())]);
+
+    // Delete.
+    l2.set(write(&b, b"two")).await.unwrap();
+    assert!(l2.delete(&b).await.unwrap());
+    assert!(!l2.delete(&b).await.unwrap());
+    assert!(bytes(l2, &b).await.is_none());
+
+    // Namespace invalidation hides every entry of the namespace, only of that namespace, and
+    // later writes are visible again.
+    l2.invalidate_namespace("avail").await.unwrap();
+    assert!(bytes(l2, &a).await.is_none());
+    assert_eq!(bytes(l2, &other).await.as_deref(), Some(&b"price"[..]));
+    l2.set(write(&a, b"after")).await.unwrap();
+    assert_eq!(bytes(l2, &a).await.as_deref(), Some(&b"after"[..]));
+
+    // Tag invalidation removes exactly the tagged entries and counts them.
+    for id in 10..15 {
+        l2.set(write(&key("avail", id), b"t").tags(vec!["gpu:9".into()]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(l2.invalidate_tag("avail", "gpu:9").await.unwrap(), 5);
+    assert_eq!(l2.invalidate_tag("avail", "gpu:9").await.unwrap(), 0);
+    assert!(bytes(l2, &key("avail", 10)).await.is_none());
+    assert_eq!(bytes(l2, &a).await.as_deref(), Some(&b"after"[..]));
+
+    // Fences: a fill lands on a fresh fence, and is refused after each kind of change.
+    let c = key("avail", 3);
+    let fence = l2.fence(&c).await.unwrap();
+    assert!(l2.set(write(&c, b"fill").fence(Some(fence))).await.unwrap());
+    let fence = l2.fence(&c).await.unwrap();
+    assert!(
+        !l2.set(write(&c, b"second fill").fence(Some(fence)))
+            .await
+            .unwrap(),
+        "a fill never replaces a live entry"
+    );
+    assert_eq!(bytes(l2, &c).await.as_deref(), Some(&b"fill"[..]));
+    type Change =
+        for<'a> fn(&'a dyn L2Store, &'a CacheKey) -> futures_util::future::BoxFuture<'a, ()>;
+    let changes: [(&str, Change); 3] = [
+        ("delete", |l2, k| {
+            Box::pin(async move { l2.delete(k).await.map(drop).unwrap() })
+        }),
+        ("namespace invalidation", |l2, _| {
+            Box::pin(async move { l2.invalidate_namespace("avail").await.unwrap() })
+        }),
+        ("tag invalidation", |l2, _| {
+            Box::pin(async move { l2.invalidate_tag("avail", "any").await.map(drop).unwrap() })
+        }),
+    ];
+    for (what, change) in changes {
+        l2.delete(&c).await.unwrap();
+        let fence = l2.fence(&c).await.unwrap();
+        change(l2, &c).await;
+        assert!(
+            !l2.set(write(&c, b"stale").fence(Some(fence)))
+                .await
+                .unwrap(),
+            "fence survived a {what}"
+        );
+        assert!(
+            bytes(l2, &c).await.is_none(),
+            "a refused fill wrote after a {what}"
+        );
+    }
+    // Fills of different keys do not fence each other out.
+    let (d, e) = (key("avail", 4), key("avail", 5));
+    let (fd, fe) = (l2.fence(&d).await.unwrap(), l2.fence(&e).await.unwrap());
+    assert!(l2.set(write(&d, b"d").fence(Some(fd))).await.unwrap());
+    assert!(l2.set(write(&e, b"e").fence(Some(fe))).await.unwrap());
+
+    // Expiry.
+    let short = key("avail", 6);
+    l2.set(L2Write::new(
+        short.clone(),
+        b"brief".to_vec(),
+        Duration::from_millis(30),
+    ))
+    .await
+    .unwrap();
+    eventually(
+        "the 30 ms entry expires",
+        Duration::from_secs(5),
+        || async { l2.get(&short).await.unwrap().is_none() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_in_process_l2_meets_the_contract() {
+    contract(Arc::new(MemoryL2::new(16 << 20, Arc::new(SystemClock)))).await;
+}
+
+#[tokio::test]
+async fn the_redis_l2_meets_the_contract() {
+    let server = RedisServer::start();
+    let l2 = RedisL2::connect(&RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    contract(Arc::new(l2)).await;
+}
+
+#[tokio::test]
+async fn redis_rejects_oversized_values_before_sending_and_keeps_prefixes_apart() {
+    let server = RedisServer::start();
+    let small = RedisL2::connect(&RedisConfig::new(server.url()).max_value_bytes(16))
+        .await
+        .unwrap();
+    let k = key("avail", 1);
+    let err = small.set(write(&k, &[b'x'; 17])).await.unwrap_err();
+    assert_eq!(err.kind(), cache_core::ErrorKind::ValueTooLarge);
+    assert!(small.get(&k).await.unwrap().is_none());
+
+    let other_fleet = RedisL2::connect(&RedisConfig::new(server.url()).key_prefix("other:"))
+        .await
+        .unwrap();
+    small.set(write(&k, b"mine")).await.unwrap();
+    assert!(
+        other_fleet.get(&k).await.unwrap().is_none(),
+        "another prefix is another keyspace"
+    );
+    let info = small.info().await.unwrap();
+    assert!(info.used_memory_bytes.unwrap() > 0);
+    assert!(info.connected_clients.unwrap() >= 2);
+}
+
+#[tokio::test]
+async fn redis_connects_with_a_password_and_an_acl_user_and_says_why_when_it_cannot() {
+    let server = RedisServer::start_with_args(&[
+        "--requirepass",
+        "s3cret",
+        "--user",
+        "edge",
+        "on",
+        ">edgepw",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let port = server.port();
+    for url in [
+        format!("redis://:s3cret@127.0.0.1:{port}/0"),
+        format!("redis://edge:edgepw@127.0.0.1:{port}/1"),
+    ] {
+        let l2 = RedisL2::connect(&RedisConfig::new(&url)).await.unwrap();
+        l2.ping().await.unwrap();
+        l2.set(write(&key("avail", 1), b"v")).await.unwrap();
+    }
+    let err = RedisL2::connect(&RedisConfig::new(format!(
+        "redis://edge:wrong@127.0.0.1:{port}/0"
+    )))
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), cache_core::ErrorKind::L2);
+    assert!(
+        !err.to_string().contains("wrong"),
+        "the password leaked: {err}"
+    );
+    let err = RedisL2::connect(&RedisConfig::new("redis://127.0.0.1:1/0"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), cache_core::ErrorKind::L2);
+}

@@ -1,0 +1,194 @@
+//! EdgeCache nodes on a real redis-server: the fleet behaviour over Redis, and a Redis restart
+//! in the middle of a run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{EventBus, L2Store};
+use cache_edge::{EdgeCache, HealthStatus, Notification};
+use cache_redis::{RedisBus, RedisConfig, RedisL2};
+use serde_json::json;
+use test_support::{eventually, RedisServer};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn config(server: &RedisServer) -> RedisConfig {
+    RedisConfig::new(server.url())
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(200))
+        .response_timeout(Duration::from_millis(300))
+        .ping_interval(Duration::from_millis(200))
+}
+
+async fn node(config: &RedisConfig, id: &str) -> EdgeCache {
+    let l2: Arc<dyn L2Store> = Arc::new(RedisL2::connect(config).await.unwrap());
+    let bus: Arc<dyn EventBus> = Arc::new(RedisBus::connect(config).await.unwrap());
+    EdgeCache::builder()
+        .node_id(id)
+        .l2(l2)
+        .bus(bus)
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn applied(node: &EdgeCache, n: u64) {
+    eventually(
+        &format!("{} applies {n} events", node.node_id()),
+        DEADLINE,
+        || async { node.stats().events_applied >= n },
+    )
+    .await;
+}
+
+async fn avail(node: &EdgeCache, gpu: &str) -> Option<String> {
+    node.get::<String, _>("gpu_availability", &json!({"gpu_id": gpu}))
+        .await
+        .unwrap()
+        .map(|v| (*v).clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booking_over_redis_clears_every_node_and_writes_touch_only_their_key() {
+    let server = RedisServer::start();
+    let config = config(&server);
+    let (a, b, c) = (
+        node(&config, "a").await,
+        node(&config, "b").await,
+        node(&config, "c").await,
+    );
+    a.set(
+        "gpu_availability",
+        &json!({"gpu_id": "g-1"}),
+        &"free".to_string(),
+    )
+    .await
+    .unwrap();
+    a.set(
+        "gpu_availability",
+        &json!({"gpu_id": "g-2"}),
+        &"free".to_string(),
+    )
+    .await
+    .unwrap();
+    a.set(
+        "provider_status",
+        &json!({"provider": "p"}),
+        &"online".to_string(),
+    )
+    .await
+    .unwrap();
+    for n in [&b, &c] {
+        applied(n, 3).await;
+        assert_eq!(avail(n, "g-1").await.as_deref(), Some("free"));
+        assert_eq!(avail(n, "g-2").await.as_deref(), Some("free"));
+    }
+    // A write on A replaces one key on B and C and nothing else.
+    a.set(
+        "gpu_availability",
+        &json!({"gpu_id": "g-1"}),
+        &"booked".to_string(),
+    )
+    .await
+    .unwrap();
+    for n in [&b, &c] {
+        applied(n, 4).await;
+        assert_eq!(avail(n, "g-1").await.as_deref(), Some("booked"));
+        let l1_before = n.stats().l1_hits;
+        assert_eq!(avail(n, "g-2").await.as_deref(), Some("free"));
+        assert_eq!(
+            n.stats().l1_hits,
+            l1_before + 1,
+            "g-2 stayed in {}'s L1",
+            n.node_id()
+        );
+    }
+
+    a.notify(Notification::booking_created("bk-1", "g-2"))
+        .await
+        .unwrap();
+    for n in [&a, &b, &c] {
+        if n.node_id() != "a" {
+            applied(n, 5).await;
+        }
+        assert_eq!(avail(n, "g-1").await, None);
+        assert_eq!(avail(n, "g-2").await, None);
+        assert!(n
+            .get::<String, _>("provider_status", &json!({"provider": "p"}))
+            .await
+            .unwrap()
+            .is_some());
+    }
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_survive_a_redis_restart_and_never_serve_what_was_invalidated_meanwhile() {
+    let mut server = RedisServer::start();
+    let config = config(&server);
+    let a = node(&config, "a").await;
+    let b = node(&config, "b").await;
+    a.set(
+        "gpu_availability",
+        &json!({"gpu_id": "g-1"}),
+        &"free".to_string(),
+    )
+    .await
+    .unwrap();
+    applied(&b, 1).await;
+    assert_eq!(avail(&b, "g-1").await.as_deref(), Some("free"));
+    assert_eq!(avail(&b, "g-1").await.as_deref(), Some("free"));
+    assert!(b.stats().l1_hits >= 1, "B serves g-1 from L1");
+
+    server.stop();
+    for n in [&a, &b] {
+        eventually("the node reports degraded", DEADLINE, || async {
+            n.health().await.status == HealthStatus::Degraded
+        })
+        .await;
+    }
+    // Reads keep working (as misses) while Redis is away; nothing stale comes from L1.
+    assert_eq!(avail(&b, "g-1").await, None);
+
+    server.restart();
+    // A comes back and books g-1 right away; B may or may not be resubscribed yet.
+    eventually("A can notify again", DEADLINE, || async {
+        a.notify(Notification::booking_created("bk-1", "g-1"))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert_eq!(
+        avail(&b, "g-1").await,
+        None,
+        "B never serves the value cached before the restart"
+    );
+    for n in [&a, &b] {
+        eventually("the node is healthy again", DEADLINE, || async {
+            n.health().await.status == HealthStatus::Healthy
+        })
+        .await;
+    }
+    assert!(
+        b.stats().resyncs >= 2,
+        "B dropped its L1 on loss and on resubscribe"
+    );
+    // The fleet works as before the restart.
+    a.set(
+        "gpu_availability",
+        &json!({"gpu_id": "g-1"}),
+        &"booked".to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(avail(&b, "g-1").await.as_deref(), Some("booked"));
+    let before = b.stats().events_applied;
+    a.notify(Notification::gpu_availability_changed("g-1", "free"))
+        .await
+        .unwrap();
+    applied(&b, before + 1).await;
+    assert_eq!(avail(&b, "g-1").await, None);
+    a.shutdown().await;
+    b.shutdown().await;
+}
