@@ -18,6 +18,7 @@
 //! ```
 
 pub mod bus;
+pub mod codec;
 pub mod error;
 pub mod event;
 pub mod key;
@@ -27,6 +28,7 @@ pub mod store;
 pub mod time;
 
 pub use bus::{BusItem, ConnectionState, EventBus, Subscription};
+pub use codec::{Codec, JsonCodec};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventType, Scope, FORMAT_VERSION, MAX_EVENT_BYTES};
 pub use key::{canonical_json, CacheKey, Digest};

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::{
-    Clock, Error, ErrorKind, EventBus, L1Factory, L2Store, Namespaces, Result, Routing,
+    Clock, Codec, Error, ErrorKind, EventBus, JsonCodec, L1Factory, L2Store, Namespaces, Result,
+    Routing,
 };
 use cache_memory::{MemoryBus, MemoryL1Factory, MemoryL2, SystemClock};
 
@@ -36,7 +37,8 @@ pub const DEFAULT_BACKFILL_TTL_CAP: Duration = Duration::from_secs(60);
 /// # Ok(()) }
 /// ```
 #[must_use]
-pub struct EdgeCacheBuilder {
+pub struct EdgeCacheBuilder<C: Codec = JsonCodec> {
+    pub(crate) codec: C,
     pub(crate) node_id: Option<String>,
     pub(crate) region: String,
     pub(crate) namespaces: Namespaces,
@@ -53,6 +55,7 @@ pub struct EdgeCacheBuilder {
 impl Default for EdgeCacheBuilder {
     fn default() -> Self {
         Self {
+            codec: JsonCodec,
             node_id: None,
             region: "default".to_owned(),
             namespaces: Namespaces::defaults(),
@@ -68,7 +71,26 @@ impl Default for EdgeCacheBuilder {
     }
 }
 
-impl EdgeCacheBuilder {
+impl<C: Codec> EdgeCacheBuilder<C> {
+    /// How values are encoded in L2; default [`JsonCodec`]. Every node of a fleet must use the
+    /// same codec.
+    pub fn codec<D: Codec>(self, codec: D) -> EdgeCacheBuilder<D> {
+        EdgeCacheBuilder {
+            codec,
+            node_id: self.node_id,
+            region: self.region,
+            namespaces: self.namespaces,
+            routing: self.routing,
+            l1: self.l1,
+            l2: self.l2,
+            bus: self.bus,
+            clock: self.clock,
+            observer: self.observer,
+            max_value_bytes: self.max_value_bytes,
+            backfill_ttl_cap: self.backfill_ttl_cap,
+        }
+    }
+
     /// The node's id, written on every event it publishes; receivers ignore events carrying
     /// their own id, so ids must be unique in the fleet.
     pub fn node_id(mut self, id: impl Into<String>) -> Self {
@@ -145,7 +167,7 @@ impl EdgeCacheBuilder {
     /// [`ErrorKind::InvalidConfig`] or [`ErrorKind::UnknownNamespace`] for a configuration that
     /// does not validate (duplicate namespaces, a route to a missing namespace, a zero value
     /// limit); [`ErrorKind::Bus`] when the subscription cannot be made.
-    pub async fn build(mut self) -> Result<EdgeCache> {
+    pub async fn build(mut self) -> Result<EdgeCache<C>> {
         for config in &self.namespaces {
             config.validate()?;
         }

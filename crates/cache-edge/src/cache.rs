@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cache_core::{
-    CacheKey, Clock, ConnectionState, Digest, Error, ErrorKind, Event, EventBus, EventType, Fence,
-    L1Entry, L1Store, L2Store, L2Write, NamespaceConfig, Result, Routing, Scope, SharedValue,
+    CacheKey, Clock, Codec, ConnectionState, Digest, Error, ErrorKind, Event, EventBus, EventType,
+    Fence, JsonCodec, L1Entry, L1Store, L2Store, L2Write, NamespaceConfig, Result, Routing, Scope,
+    SharedValue,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -35,12 +36,20 @@ use crate::stats::{Counters, Health, HealthStatus, NamespaceStats, Stats};
 /// Invariant: no read that starts after this node applied an invalidation returns a value
 /// cached before it. Fills (back-fills from L2, loader results) are fenced: a fill that raced an
 /// invalidation or a write of its namespace is dropped rather than stored.
-#[derive(Clone)]
-pub struct EdgeCache {
-    inner: Arc<Inner>,
+pub struct EdgeCache<C: Codec = JsonCodec> {
+    inner: Arc<Inner<C>>,
 }
 
-pub(crate) struct Inner {
+impl<C: Codec> Clone for EdgeCache<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+pub(crate) struct Inner<C> {
+    codec: C,
     node_id: String,
     region: String,
     namespaces: Vec<NsState>,
@@ -82,12 +91,15 @@ struct Flight {
 }
 
 impl EdgeCache {
-    /// A builder with every default (see [`EdgeCacheBuilder`]).
+    /// A builder with every default (see [`EdgeCacheBuilder`]); values are JSON unless
+    /// [`EdgeCacheBuilder::codec`] says otherwise.
     pub fn builder() -> EdgeCacheBuilder {
         EdgeCacheBuilder::default()
     }
+}
 
-    pub(crate) async fn start(b: EdgeCacheBuilder) -> Result<EdgeCache> {
+impl<C: Codec> EdgeCache<C> {
+    pub(crate) async fn start(b: EdgeCacheBuilder<C>) -> Result<EdgeCache<C>> {
         let (l2, bus) = match (b.l2, b.bus) {
             (Some(l2), Some(bus)) => (l2, bus),
             _ => {
@@ -110,6 +122,7 @@ impl EdgeCache {
             .collect();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
+            codec: b.codec,
             node_id: b.node_id.unwrap_or_else(default_node_id),
             region: b.region,
             namespaces,
@@ -268,7 +281,7 @@ impl EdgeCache {
         // other nodes read from L2 (same type, no shared reference to the caller's object).
         let l1_copy = match inner.usable_l1(ns) {
             Some(l1) => {
-                let copy: T = serde_json::from_slice(&bytes).map_err(|e| {
+                let copy: T = inner.codec.decode(&bytes).map_err(|e| {
                     Error::new(
                         ErrorKind::Encode,
                         format!("{key}: value does not decode back from its encoding: {e}"),
@@ -619,7 +632,7 @@ impl EdgeCache {
     }
 }
 
-impl std::fmt::Debug for EdgeCache {
+impl<C: Codec> std::fmt::Debug for EdgeCache<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EdgeCache")
             .field("node_id", &self.inner.node_id)
@@ -628,7 +641,7 @@ impl std::fmt::Debug for EdgeCache {
     }
 }
 
-impl Inner {
+impl<C: Codec> Inner<C> {
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Relaxed) {
             return Err(Error::new(
@@ -681,10 +694,14 @@ impl Inner {
     }
 
     fn encode<T: Serialize + ?Sized>(&self, key: &CacheKey, value: &T) -> Result<Vec<u8>> {
-        let bytes = serde_json::to_vec(value).map_err(|e| {
+        let bytes = self.codec.encode(value).map_err(|e| {
             Error::new(
                 ErrorKind::Encode,
-                format!("{key}: value cannot be encoded: {e}"),
+                format!(
+                    "{key}: value cannot be encoded ({}): {}",
+                    self.codec.name(),
+                    e.message()
+                ),
             )
             .with_source(e)
         })?;
@@ -739,7 +756,7 @@ impl Inner {
                 return None;
             }
         };
-        let typed: Arc<T> = match serde_json::from_slice(&entry.bytes) {
+        let typed: Arc<T> = match self.codec.decode(&entry.bytes) {
             Ok(t) => Arc::new(t),
             Err(e) => {
                 self.counters.decode_errors.fetch_add(1, Relaxed);

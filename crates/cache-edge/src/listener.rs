@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cache_core::{BusItem, Subscription};
+use cache_core::{BusItem, Codec, Subscription};
 use tokio::sync::watch;
 
 use crate::cache::Inner;
@@ -10,8 +10,8 @@ use crate::cache::Inner;
 /// Receives until the subscription ends or shutdown is signalled. Messages are handled one at a
 /// time in arrival order. Handling awaits L2 only for events from seed nodes, which leave L2 to
 /// their receivers.
-pub(crate) async fn run(
-    inner: Arc<Inner>,
+pub(crate) async fn run<C: Codec>(
+    inner: Arc<Inner<C>>,
     mut subscription: Box<dyn Subscription>,
     mut shutdown: watch::Receiver<bool>,
 ) {

@@ -305,3 +305,68 @@ async fn l2_value_of_another_type_is_a_counted_miss() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// JSON behind a two-byte marker: a stand-in for a binary codec a fleet might choose.
+#[derive(Debug, Clone, Copy)]
+struct Marked;
+
+impl cache_core::Codec for Marked {
+    fn name(&self) -> &'static str {
+        "marked"
+    }
+    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> cache_core::Result<Vec<u8>> {
+        let mut out = b"M1".to_vec();
+        out.extend(cache_core::JsonCodec.encode(value)?);
+        Ok(out)
+    }
+    fn decode<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> cache_core::Result<T> {
+        match bytes.strip_prefix(b"M1") {
+            Some(json) => cache_core::JsonCodec.decode(json),
+            None => Err(cache_core::Error::new(ErrorKind::Decode, "no M1 marker")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn values_go_through_the_configured_codec() {
+    use cache_core::{Codec, L2Store};
+    let fleet = Fleet::new();
+    let a = fleet.builder("a").codec(Marked).build().await.unwrap();
+    let b = fleet.builder("b").codec(Marked).build().await.unwrap();
+    let json_node = fleet.node("json").await;
+    let p = json!({"gpu_id": "g-1"});
+    a.set("gpu_availability", &p, &avail("g-1", true))
+        .await
+        .unwrap();
+
+    let key = a.key("gpu_availability", &p).unwrap();
+    let raw = fleet.l2.get(&key).await.unwrap().unwrap().bytes;
+    assert!(
+        raw.starts_with(b"M1{"),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(
+        *b.get::<Availability, _>("gpu_availability", &p)
+            .await
+            .unwrap()
+            .unwrap(),
+        avail("g-1", true)
+    );
+    assert_eq!(
+        Marked.decode::<Availability>(&raw).unwrap(),
+        avail("g-1", true)
+    );
+
+    // A node with another codec cannot read it: a counted miss, not an error or a wrong value.
+    assert!(json_node
+        .get::<Availability, _>("gpu_availability", &p)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(json_node.stats().decode_errors, 1);
+    for n in [a, b] {
+        n.shutdown().await;
+    }
+    json_node.shutdown().await;
+}
