@@ -33,6 +33,7 @@ pub struct RedisConfig {
     reconnect_min: Duration,
     reconnect_max: Duration,
     ping_interval: Duration,
+    tls_root_certificate: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -49,6 +50,7 @@ impl RedisConfig {
             reconnect_min: Duration::from_millis(25),
             reconnect_max: Duration::from_secs(2),
             ping_interval: Duration::from_secs(1),
+            tls_root_certificate: None,
         }
     }
 
@@ -99,6 +101,14 @@ impl RedisConfig {
         self
     }
 
+    /// Trusts `pem` (a PEM root certificate, e.g. the fleet's private CA) for `rediss://`
+    /// connections instead of the public webpki roots.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_certificate = Some(pem.into());
+        self
+    }
+
     /// The URL.
     pub fn url(&self) -> &str {
         &self.url
@@ -132,7 +142,34 @@ impl RedisConfig {
 
     /// Opens a client for the URL.
     pub(crate) fn client(&self) -> cache_core::Result<redis::Client> {
-        redis::Client::open(self.url.as_str()).map_err(|e| {
+        #[cfg(not(feature = "tls"))]
+        if self.url.starts_with("rediss://") {
+            return Err(cache_core::Error::new(
+                cache_core::ErrorKind::InvalidConfig,
+                format!(
+                    "{}: rediss:// needs cache-redis built with the `tls` feature",
+                    redact(&self.url)
+                ),
+            ));
+        }
+        #[cfg(feature = "tls")]
+        {
+            // rustls needs one process-wide crypto provider; if the application installed its
+            // own first, that one stays.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = match &self.tls_root_certificate {
+            #[cfg(feature = "tls")]
+            Some(pem) => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            _ => redis::Client::open(self.url.as_str()),
+        };
+        client.map_err(|e| {
             cache_core::Error::new(
                 cache_core::ErrorKind::InvalidConfig,
                 format!("invalid Redis URL {}: {e}", redact(&self.url)),
