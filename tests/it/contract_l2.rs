@@ -211,6 +211,24 @@ async fn redis_connects_with_a_password_and_an_acl_user_and_says_why_when_it_can
         !err.to_string().contains("wrong"),
         "the password leaked: {err}"
     );
+    for url in [
+        format!("redis://127.0.0.1:{port}/0"),
+        format!("redis://edge:wrong@127.0.0.1:{port}/0"),
+    ] {
+        let err = RedisL2::connect(&RedisConfig::new(&url)).await.unwrap_err();
+        assert!(err.to_string().contains("cannot connect"), "{err}");
+        let err = cache_redis::RedisBus::connect(&RedisConfig::new(&url))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), cache_core::ErrorKind::Bus);
+    }
+    let err = RedisL2::connect(&RedisConfig::new(format!("redis://127.0.0.1:{port}/0")))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("NOAUTH"),
+        "a missing password is named at connect: {err}"
+    );
     let err = RedisL2::connect(&RedisConfig::new("redis://127.0.0.1:1/0"))
         .await
         .unwrap_err();

@@ -657,7 +657,20 @@ impl<C: Codec> Inner<C> {
             .iter()
             .enumerate()
             .find(|(_, ns)| ns.config.name == name)
-            .ok_or_else(|| Error::unknown_namespace(name))
+            .ok_or_else(|| {
+                let known: Vec<&str> = self
+                    .namespaces
+                    .iter()
+                    .map(|ns| ns.config.name.as_str())
+                    .collect();
+                Error::new(
+                    ErrorKind::UnknownNamespace,
+                    format!(
+                        "no namespace named {name:?} is configured (configured: {})",
+                        known.join(", ")
+                    ),
+                )
+            })
     }
 
     fn ns_by_key_namespace(&self, key_namespace: &str) -> Option<&NsState> {

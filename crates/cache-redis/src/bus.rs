@@ -40,16 +40,22 @@ impl RedisBus {
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
-        let publisher = client
+        let fail = |e: redis::RedisError| {
+            Error::new(
+                ErrorKind::Bus,
+                format!("cannot connect to Redis at {}: {e}", redact(config.url())),
+            )
+            .with_source(e)
+        };
+        let mut publisher = client
             .get_connection_manager_with_config(manager_config)
             .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Bus,
-                    format!("cannot connect to Redis at {}: {e}", redact(config.url())),
-                )
-                .with_source(e)
-            })?;
+            .map_err(fail)?;
+        // Surface a missing or wrong password now rather than at the first publish.
+        let _: String = redis::cmd("PING")
+            .query_async(&mut publisher)
+            .await
+            .map_err(fail)?;
         Ok(RedisBus {
             client,
             publisher,

@@ -112,16 +112,23 @@ impl RedisL2 {
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
-        let conn = client
+        let fail = |e: redis::RedisError| {
+            Error::new(
+                ErrorKind::L2,
+                format!("cannot connect to Redis at {}: {e}", redact(config.url())),
+            )
+            .with_source(e)
+        };
+        let mut conn = client
             .get_connection_manager_with_config(manager_config)
             .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::L2,
-                    format!("cannot connect to Redis at {}: {e}", redact(config.url())),
-                )
-                .with_source(e)
-            })?;
+            .map_err(fail)?;
+        // A server that wants a password accepts the connection and refuses the first command:
+        // ask now, so a missing or wrong password is reported as such, at start-up.
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(fail)?;
         Ok(RedisL2 {
             conn,
             prefix: config.prefix().to_owned(),

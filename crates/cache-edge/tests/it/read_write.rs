@@ -263,6 +263,10 @@ async fn bad_writes_are_clear_errors_and_write_nothing() {
 
     let err = a.set("no_such_namespace", &p, &1u32).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnknownNamespace);
+    assert!(
+        err.to_string().contains("gpu_availability, gpu_pricing"),
+        "lists what exists: {err}"
+    );
     let err = a.get::<u32, _>("no_such_namespace", &p).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnknownNamespace);
 
