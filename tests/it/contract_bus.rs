@@ -121,3 +121,26 @@ async fn subscribing_to_an_unreachable_redis_fails_with_the_reason() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_idle_redis_subscription_stays_connected_across_many_pings() {
+    let server = RedisServer::start();
+    let config = RedisConfig::new(server.url()).ping_interval(Duration::from_millis(20));
+    let bus = RedisBus::connect(&config).await.unwrap();
+    let mut sub = bus.subscribe().await.unwrap();
+    assert_eq!(
+        next(&mut sub).await,
+        BusItem::State(ConnectionState::Connected)
+    );
+    // Twenty-five ping intervals of silence: a healthy connection reports nothing at all.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
+    assert!(
+        quiet.is_err(),
+        "an idle, healthy subscription reported {quiet:?}"
+    );
+    bus.publish(b"still here".to_vec()).await.unwrap();
+    assert_eq!(
+        next(&mut sub).await,
+        BusItem::Message(b"still here".to_vec())
+    );
+}

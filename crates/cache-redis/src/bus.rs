@@ -218,7 +218,7 @@ async fn forward(
             _ = ping.tick() => {
                 // A connection can die without closing (a host gone, a network cut): a ping
                 // that does not come back in time ends it.
-                let alive = tokio::time::timeout(config.response(), sink.ping::<String>()).await;
+                let alive = tokio::time::timeout(config.response(), sink.ping::<redis::Value>()).await;
                 if !matches!(alive, Ok(Ok(_))) {
                     return;
                 }
