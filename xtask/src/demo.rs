@@ -8,9 +8,12 @@
 //!   It sits behind a `std::sync::Mutex`; every change bumps a global version and is recorded in
 //!   the history of each resource it touched, so the market can answer "what was resource R's
 //!   version as of global version V".
-//! - **N edge nodes** (`edge-1` …), each an [`EdgeCache`] built with no L2 and no bus configured,
-//!   so all of them run on the process-wide embedded in-process L2 and event bus, the way a fleet
-//!   shares one Redis.
+//! - **N edge nodes** (`edge-1` …), each an [`EdgeCache`]. By default they are built with no L2
+//!   and no bus configured, so all of them run on the process-wide embedded in-process L2 and
+//!   event bus, the way a fleet shares one Redis. With `--redis [URL]` they run on real Redis instead:
+//!   every node connects its own [`RedisL2`] and [`RedisBus`] with one shared [`RedisConfig`],
+//!   either to a private `redis-server` started for the run ([`test_support::RedisServer`]) or to
+//!   the server at `URL`, under a key prefix and an event channel unique to the run.
 //! - **R reader tasks per node**: each picks a random resource, reads it through
 //!   [`EdgeCache::get_or_load`] (the loader reads the market) and audits the value it got.
 //! - **One writer task**: every ~2 ms it books, cancels, reprices or takes a GPU in or out of
@@ -44,20 +47,23 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use cache_core::{Event, Namespaces};
+use cache_core::{Event, EventBus, L2Store, Namespaces};
 use cache_edge::{EdgeCache, Notification, Observer, SetOptions, Stats};
+use cache_redis::{redact, RedisBus, RedisConfig, RedisL2};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use test_support::RedisServer;
 
 /// The usage text printed by `--help`.
 pub const USAGE: &str = "\
 Usage: cargo xtask demo [OPTIONS]
 
 Runs a simulated GPU marketplace (bookings, cancellations, price changes) against a fleet of
-edge nodes sharing the embedded in-process L2 and event bus, and audits every read: a read is
-stale if it returned a value older than an invalidation its node had applied before the read
-started. Exits non-zero on any stale read or any error.
+edge nodes, and audits every read: a read is stale if it returned a value older than an
+invalidation its node had applied before the read started. Exits non-zero on any stale read or
+any error. By default the nodes share the embedded in-process L2 and event bus; with --redis
+they run on real Redis.
 
 Options:
       --duration SECS  how long the workload runs [default: 5]
@@ -65,8 +71,27 @@ Options:
       --gpus N         GPUs in the market [default: 200]
       --readers N      reader tasks per node [default: 4]
       --seed N         seed of the workload's random choices [default: 42]
+      --redis [URL]    run on Redis: every node connects its own RedisL2 and RedisBus.
+                       Without URL, starts a private redis-server on a free loopback port
+                       for the run and stops it afterwards (needs redis-server on PATH).
+                       With URL (redis://[user:password@]host:port[/db], or --redis=URL),
+                       uses that server under a key prefix and channel unique to this run
+                       (ec-demo-PID-TIME:, edge_cache_demo_PID_TIME), so a live fleet on the
+                       same server is not disturbed; passwords are never printed
   -h, --help           print this help
 ";
+
+/// Where the nodes' L2 and event bus live.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The process-wide embedded in-process L2 and bus (no server needed).
+    #[default]
+    Embedded,
+    /// A private `redis-server` started for the run on a free loopback port.
+    PrivateRedis,
+    /// The Redis server at this URL, under a key prefix and channel unique to the run.
+    Redis(String),
+}
 
 /// Options of `cargo xtask demo`, from [`parse`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +106,8 @@ pub struct DemoArgs {
     pub readers: usize,
     /// Seed of every random choice the workload makes.
     pub seed: u64,
+    /// Where L2 and the bus live: `--redis [URL]`, embedded without it.
+    pub backend: Backend,
     /// `--help` was given: the usage was printed and [`run`] does nothing.
     pub help: bool,
 }
@@ -93,21 +120,23 @@ impl Default for DemoArgs {
             gpus: 200,
             readers: 4,
             seed: 42,
+            backend: Backend::Embedded,
             help: false,
         }
     }
 }
 
 /// Parses the arguments that follow `demo` on the command line. Flags take their value as the
-/// next argument or after `=` (`--nodes 5`, `--nodes=5`). `--help` prints [`USAGE`] to stdout
-/// and returns at once with [`DemoArgs::help`] set.
+/// next argument or after `=` (`--nodes 5`, `--nodes=5`). `--redis` takes an optional URL: the
+/// next argument when it does not start with `-`, or the text after `=`. `--help` prints
+/// [`USAGE`] to stdout and returns at once with [`DemoArgs::help`] set.
 ///
 /// # Errors
-/// An unknown argument, a flag without its value, a value that is not a whole number, or one
-/// below the flag's minimum.
+/// An unknown argument, a flag without its value, a value that is not a whole number, one
+/// below the flag's minimum, or a `--redis` URL without a scheme (`redis://...`).
 pub fn parse(args: &[String]) -> anyhow::Result<DemoArgs> {
     let mut parsed = DemoArgs::default();
-    let mut rest = args.iter();
+    let mut rest = args.iter().peekable();
     while let Some(arg) = rest.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => (flag, Some(value)),
@@ -117,6 +146,19 @@ pub fn parse(args: &[String]) -> anyhow::Result<DemoArgs> {
             print!("{USAGE}");
             parsed.help = true;
             return Ok(parsed);
+        }
+        if flag == "--redis" {
+            let url = match inline {
+                Some(url) => Some(url),
+                None => rest
+                    .next_if(|next| !next.starts_with('-'))
+                    .map(String::as_str),
+            };
+            parsed.backend = match url {
+                None => Backend::PrivateRedis,
+                Some(url) => Backend::Redis(redis_url(url)?),
+            };
+            continue;
         }
         if !matches!(
             flag,
@@ -144,6 +186,19 @@ pub fn parse(args: &[String]) -> anyhow::Result<DemoArgs> {
     Ok(parsed)
 }
 
+/// A `--redis` URL, checked only for its shape here (`scheme://rest`); connecting tells the rest.
+/// The message never repeats the URL, which may hold a password.
+fn redis_url(url: &str) -> anyhow::Result<String> {
+    match url.split_once("://") {
+        Some((scheme, rest)) if !scheme.is_empty() && !rest.is_empty() => Ok(url.to_owned()),
+        // The value is not echoed: without a scheme, `redact` cannot tell where a password is.
+        _ => bail!(
+            "`--redis` expects a URL such as redis://127.0.0.1:6379/0; \
+             the value given has no scheme"
+        ),
+    }
+}
+
 /// A whole number of at least `min`.
 fn number(flag: &str, text: &str, min: u64) -> anyhow::Result<u64> {
     let n: u64 = text
@@ -164,19 +219,118 @@ fn count(flag: &str, text: &str) -> anyhow::Result<usize> {
 /// Runs the demo on a new multi-thread tokio runtime with two worker threads, prints progress and
 /// the per-node report, and shuts every node down. Returns at once when `args.help` is set.
 ///
+/// With [`Backend::PrivateRedis`] it starts a `redis-server` first and stops it once every node
+/// is shut down; with [`Backend::Redis`] it deletes the run's generation and fence counters at
+/// the end (the run's entries expire on their TTL).
+///
 /// # Errors
-/// When the runtime or a node cannot be started, a task panicked, a notification failed, a read
-/// failed, or the freshness audit found a stale read (`freshness audit failed: N stale reads`).
+/// When `redis-server` is needed but not installed, the runtime or a node cannot be started
+/// (Redis unreachable included), a task panicked, a notification failed, a read failed, or the
+/// freshness audit found a stale read (`freshness audit failed: N stale reads`).
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.help {
         return Ok(());
     }
+    // Declared before the runtime so it is dropped (and the server killed) after it.
+    let private = match args.backend {
+        Backend::PrivateRedis => Some(start_redis_server().context(
+            "cannot start a private redis-server for `--redis` \
+                 (or pass the URL of a running server: --redis redis://HOST:PORT)",
+        )?),
+        Backend::Embedded | Backend::Redis(_) => None,
+    };
+    let redis = match (&args.backend, &private) {
+        (Backend::PrivateRedis, Some(server)) => Some(RedisSetup {
+            config: RedisConfig::new(server.url()),
+            origin: format!(
+                "started a private redis-server on 127.0.0.1:{} (pid {}); \
+                 it is stopped when the demo ends",
+                server.port(),
+                server.pid()
+            ),
+            shared: false,
+        }),
+        (Backend::Redis(url), _) => {
+            let run_id = run_id();
+            let config = RedisConfig::new(url.clone())
+                .key_prefix(format!("ec-demo-{run_id}:"))
+                .channel(format!("edge_cache_demo_{}", run_id.replace('-', "_")));
+            Some(RedisSetup {
+                origin: format!(
+                    "key prefix `{}` and channel `{}`, unique to this run",
+                    config.prefix(),
+                    config.channel_name()
+                ),
+                config,
+                shared: true,
+            })
+        }
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .enable_time()
+        .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(demo(args))
+    let result = runtime.block_on(demo(args, redis.as_ref()));
+    drop(runtime);
+    drop(private);
+    result
+}
+
+/// How this run's nodes reach Redis, resolved from [`Backend`]; none for the embedded backends.
+struct RedisSetup {
+    /// What every node connects its own [`RedisL2`] and [`RedisBus`] with.
+    config: RedisConfig,
+    /// One line for the header: where the server came from.
+    origin: String,
+    /// The server is not ours: delete the run's counters at the end.
+    shared: bool,
+}
+
+/// `PID-UNIXSECS`: unique to this run on one host (a pid repeats only after the process is
+/// gone, and not within the same second in practice), so keys and channels of earlier runs are
+/// never reused.
+fn run_id() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{}-{secs}", std::process::id())
+}
+
+/// Starts a private `redis-server` on a free loopback port, as the tests do
+/// ([`RedisServer::start`]); dropping the handle kills it.
+///
+/// # Errors
+/// When `redis-server` is not on `PATH`, with the command that installs it (checked first:
+/// [`RedisServer::start`] would panic instead).
+pub(crate) fn start_redis_server() -> anyhow::Result<RedisServer> {
+    if !on_path("redis-server") {
+        bail!(
+            "redis-server is not installed (not found on PATH).\n\
+             Install it with:  sudo apt-get install -y redis-server"
+        );
+    }
+    Ok(RedisServer::start())
+}
+
+/// Whether an executable file named `program` is in one of the `PATH` directories.
+fn on_path(program: &str) -> bool {
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| is_executable(&dir.join(program)))
+}
+
+#[cfg(unix)]
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &std::path::Path) -> bool {
+    path.is_file()
 }
 
 /// How often the writer changes the market.
@@ -198,12 +352,20 @@ const GPU_TYPES: [(&str, u64); 4] = [("A100", 189), ("H100", 299), ("L40S", 99),
 const GPUS_PER_PROVIDER: usize = 10;
 
 /// Builds the fleet, runs the workload, shuts every node down and judges the outcome.
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+async fn demo(args: DemoArgs, redis: Option<&RedisSetup>) -> anyhow::Result<()> {
     let mut rng = Rng::stream(args.seed, 0);
     let world = Arc::new(World::new(Market::new(args.gpus, &mut rng)));
+    let on = match redis {
+        None => "on the embedded in-process L2 and event bus \
+             (shared by all nodes, as a fleet shares Redis)"
+            .to_owned(),
+        Some(RedisSetup { config, .. }) => format!(
+            "on Redis at {} (every node with its own RedisL2 and RedisBus connections)",
+            redact(config.url())
+        ),
+    };
     println!(
-        "edge-cache demo: {} (edge-1..edge-{}) x {}, {}, {} s, seed {}, \
-         on the embedded in-process L2 and event bus (shared by all nodes, as a fleet shares Redis)",
+        "edge-cache demo: {} (edge-1..edge-{}) x {}, {}, {} s, seed {}, {on}",
         plural(args.nodes, "node"),
         args.nodes,
         plural(args.readers, "reader"),
@@ -211,23 +373,78 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         args.duration.as_secs(),
         args.seed,
     );
+    if let Some(RedisSetup { origin, .. }) = redis {
+        println!("redis: {origin}");
+    }
     println!(
         "writer: a booking, cancellation, price change or maintenance change every {} ms, \
          announced through a random node",
         WRITE_EVERY.as_millis()
     );
 
-    let nodes = start_nodes(args.nodes).await?;
+    let nodes = start_nodes(args.nodes, redis.map(|r| &r.config)).await?;
     let outcome = workload(&world, &nodes, &args).await;
     for node in &nodes {
         node.cache.shutdown().await;
     }
-    let outcome = outcome?;
-    report(&nodes, &outcome)
+    let cleaned = match redis {
+        Some(RedisSetup {
+            config,
+            shared: true,
+            ..
+        }) => Some(clean_up(config).await),
+        _ => None,
+    };
+    let result = outcome.and_then(|outcome| report(&nodes, &outcome));
+    if let Some(cleaned) = cleaned {
+        println!("{cleaned}");
+    }
+    result
 }
 
-/// Starts `count` nodes on the embedded L2 and bus; on failure shuts down those already started.
-async fn start_nodes(count: usize) -> anyhow::Result<Vec<Node>> {
+/// Deletes the run's per-namespace generation and fence counters from a shared server: they are
+/// the only keys edge-cache writes without a TTL. The run's entries and tag sets expire on their
+/// own TTL. Returns what it did, for the end of the output; a failure is only reported: the
+/// prefix is unique to the run, so leftovers disturb nobody.
+async fn clean_up(config: &RedisConfig) -> String {
+    let namespaces = Namespaces::defaults();
+    let keys: Vec<String> = namespaces
+        .iter()
+        .flat_map(|ns| {
+            let prefix = format!("{}{{{}}}:", config.prefix(), ns.key_namespace);
+            [format!("{prefix}g"), format!("{prefix}f")]
+        })
+        .collect();
+    let longest_ttl = Kind::ALL
+        .iter()
+        .filter_map(|kind| namespaces.get(kind.namespace()))
+        .map(|ns| ns.ttl.as_secs())
+        .max()
+        .unwrap_or(0);
+    let deleted = async {
+        let client = redis::Client::open(config.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<u64>(&mut conn)
+            .await
+    };
+    match deleted.await {
+        Ok(n) => format!(
+            "redis: deleted this run's {n} generation/fence counters under `{}`; its entries \
+             expire on their TTL (at most {longest_ttl} s)",
+            config.prefix()
+        ),
+        Err(e) => format!(
+            "redis: could not delete this run's counters under `{}` ({e}); they are harmless",
+            config.prefix()
+        ),
+    }
+}
+
+/// Starts `count` nodes, on Redis with `redis` and on the embedded backends without; on failure
+/// shuts down those already started.
+async fn start_nodes(count: usize, redis: Option<&RedisConfig>) -> anyhow::Result<Vec<Node>> {
     let namespaces = Namespaces::defaults();
     let mut key_namespaces = Vec::with_capacity(Kind::ALL.len());
     for kind in Kind::ALL {
@@ -241,13 +458,22 @@ async fn start_nodes(count: usize) -> anyhow::Result<Vec<Node>> {
         let audit = Arc::new(NodeAudit::new(i, key_namespaces.clone()));
         let node_id = audit.node_id.clone();
         let observer: Arc<dyn Observer> = audit.clone();
-        let built = EdgeCache::builder()
+        let builder = EdgeCache::builder()
             .node_id(node_id.clone())
             .region(REGIONS[i % REGIONS.len()])
-            .observer(observer)
-            .build()
-            .await;
-        match built {
+            .observer(observer);
+        let built = async {
+            let builder = match redis {
+                None => builder,
+                Some(config) => {
+                    let l2: Arc<dyn L2Store> = Arc::new(RedisL2::connect(config).await?);
+                    let bus: Arc<dyn EventBus> = Arc::new(RedisBus::connect(config).await?);
+                    builder.l2(l2).bus(bus)
+                }
+            };
+            builder.build().await
+        };
+        match built.await {
             Ok(cache) => nodes.push(Node { cache, audit }),
             Err(e) => {
                 for node in &nodes {
@@ -366,7 +592,7 @@ fn totals(nodes: &[Node]) -> (u64, u64, u64) {
 fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
     println!();
     println!(
-        "{:<8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6}",
+        "{:<8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6}",
         "node",
         "reads",
         "L1 hits",
@@ -374,6 +600,7 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
         "loads",
         "fenced",
         "events",
+        "resyncs",
         "lag p50",
         "lag p99",
         "stale",
@@ -385,7 +612,7 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
         let a = &node.audit;
         let mut lags = lock(&a.lags).clone();
         println!(
-            "{:<8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6}",
+            "{:<8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6}",
             s.node_id,
             a.reads.load(Ordering::Relaxed),
             s.l1_hits,
@@ -393,6 +620,7 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
             s.loads,
             s.fills_fenced,
             s.events_applied,
+            s.resyncs,
             micros(percentile(&mut lags, 50)),
             micros(percentile(&mut lags, 99)),
             a.stale.load(Ordering::Relaxed),
@@ -400,7 +628,10 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
         );
         stats.push(s);
     }
-    println!("(lag: µs from an event's timestamp until another node applied it)");
+    println!(
+        "(resyncs: times L1 was dropped because the bus lost the subscription or got it back; \
+         lag: µs from an event's timestamp until another node applied it)"
+    );
     println!();
 
     let (reads, stale, errors) = totals(nodes);
@@ -459,7 +690,7 @@ fn plural(n: usize, noun: &str) -> String {
 }
 
 /// The `p`th percentile (nearest rank) of `samples`; sorts them.
-fn percentile(samples: &mut [Duration], p: usize) -> Option<Duration> {
+pub(crate) fn percentile(samples: &mut [Duration], p: usize) -> Option<Duration> {
     if samples.is_empty() {
         return None;
     }
@@ -1303,11 +1534,66 @@ mod tests {
                 gpus: 10,
                 readers: 2,
                 seed: 0,
+                backend: Backend::Embedded,
                 help: false
             }
         );
         assert!(parse(&args(&["--help"])).unwrap().help);
         assert!(parse(&args(&["--nodes", "2", "-h"])).unwrap().help);
+    }
+
+    #[test]
+    fn parse_redis_with_and_without_a_url() {
+        let backend = |list: &[&str]| parse(&args(list)).unwrap().backend;
+        assert_eq!(backend(&[]), Backend::Embedded);
+        assert_eq!(backend(&["--redis"]), Backend::PrivateRedis);
+        // A flag after `--redis` is the next flag, not its URL.
+        let parsed = parse(&args(&["--redis", "--duration", "5"])).unwrap();
+        assert_eq!(parsed.backend, Backend::PrivateRedis);
+        assert_eq!(parsed.duration, Duration::from_secs(5));
+        assert_eq!(
+            backend(&[
+                "--redis",
+                "redis://edge:s3cret@10.0.0.5:6380/2",
+                "--nodes",
+                "2"
+            ]),
+            Backend::Redis("redis://edge:s3cret@10.0.0.5:6380/2".to_owned())
+        );
+        assert_eq!(
+            backend(&["--redis=rediss://h:6380"]),
+            Backend::Redis("rediss://h:6380".to_owned())
+        );
+        assert_eq!(
+            backend(&["--duration", "2", "--redis"]),
+            Backend::PrivateRedis
+        );
+    }
+
+    #[test]
+    fn parse_rejects_a_redis_url_without_scheme_and_without_echoing_it() {
+        let err = parse(&args(&["--redis", "edge:s3cret@10.0.0.5:6380"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`--redis` expects a URL such as redis://"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(parse(&args(&["--redis="])).is_err());
+        assert!(parse(&args(&["--redis", "redis://"])).is_err());
+    }
+
+    #[test]
+    fn the_usage_documents_redis() {
+        assert!(USAGE.contains("--redis [URL]"));
+        assert!(USAGE.contains("private redis-server"));
+    }
+
+    #[test]
+    fn on_path_finds_executables_only() {
+        assert!(on_path("sh"));
+        assert!(!on_path("edge-cache-no-such-program"));
     }
 
     #[test]

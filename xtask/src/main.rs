@@ -4,7 +4,10 @@
 //!   clippy with warnings denied and every test of the workspace. CI runs exactly this.
 //! - `cargo xtask demo [--duration SECS] [--nodes N] ...`: the simulated GPU marketplace on the
 //!   embedded (in-process) backends, with a freshness audit that must find no stale read.
+//! - `cargo xtask bench [--keys N] [--write PATH]`: namespace invalidation on a private
+//!   `redis-server`, edge-cache's INCR against the seed's SCAN+DEL; writes `docs/benchmarks.md`.
 
+mod bench;
 mod demo;
 
 use std::process::{Command, ExitCode};
@@ -15,13 +18,16 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test    install redis-server if missing, then fmt check, clippy -D warnings, every test
-  demo    run the simulated GPU marketplace on the embedded backends (demo --help for options)";
+  demo    run the simulated GPU marketplace on the embedded backends (demo --help for options)
+  bench   time namespace invalidation on a private redis-server, edge-cache vs the seed
+          (bench --help for options)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("demo") => demo::parse(&args[1..]).and_then(demo::run),
+        Some("bench") => bench::parse(&args[1..]).and_then(bench::run),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             Ok(())
