@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test    install redis-server if missing, then fmt check, clippy -D warnings, every test
+  test    install redis-server and openssl if missing, then fmt check, clippy -D warnings, every test
   demo    run the simulated GPU marketplace on the embedded backends (demo --help for options)
   bench   time namespace invalidation on a private redis-server, edge-cache vs the seed
           (bench --help for options)";
@@ -48,7 +48,7 @@ fn test(extra: &[String]) -> Result<()> {
     if !extra.is_empty() {
         bail!("`cargo xtask test` takes no arguments (got {extra:?})");
     }
-    ensure_redis_server()?;
+    ensure_tools()?;
     run("cargo", &["fmt", "--all", "--", "--check"])
         .context("formatting differs: run `cargo fmt --all`")?;
     run(
@@ -67,55 +67,55 @@ fn test(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The Redis suites start their own `redis-server`; make sure there is one to start.
-fn ensure_redis_server() -> Result<()> {
-    if redis_server_version().is_some() {
+/// Programs the test suites run, with the Debian package that provides each: the Redis suites
+/// start their own `redis-server`, and the TLS suite makes its certificates with `openssl`.
+const TOOLS: [(&str, &str); 2] = [("redis-server", "redis-server"), ("openssl", "openssl")];
+
+/// Installs whatever of [`TOOLS`] is missing (apt-get, as root), or stops with the one command
+/// that does.
+fn ensure_tools() -> Result<()> {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
+    let packages = missing.join(" ");
     let root = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     if !root {
         bail!(
-            "redis-server is not installed and this user cannot install it.\n\
-             Install it with:  sudo apt-get install -y redis-server\n\
+            "{packages} missing and this user cannot install it.\n\
+             Install it with:  sudo apt-get install -y {packages}\n\
              then run `cargo xtask test` again"
         );
     }
-    eprintln!("xtask: redis-server is missing; installing it with apt-get");
+    eprintln!("xtask: {packages} missing; installing with apt-get");
     run("apt-get", &["update", "-q"])?;
     let status = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "redis-server",
-        ])
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("running apt-get")?;
     if !status.success() {
-        bail!("apt-get install redis-server failed ({status})");
+        bail!("apt-get install {packages} failed ({status})");
     }
-    match redis_server_version() {
-        Some(v) => {
-            eprintln!("xtask: installed {v}");
-            Ok(())
+    for (program, _) in TOOLS {
+        if !on_path(program) {
+            bail!("{program} still not found on PATH after installing {packages}");
         }
-        None => bail!("redis-server still not found on PATH after installing it"),
     }
+    Ok(())
 }
 
-fn redis_server_version() -> Option<String> {
-    let out = Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+/// Whether `program` can be started (found on PATH and executable).
+fn on_path(program: &str) -> bool {
+    Command::new(program).arg("--version").output().is_ok()
 }
 
 fn run(program: &str, args: &[&str]) -> Result<()> {
