@@ -192,3 +192,55 @@ async fn nodes_survive_a_redis_restart_and_never_serve_what_was_invalidated_mean
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// How many times Redis ran `command`, from `INFO commandstats`.
+async fn calls(server: &RedisServer, command: &str) -> u64 {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_key_read_is_one_script_call_and_a_notification_one_incr_per_namespace() {
+    let server = RedisServer::start();
+    let config = config(&server);
+    let a = node(&config, "a").await;
+    let params: Vec<_> = (0..50)
+        .map(|i| json!({"gpu_id": format!("g-{i}")}))
+        .collect();
+    for p in &params[..40] {
+        a.set("provider_status", p, &"online".to_string())
+            .await
+            .unwrap();
+    }
+    // The first use of a script loads it (a failed EVALSHA, SCRIPT LOAD, EVALSHA): warm it up.
+    a.get::<String, _>("provider_status", &params[49])
+        .await
+        .unwrap();
+    let before = calls(&server, "evalsha").await;
+    let got = a
+        .get_many::<String, _>("provider_status", &params)
+        .await
+        .unwrap();
+    assert_eq!(got.iter().filter(|v| v.is_some()).count(), 40);
+    assert_eq!(
+        calls(&server, "evalsha").await - before,
+        1,
+        "50 keys, one script call"
+    );
+
+    let before = calls(&server, "incrby").await;
+    a.notify(Notification::booking_created("bk", "g-1"))
+        .await
+        .unwrap();
+    assert_eq!(calls(&server, "incrby").await - before, 3, "three namespaces");
+    a.shutdown().await;
+}

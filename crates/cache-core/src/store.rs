@@ -207,6 +207,15 @@ pub trait L2Store: Send + Sync {
     /// Makes every entry of `key_namespace` unreachable.
     async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()>;
 
+    /// Invalidates several namespaces at once, as a notification does; stores that can batch
+    /// (Redis: one pipelined round trip) override this.
+    async fn invalidate_namespaces(&self, key_namespaces: &[String]) -> Result<()> {
+        for key_namespace in key_namespaces {
+            self.invalidate_namespace(key_namespace).await?;
+        }
+        Ok(())
+    }
+
     /// Removes the entries of `key_namespace` written with `tag`; how many.
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64>;
 
@@ -267,6 +276,9 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     }
     async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()> {
         (**self).invalidate_namespace(key_namespace).await
+    }
+    async fn invalidate_namespaces(&self, key_namespaces: &[String]) -> Result<()> {
+        (**self).invalidate_namespaces(key_namespaces).await
     }
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {
         (**self).invalidate_tag(key_namespace, tag).await

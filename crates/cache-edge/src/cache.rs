@@ -223,6 +223,82 @@ impl<C: Codec> EdgeCache<C> {
         Ok(found)
     }
 
+    /// Reads many keys (of any configured namespaces) at once: L1 for each, then one batched L2
+    /// read for all the L1 misses (one round trip per namespace on Redis). Results are in the
+    /// order of `keys`; counters are bumped per key as for [`EdgeCache::get_key`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::UnknownNamespace`] if any key's namespace is not configured (nothing is
+    /// read), [`ErrorKind::Shutdown`]. An L2 failure makes the L1 misses misses.
+    pub async fn get_many_keys<T>(&self, keys: &[CacheKey]) -> Result<Vec<Option<Arc<T>>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let namespaces = keys
+            .iter()
+            .map(|key| inner.ns_by_key(key).map(|(_, ns)| ns))
+            .collect::<Result<Vec<_>>>()?;
+        let mut found: Vec<Option<Arc<T>>> = vec![None; keys.len()];
+        let mut missing = Vec::new();
+        for (i, (key, ns)) in keys.iter().zip(&namespaces).enumerate() {
+            match inner.l1_get::<T>(ns, key) {
+                Some(hit) => {
+                    inner.counters.l1_hits.fetch_add(1, Relaxed);
+                    found[i] = Some(hit);
+                }
+                None => missing.push(i),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        // Epochs are read before L2 is, so back-fills that race an invalidation are dropped.
+        let epochs: Vec<u64> = missing
+            .iter()
+            .map(|&i| namespaces[i].epoch.load(SeqCst))
+            .collect();
+        let missing_keys: Vec<CacheKey> = missing.iter().map(|&i| keys[i].clone()).collect();
+        let entries = match inner.l2.get_many(&missing_keys).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                let _ = inner.l2_failed("get_many", e);
+                vec![None; missing.len()]
+            }
+        };
+        for ((&i, entry), epoch) in missing.iter().zip(entries).zip(epochs) {
+            let value = entry.and_then(|entry| {
+                inner.accept_l2_entry::<T>(namespaces[i], &keys[i], entry, epoch)
+            });
+            let counter = if value.is_some() {
+                &inner.counters.l2_hits
+            } else {
+                &inner.counters.misses
+            };
+            counter.fetch_add(1, Relaxed);
+            found[i] = value;
+        }
+        Ok(found)
+    }
+
+    /// [`EdgeCache::get_many_keys`] for several parameter sets of one namespace.
+    ///
+    /// # Errors
+    /// As [`EdgeCache::get_many_keys`], and [`ErrorKind::Encode`] for parameters that cannot be
+    /// serialised.
+    pub async fn get_many<T, P>(&self, namespace: &str, params: &[P]) -> Result<Vec<Option<Arc<T>>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+        P: Serialize,
+    {
+        let keys = params
+            .iter()
+            .map(|p| self.key(namespace, p))
+            .collect::<Result<Vec<_>>>()?;
+        self.get_many_keys(&keys).await
+    }
+
     /// Writes `value` for `params` in `namespace` with the namespace's TTL and no tags.
     ///
     /// # Errors
@@ -516,20 +592,20 @@ impl<C: Codec> EdgeCache<C> {
         inner.check_open()?;
         let (event_type, resource_id, data) = notification.into_parts();
         let mut event = inner.new_event(event_type, resource_id, data);
-        let mut l2_result = Ok(());
         for name in inner.routing.namespaces(event_type) {
             let (_, ns) = inner.ns_by_name(name)?;
             event
                 .affected_namespaces
                 .push(ns.config.key_namespace.clone());
-            if let Err(e) = inner
-                .l2
-                .invalidate_namespace(&ns.config.key_namespace)
-                .await
-            {
-                l2_result = Err(inner.l2_failed("invalidate_namespace", e));
-            }
         }
+        let l2_result = match event.affected_namespaces.as_slice() {
+            [] => Ok(()),
+            namespaces => inner
+                .l2
+                .invalidate_namespaces(namespaces)
+                .await
+                .map_err(|e| inner.l2_failed("invalidate_namespaces", e)),
+        };
         inner.counters.notifications.fetch_add(1, Relaxed);
         inner.issue(event.clone(), l2_result).await?;
         Ok(event)
@@ -761,14 +837,25 @@ impl<C: Codec> Inner<C> {
         key: &CacheKey,
     ) -> Option<Arc<T>> {
         let epoch = ns.epoch.load(SeqCst);
-        let entry = match self.l2.get(key).await {
-            Ok(Some(entry)) => entry,
-            Ok(None) => return None,
+        match self.l2.get(key).await {
+            Ok(Some(entry)) => self.accept_l2_entry(ns, key, entry, epoch),
+            Ok(None) => None,
             Err(e) => {
                 let _ = self.l2_failed("get", e);
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// Decodes an entry read from L2 (a decode failure is a counted miss) and back-fills L1,
+    /// fenced by the namespace epoch read before the L2 read.
+    fn accept_l2_entry<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        ns: &NsState,
+        key: &CacheKey,
+        entry: cache_core::L2Entry,
+        epoch: u64,
+    ) -> Option<Arc<T>> {
         let typed: Arc<T> = match self.codec.decode(&entry.bytes) {
             Ok(t) => Arc::new(t),
             Err(e) => {

@@ -264,9 +264,19 @@ impl L2Store for RedisL2 {
     }
 
     async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()> {
+        self.invalidate_namespaces(&[key_namespace.to_owned()])
+            .await
+    }
+
+    async fn invalidate_namespaces(&self, key_namespaces: &[String]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for key_namespace in key_namespaces {
+            pipe.incr(format!("{}g", self.ns_prefix(key_namespace)), 1)
+                .ignore();
+        }
         let mut conn = self.conn.clone();
-        let _: i64 = conn
-            .incr(format!("{}g", self.ns_prefix(key_namespace)), 1)
+        let () = pipe
+            .query_async(&mut conn)
             .await
             .map_err(|e| self.fail("INCR", e))?;
         Ok(())

@@ -374,3 +374,65 @@ async fn values_go_through_the_configured_codec() {
     }
     json_node.shutdown().await;
 }
+
+#[tokio::test]
+async fn many_keys_are_read_in_order_from_l1_then_one_batch_from_l2() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let b = fleet.node("b").await;
+    let ids = ["g-1", "g-2", "g-3"];
+    for id in ids {
+        a.set("gpu_availability", &json!({"gpu_id": id}), &avail(id, true))
+            .await
+            .unwrap();
+    }
+    applied(&b, 3).await;
+    b.get::<Availability, _>("gpu_availability", &json!({"gpu_id": "g-2"}))
+        .await
+        .unwrap()
+        .unwrap();
+    let params = [
+        json!({"gpu_id": "g-1"}),
+        json!({"gpu_id": "nope"}),
+        json!({"gpu_id": "g-2"}),
+        json!({"gpu_id": "g-3"}),
+    ];
+    let got = b
+        .get_many::<Availability, _>("gpu_availability", &params)
+        .await
+        .unwrap();
+    let got: Vec<Option<String>> = got
+        .iter()
+        .map(|v| v.as_ref().map(|v| v.gpu_id.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            Some("g-1".into()),
+            None,
+            Some("g-2".into()),
+            Some("g-3".into())
+        ]
+    );
+    let s = b.stats();
+    assert_eq!(
+        (s.l1_hits, s.l2_hits, s.misses),
+        (1, 3, 1),
+        "g-2 from L1, the rest from L2 (the first single get included)"
+    );
+    // The batch back-filled L1.
+    let again = b
+        .get_many::<Availability, _>("gpu_availability", &params)
+        .await
+        .unwrap();
+    assert_eq!(again.iter().filter(|v| v.is_some()).count(), 3);
+    assert_eq!(b.stats().l1_hits, 4);
+
+    let err = b
+        .get_many::<Availability, _>("nope", &params)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownNamespace);
+    a.shutdown().await;
+    b.shutdown().await;
+}
