@@ -1,7 +1,6 @@
 //! [`RedisBus`]: invalidation events on Redis pub/sub.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use cache_core::{BusItem, ConnectionState, Error, ErrorKind, EventBus, Result, Subscription};
@@ -34,28 +33,7 @@ impl RedisBus {
     /// cannot be reached.
     pub async fn connect(config: &RedisConfig) -> Result<RedisBus> {
         let client = config.client()?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response()))
-            .set_connection_timeout(Some(config.connect()))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(200));
-        let fail = |e: redis::RedisError| {
-            Error::new(
-                ErrorKind::Bus,
-                format!("cannot connect to Redis at {}: {e}", redact(config.url())),
-            )
-            .with_source(e)
-        };
-        let mut publisher = client
-            .get_connection_manager_with_config(manager_config)
-            .await
-            .map_err(fail)?;
-        // Surface a missing or wrong password now rather than at the first publish.
-        let _: String = redis::cmd("PING")
-            .query_async(&mut publisher)
-            .await
-            .map_err(fail)?;
+        let publisher = config.connection_manager(&client, ErrorKind::Bus).await?;
         Ok(RedisBus {
             client,
             publisher,

@@ -140,6 +140,38 @@ impl RedisConfig {
         self.ping_interval
     }
 
+    /// The shared, auto-reconnecting command connection, checked with a PING: a server that
+    /// wants a password accepts the connection and refuses the first command, so a missing or
+    /// wrong password is reported here, at start-up, as a connection failure of `kind`.
+    pub(crate) async fn connection_manager(
+        &self,
+        client: &redis::Client,
+        kind: cache_core::ErrorKind,
+    ) -> cache_core::Result<redis::aio::ConnectionManager> {
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.response_timeout))
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        let fail = |e: redis::RedisError| {
+            cache_core::Error::new(
+                kind,
+                format!("cannot connect to Redis at {}: {e}", redact(&self.url)),
+            )
+            .with_source(e)
+        };
+        let mut conn = client
+            .get_connection_manager_with_config(manager_config)
+            .await
+            .map_err(fail)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(fail)?;
+        Ok(conn)
+    }
+
     /// Opens a client for the URL.
     pub(crate) fn client(&self) -> cache_core::Result<redis::Client> {
         #[cfg(not(feature = "tls"))]

@@ -106,29 +106,7 @@ impl RedisL2 {
     /// cannot be reached or refuses the credentials.
     pub async fn connect(config: &RedisConfig) -> Result<RedisL2> {
         let client = config.client()?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response()))
-            .set_connection_timeout(Some(config.connect()))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(200));
-        let fail = |e: redis::RedisError| {
-            Error::new(
-                ErrorKind::L2,
-                format!("cannot connect to Redis at {}: {e}", redact(config.url())),
-            )
-            .with_source(e)
-        };
-        let mut conn = client
-            .get_connection_manager_with_config(manager_config)
-            .await
-            .map_err(fail)?;
-        // A server that wants a password accepts the connection and refuses the first command:
-        // ask now, so a missing or wrong password is reported as such, at start-up.
-        let _: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(fail)?;
+        let conn = config.connection_manager(&client, ErrorKind::L2).await?;
         Ok(RedisL2 {
             conn,
             prefix: config.prefix().to_owned(),
