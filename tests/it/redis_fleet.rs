@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::{EventBus, L2Store};
-use cache_edge::{EdgeCache, HealthStatus, Notification};
+use cache_edge::{EdgeCache, HealthStatus, Notification, SetOptions};
 use cache_redis::{RedisBus, RedisConfig, RedisL2};
 use serde_json::json;
 use test_support::{eventually, RedisServer};
@@ -209,7 +209,7 @@ async fn calls(server: &RedisServer, command: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_multi_key_read_is_one_script_call_and_a_notification_one_incr_per_namespace() {
+async fn multi_key_reads_writes_and_notifications_take_one_script_call_each() {
     let server = RedisServer::start();
     let config = config(&server);
     let a = node(&config, "a").await;
@@ -237,10 +237,51 @@ async fn a_multi_key_read_is_one_script_call_and_a_notification_one_incr_per_nam
         "50 keys, one script call"
     );
 
-    let before = calls(&server, "incrby").await;
+    // L2 and the bus share a route (same server, same channel): the three generation bumps
+    // and the event are one script call; warm the script up first.
+    a.notify(Notification::booking_created("warm-up", "g-0"))
+        .await
+        .unwrap();
+    let (scripts, incrs, publishes) = (
+        calls(&server, "evalsha").await,
+        calls(&server, "incr").await,
+        calls(&server, "publish").await,
+    );
     a.notify(Notification::booking_created("bk", "g-1"))
         .await
         .unwrap();
-    assert_eq!(calls(&server, "incrby").await - before, 3, "three namespaces");
+    assert_eq!(
+        calls(&server, "evalsha").await - scripts,
+        1,
+        "one round trip"
+    );
+    assert_eq!(calls(&server, "incr").await - incrs, 3, "three namespaces");
+    assert_eq!(
+        calls(&server, "publish").await - publishes,
+        1,
+        "and the event"
+    );
+
+    // A write and its announcement are one script call too.
+    let key = a
+        .key("gpu_availability", &json!({"gpu_id": "g-9"}))
+        .unwrap();
+    a.set_key(&key, &"free".to_string(), SetOptions::new())
+        .await
+        .unwrap();
+    let (scripts, publishes) = (
+        calls(&server, "evalsha").await,
+        calls(&server, "publish").await,
+    );
+    a.set_key(&key, &"booked".to_string(), SetOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(calls(&server, "evalsha").await - scripts, 1);
+    assert_eq!(calls(&server, "publish").await - publishes, 1);
+    assert_eq!(
+        a.stats().events_published,
+        44,
+        "40 + 2 writes and 2 notifications, each announced once"
+    );
     a.shutdown().await;
 }

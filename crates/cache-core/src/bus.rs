@@ -51,6 +51,12 @@ pub trait EventBus: Send + Sync {
 
     /// Starts a subscription; it reports [`ConnectionState::Connected`] first.
     async fn subscribe(&self) -> Result<Box<dyn Subscription>>;
+
+    /// Identifies where publishes go: two buses with equal routes reach the same subscribers.
+    /// See [`crate::L2Store::announce_route`]. Default: none.
+    fn route(&self) -> Option<String> {
+        None
+    }
 }
 
 #[async_trait]
@@ -60,5 +66,8 @@ impl<T: EventBus + ?Sized> EventBus for Arc<T> {
     }
     async fn subscribe(&self) -> Result<Box<dyn Subscription>> {
         (**self).subscribe().await
+    }
+    fn route(&self) -> Option<String> {
+        (**self).route()
     }
 }

@@ -152,6 +152,9 @@ pub struct L2Write {
     pub tags: Vec<String>,
     /// When set, the write only happens if the namespace's fence still equals it.
     pub fence: Option<Fence>,
+    /// An encoded event to publish in the same step as the write, after it; only for stores
+    /// whose [`L2Store::announce_route`] is the node's bus route (see there).
+    pub announce: Option<Vec<u8>>,
 }
 
 impl L2Write {
@@ -163,6 +166,7 @@ impl L2Write {
             ttl,
             tags: Vec::new(),
             fence: None,
+            announce: None,
         }
     }
 
@@ -175,6 +179,12 @@ impl L2Write {
     /// Makes the write conditional on `fence`.
     pub fn fence(mut self, fence: Option<Fence>) -> Self {
         self.fence = fence;
+        self
+    }
+
+    /// Publishes `event` (encoded) right after the write, in the same step.
+    pub fn announce(mut self, event: Vec<u8>) -> Self {
+        self.announce = Some(event);
         self
     }
 }
@@ -207,13 +217,36 @@ pub trait L2Store: Send + Sync {
     /// Makes every entry of `key_namespace` unreachable.
     async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()>;
 
-    /// Invalidates several namespaces at once, as a notification does; stores that can batch
-    /// (Redis: one pipelined round trip) override this.
-    async fn invalidate_namespaces(&self, key_namespaces: &[String]) -> Result<()> {
+    /// Invalidates several namespaces at once, as a notification does, then publishes
+    /// `announce` if given (only for stores with an [`L2Store::announce_route`]). Stores that
+    /// can batch (Redis: one round trip) override this.
+    ///
+    /// # Errors
+    /// As the single invalidation; [`crate::ErrorKind::InvalidConfig`] if `announce` is given to
+    /// a store that cannot publish.
+    async fn invalidate_namespaces(
+        &self,
+        key_namespaces: &[String],
+        announce: Option<Vec<u8>>,
+    ) -> Result<()> {
+        if announce.is_some() {
+            return Err(crate::Error::new(
+                crate::ErrorKind::InvalidConfig,
+                "this L2 store cannot publish events; publish them on the bus",
+            ));
+        }
         for key_namespace in key_namespaces {
             self.invalidate_namespace(key_namespace).await?;
         }
         Ok(())
+    }
+
+    /// Where this store can publish events in the same step as a write, if anywhere: an id
+    /// equal to [`crate::EventBus::route`] of the bus that reaches the same subscribers. A node
+    /// whose L2 and bus share a route announces writes and notifications through L2 (one round
+    /// trip, and the event can never be seen before the write it announces). Default: none.
+    fn announce_route(&self) -> Option<String> {
+        None
     }
 
     /// Removes the entries of `key_namespace` written with `tag`; how many.
@@ -277,8 +310,17 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()> {
         (**self).invalidate_namespace(key_namespace).await
     }
-    async fn invalidate_namespaces(&self, key_namespaces: &[String]) -> Result<()> {
-        (**self).invalidate_namespaces(key_namespaces).await
+    async fn invalidate_namespaces(
+        &self,
+        key_namespaces: &[String],
+        announce: Option<Vec<u8>>,
+    ) -> Result<()> {
+        (**self)
+            .invalidate_namespaces(key_namespaces, announce)
+            .await
+    }
+    fn announce_route(&self) -> Option<String> {
+        (**self).announce_route()
     }
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {
         (**self).invalidate_tag(key_namespace, tag).await

@@ -64,6 +64,8 @@ pub(crate) struct Inner<C> {
     flights: Mutex<HashMap<(usize, Digest), Arc<Flight>>>,
     /// True while the bus reports a lost subscription: L1 of event-driven namespaces is bypassed.
     bus_down: AtomicBool,
+    /// Whether L2 publishes on the bus's route, so writes and invalidations carry their event.
+    announce_via_l2: bool,
     closed: AtomicBool,
     listener_running: AtomicBool,
     events_handled: AtomicU64,
@@ -110,6 +112,8 @@ impl<C: Codec> EdgeCache<C> {
             }
         };
         let subscription = bus.subscribe().await?;
+        let announce_via_l2 =
+            matches!((l2.announce_route(), bus.route()), (Some(a), Some(b)) if a == b);
         let namespaces = b
             .namespaces
             .iter()
@@ -135,6 +139,7 @@ impl<C: Codec> EdgeCache<C> {
             backfill_ttl_cap: b.backfill_ttl_cap,
             counters: Counters::default(),
             flights: Mutex::new(HashMap::new()),
+            announce_via_l2,
             bus_down: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             listener_running: AtomicBool::new(true),
@@ -367,12 +372,34 @@ impl<C: Codec> EdgeCache<C> {
             }
             None => None,
         };
-        let write = L2Write::new(key.clone(), bytes.clone(), ttl).tags(tags.clone());
+        let event = ns.config.event_driven.then(|| {
+            let mut data = Map::new();
+            data.insert("cache_key".into(), json!(key.as_str()));
+            data.insert("action".into(), json!("updated"));
+            let mut event =
+                inner.new_event(EventType::ManualInvalidation, ns.config.name.clone(), data);
+            // Seed nodes wipe whatever `affected_namespaces` lists; leaving it empty keeps them
+            // from erasing the value just written. Our nodes read the key from the scope.
+            event.scope = Scope::Keys(vec![key.as_str().to_owned()]);
+            event
+        });
+        let mut write = L2Write::new(key.clone(), bytes.clone(), ttl).tags(tags.clone());
+        // Where L2 can publish for the bus, the write and its announcement are one step.
+        let announced_by_l2 = match &event {
+            Some(event) if inner.announce_via_l2 => {
+                write = write.announce(event.encode());
+                true
+            }
+            _ => false,
+        };
         inner
             .l2
             .set(write)
             .await
             .map_err(|e| inner.l2_failed("set", e))?;
+        if announced_by_l2 {
+            inner.counters.events_published.fetch_add(1, Relaxed);
+        }
         if let Some((l1, copy)) = l1_copy {
             // Bumping the epoch keeps any fill that started before this write from landing
             // on top of it.
@@ -388,18 +415,10 @@ impl<C: Codec> EdgeCache<C> {
             );
         }
         inner.counters.sets.fetch_add(1, Relaxed);
-        if ns.config.event_driven {
-            let mut data = Map::new();
-            data.insert("cache_key".into(), json!(key.as_str()));
-            data.insert("action".into(), json!("updated"));
-            let mut event =
-                inner.new_event(EventType::ManualInvalidation, ns.config.name.clone(), data);
-            // Seed nodes wipe whatever `affected_namespaces` lists; leaving it empty keeps them
-            // from erasing the value just written. Our nodes read the key from the scope.
-            event.scope = Scope::Keys(vec![key.as_str().to_owned()]);
-            inner.publish(&event).await?;
+        match event {
+            Some(event) if !announced_by_l2 => inner.publish(&event).await,
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Returns the cached value for `params` in `namespace`, or calls `loader` once for every
@@ -516,22 +535,13 @@ impl<C: Codec> EdgeCache<C> {
         let inner = &*self.inner;
         inner.check_open()?;
         let (_, ns) = inner.ns_by_name(namespace)?;
-        let l2 = inner
-            .l2
-            .invalidate_namespace(&ns.config.key_namespace)
-            .await;
         let mut data = Map::new();
         data.insert("reason".into(), json!(reason));
         let mut event =
             inner.new_event(EventType::ManualInvalidation, ns.config.name.clone(), data);
         event.affected_namespaces = vec![ns.config.key_namespace.clone()];
         inner.counters.invalidations.fetch_add(1, Relaxed);
-        inner
-            .issue(
-                event,
-                l2.map_err(|e| inner.l2_failed("invalidate_namespace", e)),
-            )
-            .await
+        inner.invalidate_namespaces_and_issue(&event).await
     }
 
     /// Drops exactly the entries of `namespace` written with the tag `resource` (see
@@ -555,7 +565,7 @@ impl<C: Codec> EdgeCache<C> {
         event.scope = Scope::Resource;
         inner.counters.invalidations.fetch_add(1, Relaxed);
         inner
-            .issue(event, l2.map_err(|e| inner.l2_failed("invalidate_tag", e)))
+            .issue(&event, l2.map_err(|e| inner.l2_failed("invalidate_tag", e)))
             .await
     }
 
@@ -576,7 +586,7 @@ impl<C: Codec> EdgeCache<C> {
         event.scope = Scope::Keys(vec![key.as_str().to_owned()]);
         inner.counters.invalidations.fetch_add(1, Relaxed);
         inner
-            .issue(event, l2.map_err(|e| inner.l2_failed("delete", e)))
+            .issue(&event, l2.map_err(|e| inner.l2_failed("delete", e)))
             .await
     }
 
@@ -598,16 +608,8 @@ impl<C: Codec> EdgeCache<C> {
                 .affected_namespaces
                 .push(ns.config.key_namespace.clone());
         }
-        let l2_result = match event.affected_namespaces.as_slice() {
-            [] => Ok(()),
-            namespaces => inner
-                .l2
-                .invalidate_namespaces(namespaces)
-                .await
-                .map_err(|e| inner.l2_failed("invalidate_namespaces", e)),
-        };
         inner.counters.notifications.fetch_add(1, Relaxed);
-        inner.issue(event.clone(), l2_result).await?;
+        inner.invalidate_namespaces_and_issue(&event).await?;
         Ok(event)
     }
 
@@ -994,10 +996,42 @@ impl<C: Codec> Inner<C> {
         event
     }
 
+    /// Invalidates the event's namespaces in L2 (once, here), applies the event to this node's
+    /// L1 and publishes it. Where L2 publishes for the bus, the invalidation and the publish are
+    /// one step, so no receiver can see the event before L2 changed.
+    async fn invalidate_namespaces_and_issue(&self, event: &Event) -> Result<()> {
+        let namespaces = &event.affected_namespaces;
+        if namespaces.is_empty() {
+            return self.issue(event, Ok(())).await;
+        }
+        if !self.announce_via_l2 {
+            let l2 = self.l2.invalidate_namespaces(namespaces, None).await;
+            return self
+                .issue(
+                    event,
+                    l2.map_err(|e| self.l2_failed("invalidate_namespaces", e)),
+                )
+                .await;
+        }
+        let result = self
+            .l2
+            .invalidate_namespaces(namespaces, Some(event.encode()))
+            .await;
+        // This node's L1 is cleared whatever happened: its own readers must not keep the value.
+        self.apply(event);
+        match result {
+            Ok(()) => {
+                self.counters.events_published.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(self.l2_failed("invalidate_namespaces (with the event)", e)),
+        }
+    }
+
     /// Applies an event this node issued, then publishes it; reports the first failure.
-    async fn issue(&self, event: Event, l2_result: Result<()>) -> Result<()> {
-        self.apply(&event);
-        let published = self.publish(&event).await;
+    async fn issue(&self, event: &Event, l2_result: Result<()>) -> Result<()> {
+        self.apply(event);
+        let published = self.publish(event).await;
         l2_result.and(published)
     }
 

@@ -303,6 +303,12 @@ impl L2Store for MemoryL2 {
 
     async fn set(&self, write: L2Write) -> Result<bool> {
         self.check_available()?;
+        if write.announce.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "the in-process L2 cannot publish events; publish them on the bus",
+            ));
+        }
         let now = self.clock.now();
         let key_namespace = write.key.key_namespace();
         let mut state = self.lock();

@@ -73,6 +73,10 @@ impl EventBus for RedisBus {
         Ok(())
     }
 
+    fn route(&self) -> Option<String> {
+        Some(self.config.route(&self.client))
+    }
+
     async fn subscribe(&self) -> Result<Box<dyn Subscription>> {
         // The first subscription is made here so a node that cannot subscribe fails to start,
         // with the reason, instead of starting deaf.

@@ -172,6 +172,16 @@ impl RedisConfig {
         Ok(conn)
     }
 
+    /// Where events go for this configuration: the server's address and the channel (pub/sub
+    /// channels are server-wide, whatever the database).
+    pub(crate) fn route(&self, client: &redis::Client) -> String {
+        format!(
+            "redis://{}#{}",
+            client.get_connection_info().addr(),
+            self.channel
+        )
+    }
+
     /// Opens a client for the URL.
     pub(crate) fn client(&self) -> cache_core::Result<redis::Client> {
         #[cfg(not(feature = "tls"))]

@@ -43,7 +43,8 @@ end
 return out
 ";
 
-/// ARGV: hash, envelope, ttl ms, fenced (0/1), expected generation, expected fence, tags...
+/// ARGV: hash, envelope, ttl ms, fenced (0/1), expected generation, expected fence, channel
+/// ('' for none), event, tags... The event is published only after a write that happened.
 const SET: &str = r"
 local g = redis.call('GET', KEYS[1] .. 'g') or '0'
 local k = KEYS[1] .. g .. ':' .. ARGV[1]
@@ -55,12 +56,20 @@ else
   redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
 end
 local ttl = tonumber(ARGV[3])
-for i = 7, #ARGV do
+for i = 9, #ARGV do
   local t = KEYS[1] .. 't:' .. ARGV[i]
   redis.call('SADD', t, k)
   if redis.call('PTTL', t) < ttl then redis.call('PEXPIRE', t, ttl) end
 end
+if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
 return 1
+";
+
+/// KEYS: the namespaces' prefixes; ARGV: channel ('' for none), event.
+const INVALIDATE_NAMESPACES: &str = r"
+for i = 1, #KEYS do redis.call('INCR', KEYS[i] .. 'g') end
+if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return #KEYS
 ";
 
 const DELETE: &str = r"
@@ -96,6 +105,10 @@ pub struct RedisL2 {
     set: Script,
     delete: Script,
     invalidate_tag: Script,
+    invalidate_namespaces: Script,
+    /// The channel events are announced on, and its route (server address + channel).
+    channel: String,
+    route: String,
 }
 
 impl RedisL2 {
@@ -116,6 +129,9 @@ impl RedisL2 {
             set: Script::new(SET),
             delete: Script::new(DELETE),
             invalidate_tag: Script::new(INVALIDATE_TAG),
+            invalidate_namespaces: Script::new(INVALIDATE_NAMESPACES),
+            channel: config.channel_name().to_owned(),
+            route: config.route(&client),
         })
     }
 
@@ -210,6 +226,10 @@ impl L2Store for RedisL2 {
             Some(Fence(f)) => ("1", (f >> 32).to_string(), (f & 0xffff_ffff).to_string()),
             None => ("0", String::new(), String::new()),
         };
+        let (channel, event) = match &write.announce {
+            Some(event) => (self.channel.as_str(), event.as_slice()),
+            None => ("", &[][..]),
+        };
         let mut invocation = self.set.key(self.ns_prefix(write.key.key_namespace()));
         invocation
             .arg(write.key.digest().to_hex())
@@ -217,7 +237,9 @@ impl L2Store for RedisL2 {
             .arg(ttl_ms)
             .arg(fenced)
             .arg(generation)
-            .arg(fence);
+            .arg(fence)
+            .arg(channel)
+            .arg(event);
         for tag in &write.tags {
             invocation.arg(tag);
         }
@@ -242,22 +264,44 @@ impl L2Store for RedisL2 {
     }
 
     async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()> {
-        self.invalidate_namespaces(&[key_namespace.to_owned()])
+        self.invalidate_namespaces(&[key_namespace.to_owned()], None)
             .await
     }
 
-    async fn invalidate_namespaces(&self, key_namespaces: &[String]) -> Result<()> {
-        let mut pipe = redis::pipe();
-        for key_namespace in key_namespaces {
-            pipe.incr(format!("{}g", self.ns_prefix(key_namespace)), 1)
-                .ignore();
-        }
+    async fn invalidate_namespaces(
+        &self,
+        key_namespaces: &[String],
+        announce: Option<Vec<u8>>,
+    ) -> Result<()> {
         let mut conn = self.conn.clone();
-        let () = pipe
-            .query_async(&mut conn)
+        let Some(event) = announce else {
+            // A pipeline of INCRs: one round trip, and no script touching several namespaces
+            // (which Redis Cluster would refuse as cross-slot).
+            let mut pipe = redis::pipe();
+            for key_namespace in key_namespaces {
+                pipe.incr(format!("{}g", self.ns_prefix(key_namespace)), 1)
+                    .ignore();
+            }
+            let () = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail("INCR", e))?;
+            return Ok(());
+        };
+        let mut invocation = self.invalidate_namespaces.prepare_invoke();
+        for key_namespace in key_namespaces {
+            invocation.key(self.ns_prefix(key_namespace));
+        }
+        invocation.arg(&self.channel).arg(event);
+        let _: i64 = invocation
+            .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.fail("INCR", e))?;
+            .map_err(|e| self.fail("invalidate and announce", e))?;
         Ok(())
+    }
+
+    fn announce_route(&self) -> Option<String> {
+        Some(self.route.clone())
     }
 
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {

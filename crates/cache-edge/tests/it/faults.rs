@@ -26,6 +26,7 @@ async fn an_l2_that_errors_degrades_reads_to_misses_and_fails_writes_loudly() {
     let mut l2 = MockL2Store::new();
     l2.expect_get().times(1).returning(|_| Err(l2_down()));
     l2.expect_set().times(1).returning(|_| Err(l2_down()));
+    l2.expect_announce_route().return_const(None);
     let node = fleet.builder("a").l2(Arc::new(l2)).build().await.unwrap();
     let p = json!({"gpu_id": "g"});
 
@@ -75,6 +76,7 @@ async fn a_bus_that_cannot_publish_is_reported_and_the_write_still_lands() {
     bus.expect_subscribe().times(1).returning(move || {
         Ok(Box::new(Scripted(rx.lock().unwrap().take().unwrap())) as Box<dyn Subscription>)
     });
+    bus.expect_route().return_const(None);
     bus.expect_publish()
         .times(2)
         .returning(|_| Err(Error::new(ErrorKind::Bus, "publisher connection lost")));

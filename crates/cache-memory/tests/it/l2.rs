@@ -349,3 +349,21 @@ async fn a_read_returns_the_tags_the_entry_was_written_with() {
         ["gpu:g-1", "provider:p"]
     );
 }
+
+#[tokio::test]
+async fn the_in_process_l2_cannot_publish_and_says_so() {
+    let (_clock, l2) = setup();
+    let k = key("gpu_avail", 1);
+    assert_eq!(l2.announce_route(), None);
+    let err = l2
+        .set(write(&k, b"v").announce(b"event".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(l2.get(&k).await.unwrap().is_none(), "nothing written");
+    let err = l2
+        .invalidate_namespaces(&["gpu_avail".to_owned()], Some(b"event".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+}
