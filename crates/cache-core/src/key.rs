@@ -8,6 +8,7 @@
 //! `repr`), and [`CacheKey`] hashes exactly those bytes.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::ser::{self, Serialize};
 use serde_json::{Number, Value};
@@ -25,8 +26,18 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 ///
 /// Its only text form is 64 lowercase hexadecimal digits, as Python's `hexdigest()` writes it,
 /// so that a key has exactly one spelling in the shared store.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Digest(pub [u8; 32]);
+
+/// A SHA-256 digest is already uniformly distributed: hashing its first eight bytes is as good
+/// as hashing all 32, and cheaper on the L1 hit path (equality still compares all 32).
+impl std::hash::Hash for Digest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(word));
+    }
+}
 
 impl Digest {
     /// The 64 lowercase hexadecimal digits of the digest, as Python's `hexdigest()` writes them.
@@ -94,9 +105,11 @@ impl fmt::Debug for Digest {
 /// reformatting; the namespace and digest stay available for invalidation and metrics.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    text: Box<str>,
-    ns_len: usize,
+    /// Shared with every key of the namespace derived through [`CacheKey::derive_in`], so the
+    /// hit path reads a string that is already in cache instead of this key's own text.
+    namespace: Arc<str>,
     digest: Digest,
+    text: Box<str>,
 }
 
 impl CacheKey {
@@ -113,25 +126,25 @@ impl CacheKey {
     /// silently turn such a float into `null`, which would give it the key of a different
     /// parameter set, so it is refused instead.
     pub fn derive<P: Serialize + ?Sized>(key_namespace: &str, params: &P) -> Result<CacheKey> {
-        let value = serde_json::to_value(params).map_err(|e| {
-            Error::new(
-                ErrorKind::Encode,
-                "cache key parameters cannot be encoded as JSON",
-            )
-            .with_source(e)
-        })?;
-        let (json, saw_null) = encode(&value)?;
-        // serde_json maps non-finite floats to `null`; only then is the slower check needed.
-        if saw_null {
-            params.serialize(FiniteCheck).map_err(|e| {
-                Error::new(
-                    ErrorKind::Encode,
-                    "cache key parameters cannot be encoded as JSON",
-                )
-                .with_source(e)
-            })?;
-        }
-        Ok(CacheKey::from_canonical(key_namespace, &json))
+        Ok(CacheKey::from_canonical(
+            Arc::from(key_namespace),
+            &params_json(params)?,
+        ))
+    }
+
+    /// [`CacheKey::derive`] sharing `key_namespace`'s allocation with the new key. Callers that
+    /// derive many keys of one namespace (a node does) pass the same `Arc` every time.
+    ///
+    /// # Errors
+    /// As [`CacheKey::derive`].
+    pub fn derive_in<P: Serialize + ?Sized>(
+        key_namespace: &Arc<str>,
+        params: &P,
+    ) -> Result<CacheKey> {
+        Ok(CacheKey::from_canonical(
+            Arc::clone(key_namespace),
+            &params_json(params)?,
+        ))
     }
 
     /// Derives the key of an already-built JSON value in `key_namespace`.
@@ -144,7 +157,7 @@ impl CacheKey {
     /// [`ErrorKind::Encode`] if `params` contains a non-finite float.
     pub fn from_json(key_namespace: &str, params: &Value) -> Result<CacheKey> {
         let json = canonical_json(params)?;
-        Ok(CacheKey::from_canonical(key_namespace, &json))
+        Ok(CacheKey::from_canonical(Arc::from(key_namespace), &json))
     }
 
     /// Parses a key in its text form `namespace:hex`, as stored in L2 or carried in events.
@@ -158,9 +171,9 @@ impl CacheKey {
         }
         let digest = Digest::from_hex(hex)?;
         Some(CacheKey {
-            text: text.into(),
-            ns_len: ns.len(),
+            namespace: Arc::from(ns),
             digest,
+            text: text.into(),
         })
     }
 
@@ -171,7 +184,13 @@ impl CacheKey {
 
     /// The namespace part of the key, before the first `:` written by derivation.
     pub fn key_namespace(&self) -> &str {
-        self.text.get(..self.ns_len).unwrap_or_default()
+        &self.namespace
+    }
+
+    /// The namespace part as the shared string it was derived with (see
+    /// [`CacheKey::derive_in`]): equal pointers mean equal namespaces.
+    pub fn key_namespace_shared(&self) -> &Arc<str> {
+        &self.namespace
     }
 
     /// The SHA-256 of the canonical parameter JSON.
@@ -179,16 +198,16 @@ impl CacheKey {
         &self.digest
     }
 
-    fn from_canonical(key_namespace: &str, json: &str) -> CacheKey {
+    fn from_canonical(key_namespace: Arc<str>, json: &str) -> CacheKey {
         let digest = Digest::of(json.as_bytes());
         let mut text = String::with_capacity(key_namespace.len() + 1 + HEX_LEN);
-        text.push_str(key_namespace);
+        text.push_str(&key_namespace);
         text.push(':');
         digest.push_hex(&mut text);
         CacheKey {
-            text: text.into_boxed_str(),
-            ns_len: key_namespace.len(),
+            namespace: key_namespace,
             digest,
+            text: text.into_boxed_str(),
         }
     }
 }
@@ -203,6 +222,29 @@ impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("CacheKey").field(&self.as_str()).finish()
     }
+}
+
+/// The canonical JSON of `params`, refusing what would hash like something else.
+fn params_json<P: Serialize + ?Sized>(params: &P) -> Result<String> {
+    let value = serde_json::to_value(params).map_err(|e| {
+        Error::new(
+            ErrorKind::Encode,
+            "cache key parameters cannot be encoded as JSON",
+        )
+        .with_source(e)
+    })?;
+    let (json, saw_null) = encode(&value)?;
+    // serde_json maps non-finite floats to `null`; only then is the slower check needed.
+    if saw_null {
+        params.serialize(FiniteCheck).map_err(|e| {
+            Error::new(
+                ErrorKind::Encode,
+                "cache key parameters cannot be encoded as JSON",
+            )
+            .with_source(e)
+        })?;
+    }
+    Ok(json)
 }
 
 /// Python `json.dumps(value, sort_keys=True)` byte-for-byte.
@@ -1026,5 +1068,15 @@ mod tests {
             key.digest().to_hex(),
             "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
         );
+    }
+
+    #[test]
+    fn derive_in_shares_the_namespace_and_derives_the_same_key() {
+        let ns: Arc<str> = Arc::from("gpu_avail");
+        let params = serde_json::json!({"gpu_id": "g-42"});
+        let shared = CacheKey::derive_in(&ns, &params).unwrap();
+        assert_eq!(shared, CacheKey::derive("gpu_avail", &params).unwrap());
+        assert!(Arc::ptr_eq(shared.key_namespace_shared(), &ns));
+        assert_eq!(CacheKey::parse(shared.as_str()).unwrap(), shared);
     }
 }

@@ -64,17 +64,30 @@ impl fmt::Display for Timestamp {
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current time.
     fn now(&self) -> Timestamp;
+
+    /// The time the L1 hit path compares expiries against. It may be coarse (cheaper to read)
+    /// but must never be earlier than [`Clock::now`]: an entry then expires a few milliseconds
+    /// early, never late. Defaults to [`Clock::now`].
+    fn expiry_now(&self) -> Timestamp {
+        self.now()
+    }
 }
 
 impl<T: Clock + ?Sized> Clock for Arc<T> {
     fn now(&self) -> Timestamp {
         (**self).now()
     }
+    fn expiry_now(&self) -> Timestamp {
+        (**self).expiry_now()
+    }
 }
 
 impl<T: Clock + ?Sized> Clock for Box<T> {
     fn now(&self) -> Timestamp {
         (**self).now()
+    }
+    fn expiry_now(&self) -> Timestamp {
+        (**self).expiry_now()
     }
 }
 

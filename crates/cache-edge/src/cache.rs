@@ -75,6 +75,9 @@ pub(crate) struct Inner<C> {
 
 struct NsState {
     config: NamespaceConfig,
+    /// `config.key_namespace`, shared with every key this node derives (see
+    /// [`CacheKey::derive_in`]), so matching a key to its namespace is a pointer comparison.
+    key_ns: Arc<str>,
     l1: Option<Box<dyn L1Store>>,
     /// Bumped (under `gate`, written) with every removal from this namespace's L1. A fill reads
     /// it before reading its value and inserts (under `gate`, read) only if it has not moved.
@@ -119,6 +122,7 @@ impl<C: Codec> EdgeCache<C> {
             .iter()
             .map(|config| NsState {
                 l1: config.critical.then(|| b.l1.build(config)),
+                key_ns: Arc::from(config.key_namespace.as_str()),
                 config: config.clone(),
                 epoch: AtomicU64::new(0),
                 gate: RwLock::new(()),
@@ -184,7 +188,7 @@ impl<C: Codec> EdgeCache<C> {
     /// serialised.
     pub fn key<P: Serialize + ?Sized>(&self, namespace: &str, params: &P) -> Result<CacheKey> {
         let (_, ns) = self.inner.ns_by_name(namespace)?;
-        CacheKey::derive(&ns.config.key_namespace, params)
+        CacheKey::derive_in(&ns.key_ns, params)
     }
 
     /// Reads `params` in `namespace`: L1, then L2, then `None`.
@@ -758,10 +762,16 @@ impl<C: Codec> Inner<C> {
     }
 
     fn ns_by_key(&self, key: &CacheKey) -> Result<(usize, &NsState)> {
-        self.namespaces
+        let shared = key.key_namespace_shared();
+        // Keys derived by this node share the namespace's string: a pointer comparison, with no
+        // read of the key's own text. Other keys fall back to comparing the names.
+        let found = self
+            .namespaces
             .iter()
-            .enumerate()
-            .find(|(_, ns)| ns.config.key_namespace == key.key_namespace())
+            .position(|ns| Arc::ptr_eq(&ns.key_ns, shared));
+        found
+            .or_else(|| self.namespaces.iter().position(|ns| *ns.key_ns == **shared))
+            .map(|i| (i, &self.namespaces[i]))
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::UnknownNamespace,
@@ -826,7 +836,7 @@ impl<C: Codec> Inner<C> {
         key: &CacheKey,
     ) -> Option<Arc<T>> {
         let l1 = self.usable_l1(ns)?;
-        let value = l1.get(key.digest(), self.clock.now())?;
+        let value = l1.get(key.digest(), self.clock.expiry_now())?;
         // A value of another type (a caller reading the namespace with a different type) is
         // not an error here: fall through to L2 and decode it as asked.
         value.downcast::<T>().ok()

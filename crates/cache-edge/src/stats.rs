@@ -1,16 +1,49 @@
 //! Statistics and health of a node.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed};
 use std::time::Duration;
 
 use cache_core::Timestamp;
+
+const STRIPES: usize = 8;
+
+/// One cache line, so stripes bumped by different threads never share one.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Line(AtomicU64);
+
+/// A counter split over several cache lines, each thread bumping its own: on the L1 hit path
+/// two threads bumping one shared atomic would bounce its line between cores on every hit.
+/// Reading sums the stripes (statistics need no exact instant).
+#[derive(Debug, Default)]
+pub(crate) struct Counter([Line; STRIPES]);
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static STRIPE: usize = NEXT_STRIPE.fetch_add(1, Relaxed) % STRIPES;
+}
+
+impl Counter {
+    pub(crate) fn fetch_add(&self, n: u64, order: Ordering) {
+        let stripe = STRIPE.try_with(|s| *s).unwrap_or(0);
+        self.0[stripe].0.fetch_add(n, order);
+    }
+
+    pub(crate) fn load(&self, order: Ordering) -> u64 {
+        self.0
+            .iter()
+            .map(|line| line.0.load(order))
+            .fold(0, u64::wrapping_add)
+    }
+}
 
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
         /// Live counters, bumped with relaxed atomics (they are statistics, not synchronisation).
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
-            $( pub(crate) $name: AtomicU64, )*
+            $( pub(crate) $name: Counter, )*
             /// Nanoseconds since the epoch of the last applied event; 0 when none.
             pub(crate) last_event_nanos: AtomicU64,
         }

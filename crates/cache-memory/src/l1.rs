@@ -41,8 +41,10 @@ const MIN_SHARD_BYTES: u64 = 4 * 1024 * 1024;
 /// lower bound here makes admission predictable and independent of that detail.
 const MAX_ENTRY_SHARE_PERCENT: u64 = 90;
 
-/// What the cache holds per digest. Shared behind an `Arc` so a lookup clones a pointer, never
-/// the tag list.
+/// What the cache holds per digest. quick_cache clones the value on every hit, so it is kept
+/// to one reference count to bump: the value's own `Arc`, plus plain words, plus the tag list
+/// only for the (rarer) tagged entries.
+#[derive(Clone)]
 struct Slot {
     value: SharedValue,
     expires_at: Timestamp,
@@ -50,26 +52,34 @@ struct Slot {
     weight: u64,
     /// The tags the entry was inserted with, so a tag invalidation removes this entry only if it
     /// still carries the tag (a later insert under the same digest may not).
-    tags: Box<[String]>,
+    tags: Option<Arc<[String]>>,
 }
 
 impl Slot {
     fn has_tag(&self, tag: &str) -> bool {
-        self.tags.iter().any(|t| t == tag)
+        self.tags
+            .as_deref()
+            .is_some_and(|tags| tags.iter().any(|t| t == tag))
+    }
+
+    /// Whether `other` is this very entry (same value allocation and expiry), not one
+    /// inserted since under the same digest.
+    fn same_entry(&self, other: &Slot) -> bool {
+        Arc::ptr_eq(&self.value, &other.value) && self.expires_at == other.expires_at
     }
 }
 
 #[derive(Clone, Copy)]
 struct SlotWeighter;
 
-impl Weighter<Digest, Arc<Slot>> for SlotWeighter {
-    fn weight(&self, _digest: &Digest, slot: &Arc<Slot>) -> u64 {
+impl Weighter<Digest, Slot> for SlotWeighter {
+    fn weight(&self, _digest: &Digest, slot: &Slot) -> u64 {
         slot.weight
     }
 }
 
 type Entries =
-    Cache<Digest, Arc<Slot>, SlotWeighter, DefaultHashBuilder, DefaultLifecycle<Digest, Arc<Slot>>>;
+    Cache<Digest, Slot, SlotWeighter, DefaultHashBuilder, DefaultLifecycle<Digest, Slot>>;
 
 /// Which digests were inserted with which tag. Touched on the write path only.
 ///
@@ -228,11 +238,11 @@ impl L1Store for MemoryL1 {
     fn get(&self, digest: &Digest, now: Timestamp) -> Option<SharedValue> {
         let slot = self.entries.get(digest)?;
         if slot.expires_at > now {
-            return Some(Arc::clone(&slot.value));
+            return Some(slot.value);
         }
         // Remove only the slot found expired, not one inserted since by another thread.
         self.entries
-            .remove_if(digest, |current| Arc::ptr_eq(current, &slot));
+            .remove_if(digest, |current| current.same_entry(&slot));
         None
     }
 
@@ -242,12 +252,12 @@ impl L1Store for MemoryL1 {
             self.entries.remove(&digest);
             return;
         }
-        let slot = Arc::new(Slot {
+        let slot = Slot {
             value: entry.value,
             expires_at: entry.expires_at,
             weight,
-            tags: tags.into(),
-        });
+            tags: (!tags.is_empty()).then(|| tags.into()),
+        };
         self.entries.insert(digest, slot);
         if !tags.is_empty() {
             let mut index = self.tag_index();

@@ -44,3 +44,30 @@ fn system_clock_reads_the_wall_clock() {
     // After 2020-01-01, so it is a real wall-clock reading, not a monotonic one.
     assert!(now > Timestamp::from_secs_f64(1_577_836_800.0));
 }
+
+#[test]
+fn the_expiry_clock_is_never_behind_the_wall_clock_and_not_far_ahead() {
+    use cache_core::Clock;
+    use cache_memory::{SystemClock, EXPIRY_SLACK};
+    for _ in 0..10_000 {
+        let before = SystemClock.now();
+        let expiry = SystemClock.expiry_now();
+        let after = SystemClock.now();
+        assert!(
+            expiry >= after,
+            "expiry clock {expiry} behind the wall clock {after}"
+        );
+        let ahead = expiry.saturating_since(before);
+        assert!(
+            ahead <= EXPIRY_SLACK + std::time::Duration::from_millis(10),
+            "{ahead:?} ahead"
+        );
+    }
+}
+
+#[test]
+fn a_manual_clock_uses_the_same_time_for_expiry() {
+    use cache_core::{Clock, Timestamp};
+    let clock = cache_memory::ManualClock::new(Timestamp::from_nanos(42));
+    assert_eq!(clock.expiry_now(), Timestamp::from_nanos(42));
+}
