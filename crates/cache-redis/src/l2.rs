@@ -14,9 +14,13 @@
 //!
 //! Namespace invalidation is one `INCR` whatever the number of keys: entries of older
 //! generations are unreachable and expire on their own TTL. Tag invalidation deletes exactly the
-//! members of the tag's set. Reads and writes run as Lua scripts, so reading the generation and
-//! the entry (or checking a fence and writing) is one round trip and atomic.
+//! members of the tag's set. A read is one `MGET` of the generation and the entries under the
+//! generation this client last saw (a script re-reads under the right one when it moved); fills,
+//! writes, deletes and tag invalidations are Lua scripts, so checking and writing is atomic and
+//! one round trip. An entry's envelope carries its tags and its writer's expiry time, from which
+//! a reader computes the remaining lifetime less [`CLOCK_SKEW_MARGIN`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,19 +30,12 @@ use redis::{AsyncCommands, Script, Value};
 
 use crate::config::{redact, RedisConfig};
 
+/// Returns the generation, then each entry under it ('' for a missing one).
 const GET: &str = r"
 local g = redis.call('GET', KEYS[1] .. 'g') or '0'
-local out = {}
+local out = {g}
 for i = 1, #ARGV do
-  local k = KEYS[1] .. g .. ':' .. ARGV[i]
-  local v = redis.call('GET', k)
-  if v then
-    out[2 * i - 1] = v
-    out[2 * i] = redis.call('PTTL', k)
-  else
-    out[2 * i - 1] = ''
-    out[2 * i] = -2
-  end
+  out[i + 1] = redis.call('GET', KEYS[1] .. g .. ':' .. ARGV[i]) or ''
 end
 return out
 ";
@@ -106,6 +103,8 @@ pub struct RedisL2 {
     delete: Script,
     invalidate_tag: Script,
     invalidate_namespaces: Script,
+    /// The last generation seen per namespace, the assumption reads start from.
+    generations: Arc<std::sync::RwLock<std::collections::HashMap<String, u64>>>,
     /// The channel events are announced on, and its route (server address + channel).
     channel: String,
     route: String,
@@ -130,6 +129,7 @@ impl RedisL2 {
             delete: Script::new(DELETE),
             invalidate_tag: Script::new(INVALIDATE_TAG),
             invalidate_namespaces: Script::new(INVALIDATE_NAMESPACES),
+            generations: Arc::default(),
             channel: config.channel_name().to_owned(),
             route: config.route(&client),
         })
@@ -138,6 +138,22 @@ impl RedisL2 {
     /// `ec:{ns}:` — the start of every key of the namespace.
     fn ns_prefix(&self, key_namespace: &str) -> String {
         format!("{}{{{key_namespace}}}:", self.prefix)
+    }
+
+    fn known_generation(&self, key_namespace: &str) -> Option<u64> {
+        let known = self
+            .generations
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.get(key_namespace).copied()
+    }
+
+    fn remember_generation(&self, key_namespace: &str, generation: u64) {
+        let mut known = self
+            .generations
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.insert(key_namespace.to_owned(), generation);
     }
 
     fn fail(&self, op: &str, e: redis::RedisError) -> Error {
@@ -175,11 +191,15 @@ impl L2Store for RedisL2 {
         Ok(found.pop().flatten())
     }
 
+    /// Reads under the generation this client last saw, in one `MGET` of the generation and the
+    /// entries. If Redis's generation is another (an invalidation since), the script reads
+    /// again under the right one and the new generation is remembered. One command, one round
+    /// trip and no Lua in the common case; the entries' expiry travels in their envelope.
     async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<L2Entry>>> {
         let Some(first) = keys.first() else {
             return Ok(Vec::new());
         };
-        // One script call per namespace: keys of one namespace share a slot.
+        // One read per namespace: keys of one namespace share a slot.
         if keys
             .iter()
             .any(|k| k.key_namespace() != first.key_namespace())
@@ -190,20 +210,35 @@ impl L2Store for RedisL2 {
             }
             return Ok(out);
         }
-        let mut invocation = self.get.key(self.ns_prefix(first.key_namespace()));
+        let namespace = first.key_namespace();
+        let prefix = self.ns_prefix(namespace);
+        let mut conn = self.conn.clone();
+        if let Some(assumed) = self.known_generation(namespace) {
+            let mut mget = redis::cmd("MGET");
+            mget.arg(format!("{prefix}g"));
+            for key in keys {
+                mget.arg(format!("{prefix}{assumed}:{}", key.digest().to_hex()));
+            }
+            let values: Vec<Value> = mget
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail("MGET", e))?;
+            let (generation, entries) = split_generation(&values)?;
+            if generation == assumed {
+                return decode_entries(keys, entries);
+            }
+        }
+        let mut invocation = self.get.key(&prefix);
         for key in keys {
             invocation.arg(key.digest().to_hex());
         }
-        let mut conn = self.conn.clone();
         let values: Vec<Value> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.fail("GET", e))?;
-        let mut out = Vec::with_capacity(keys.len());
-        for (key, pair) in keys.iter().zip(values.chunks(2)) {
-            out.push(decode_entry(key, pair)?);
-        }
-        Ok(out)
+        let (generation, entries) = split_generation(&values)?;
+        self.remember_generation(namespace, generation);
+        decode_entries(keys, entries)
     }
 
     async fn set(&self, write: L2Write) -> Result<bool> {
@@ -221,7 +256,8 @@ impl L2Store for RedisL2 {
         let ttl_ms = u64::try_from(write.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let envelope = envelope::encode(&write.tags, &write.bytes);
+        let expires_at_ms = unix_millis().saturating_add(ttl_ms);
+        let envelope = envelope::encode(expires_at_ms, &write.tags, &write.bytes);
         let (fenced, generation, fence) = match write.fence {
             Some(Fence(f)) => ("1", (f >> 32).to_string(), (f & 0xffff_ffff).to_string()),
             None => ("0", String::new(), String::new()),
@@ -368,64 +404,118 @@ fn info_field(info: &str, name: &str) -> Option<u64> {
     })
 }
 
-fn decode_entry(key: &CacheKey, pair: &[Value]) -> Result<Option<L2Entry>> {
-    let (raw, pttl) = match pair {
-        [Value::BulkString(raw), Value::Int(pttl)] => (raw, *pttl),
+/// How much earlier than its writer's clock says an entry is taken to expire when a reader
+/// computes its remaining lifetime: absorbs clock differences between nodes, so an L1 copy never
+/// outlives the Redis entry.
+pub const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(1);
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The generation at the head of a read's reply, and the entries after it.
+fn split_generation(values: &[Value]) -> Result<(u64, &[Value])> {
+    let (head, entries) = values
+        .split_first()
+        .ok_or_else(|| Error::new(ErrorKind::L2, "empty reply to a read"))?;
+    let generation = match head {
+        Value::Nil => Some(0),
+        Value::BulkString(text) => std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()),
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    let generation = generation.ok_or_else(|| {
+        Error::new(
+            ErrorKind::L2,
+            format!("unexpected generation in a read's reply: {head:?}"),
+        )
+    })?;
+    Ok((generation, entries))
+}
+
+fn decode_entries(keys: &[CacheKey], entries: &[Value]) -> Result<Vec<Option<L2Entry>>> {
+    if entries.len() != keys.len() {
+        return Err(Error::new(
+            ErrorKind::L2,
+            format!("{} entries read for {} keys", entries.len(), keys.len()),
+        ));
+    }
+    let now_ms = unix_millis();
+    keys.iter()
+        .zip(entries)
+        .map(|(key, entry)| decode_entry(key, entry, now_ms))
+        .collect()
+}
+
+fn decode_entry(key: &CacheKey, entry: &Value, now_ms: u64) -> Result<Option<L2Entry>> {
+    let raw = match entry {
+        Value::Nil => return Ok(None),
+        Value::BulkString(raw) if raw.is_empty() => return Ok(None),
+        Value::BulkString(raw) => raw,
         other => {
             return Err(Error::new(
                 ErrorKind::L2,
-                format!("{key}: unexpected reply from the GET script: {other:?}"),
+                format!("{key}: unexpected reply for an entry: {other:?}"),
             ));
         }
     };
-    if raw.is_empty() && pttl == -2 {
-        return Ok(None);
-    }
-    let Some((tags, bytes)) = envelope::decode(raw) else {
+    let Some((expires_at_ms, tags, bytes)) = envelope::decode(raw) else {
         return Err(Error::new(
             ErrorKind::Decode,
             format!("{key}: the stored entry is not an edge-cache envelope"),
         ));
     };
-    // PTTL is -1 for a key without expiry (never written so by edge-cache) and may round to 0.
-    let remaining = u64::try_from(pttl).map_or(Duration::ZERO, Duration::from_millis);
+    let margin = u64::try_from(CLOCK_SKEW_MARGIN.as_millis()).unwrap_or(u64::MAX);
+    let remaining =
+        Duration::from_millis(expires_at_ms.saturating_sub(now_ms).saturating_sub(margin));
     Ok(Some(
         L2Entry::new(bytes.to_vec(), remaining).with_tags(tags),
     ))
 }
 
-/// The stored form of an entry: `0x01`, the tags as a JSON array with a 4-byte big-endian length,
-/// then the value's bytes. Binary-safe whatever the value codec.
+/// The stored form of an entry: `0x02`, the writer's expiry in Unix milliseconds (8 bytes,
+/// big-endian), the tags as a JSON array with a 4-byte big-endian length, then the value's
+/// bytes. Binary-safe whatever the value codec; carrying the expiry spares readers a `PTTL`.
 pub(crate) mod envelope {
-    const FORMAT: u8 = 1;
+    const FORMAT: u8 = 2;
 
-    pub(crate) fn encode(tags: &[String], value: &[u8]) -> Vec<u8> {
+    pub(crate) fn encode(expires_at_ms: u64, tags: &[String], value: &[u8]) -> Vec<u8> {
         let tags_json = if tags.is_empty() {
             b"[]".to_vec()
         } else {
             serde_json::to_vec(tags).unwrap_or_else(|_| b"[]".to_vec())
         };
         let len = u32::try_from(tags_json.len()).unwrap_or(u32::MAX);
-        let mut out = Vec::with_capacity(1 + 4 + tags_json.len() + value.len());
+        let mut out = Vec::with_capacity(1 + 8 + 4 + tags_json.len() + value.len());
         out.push(FORMAT);
+        out.extend_from_slice(&expires_at_ms.to_be_bytes());
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&tags_json);
         out.extend_from_slice(value);
         out
     }
 
-    pub(crate) fn decode(raw: &[u8]) -> Option<(Vec<String>, &[u8])> {
+    pub(crate) fn decode(raw: &[u8]) -> Option<(u64, Vec<String>, &[u8])> {
         let (&format, rest) = raw.split_first()?;
-        if format != FORMAT || rest.len() < 4 {
+        if format != FORMAT || rest.len() < 12 {
             return None;
         }
+        let (expires, rest) = rest.split_at(8);
+        let expires_at_ms = u64::from_be_bytes(expires.try_into().ok()?);
         let (len, rest) = rest.split_at(4);
         let len = usize::try_from(u32::from_be_bytes(len.try_into().ok()?)).ok()?;
         if rest.len() < len {
             return None;
         }
         let (tags, value) = rest.split_at(len);
-        Some((serde_json::from_slice(tags).ok()?, value))
+        let tags = if tags == b"[]" {
+            Vec::new()
+        } else {
+            serde_json::from_slice(tags).ok()?
+        };
+        Some((expires_at_ms, tags, value))
     }
 
     #[cfg(test)]
@@ -435,12 +525,20 @@ pub(crate) mod envelope {
         #[test]
         fn round_trips_and_rejects_foreign_bytes() {
             let tags = vec!["gpu:g-1".to_owned(), "p\n1".to_owned()];
-            let raw = encode(&tags, b"{\"a\":1}\n\x00bin");
-            let (t, v) = decode(&raw).unwrap();
+            let raw = encode(1_700_000_000_123, &tags, b"{\"a\":1}\n\x00bin");
+            let (expires, t, v) = decode(&raw).unwrap();
+            assert_eq!(expires, 1_700_000_000_123);
             assert_eq!(t, tags);
             assert_eq!(v, b"{\"a\":1}\n\x00bin");
+            assert!(
+                decode(&encode(1, &[], b"")).is_some_and(|(_, t, v)| t.is_empty() && v.is_empty())
+            );
             assert!(decode(b"{\"plain\": \"json\"}").is_none());
-            assert!(decode(&[1, 0, 0, 0, 9, b'[']).is_none());
+            assert!(decode(&[2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9, b'[']).is_none());
+            assert!(
+                decode(&[1, 0, 0, 0, 2, b'[', b']']).is_none(),
+                "the previous format is refused"
+            );
             assert!(decode(&[]).is_none());
         }
     }
