@@ -1,0 +1,339 @@
+//! Row 1: an L1 hit of a typed value, on 1 and 2 threads: edge-cache `get_key` against
+//! quick_cache and moka used directly and amalgam-cache `try_get` (with its Redis L2 and
+//! backplane, and as a memory-only cache: the target is judged against the faster).
+//!
+//! Every implementation holds the same 10,000 offers as `Arc<Offer>` and hands out a clone of
+//! the `Arc` (edge-cache and amalgam-cache through their async API, the two engines directly).
+//! quick_cache and moka are keyed by the same 32-byte digest edge-cache's L1 is keyed by, and
+//! edge-cache reads with keys derived once outside the timed loop, its intended hot path.
+//! Reads follow one fixed pseudo-random order over the keys. Implementations take turns, batch
+//! after batch, and the median batch of each is reported; allocations are counted in the timed
+//! loop with the counting allocator.
+//!
+//! For profiling one implementation's hit path, `COMPARE_L1_ONLY=quick_cache|edge|moka|amalgam`
+//! restricts the row to it (the baseline always runs, for the ratio); e.g. under
+//! `perf record -g`.
+
+use std::future::IntoFuture as _;
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use cache_core::{CacheKey, Digest};
+use cache_edge::{EdgeCache, SetOptions};
+use edge_cache_bench::{median_f64, nanos, times, verdict};
+use futures_util::{stream, StreamExt as _, TryStreamExt as _};
+use tokio::runtime::Runtime;
+
+use crate::alloc::allocations;
+use crate::data::{self, Offer, Report, Sizes, KEYS, TTL};
+use crate::nodes::{self, Amalgam};
+
+const NAMESPACE: &str = "gpu_availability";
+
+/// The implementations, in the order they take turns; quick_cache is the baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Imp {
+    QuickCache,
+    Edge,
+    Moka,
+    Amalgam,
+    AmalgamMemory,
+}
+
+impl Imp {
+    const ALL: [Imp; 5] = [
+        Imp::QuickCache,
+        Imp::Edge,
+        Imp::Moka,
+        Imp::Amalgam,
+        Imp::AmalgamMemory,
+    ];
+
+    /// The implementations to run: all, or the baseline and the one `COMPARE_L1_ONLY` names.
+    fn selected() -> Vec<Imp> {
+        let only = std::env::var("COMPARE_L1_ONLY").unwrap_or_default();
+        Imp::ALL
+            .into_iter()
+            .filter(|imp| {
+                only.is_empty() || *imp == Imp::QuickCache || imp.name().contains(only.as_str())
+            })
+            .collect()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Imp::QuickCache => "quick_cache `sync::Cache::get` (baseline)",
+            Imp::Edge => "edge-cache `get_key`",
+            Imp::Moka => "moka `sync::Cache::get`",
+            Imp::Amalgam => "amalgam-cache `try_get` (with its Redis L2 and backplane)",
+            Imp::AmalgamMemory => "amalgam-cache `try_get` (memory-only cache)",
+        }
+    }
+}
+
+/// Everything the readers read from.
+struct Stores {
+    node: EdgeCache,
+    keys: Vec<CacheKey>,
+    digests: Vec<Digest>,
+    names: Vec<String>,
+    quick: quick_cache::sync::Cache<Digest, Arc<Offer>>,
+    moka: moka::sync::Cache<Digest, Arc<Offer>>,
+    amalgam: Amalgam,
+    amalgam_memory: Amalgam,
+}
+
+/// One timed batch on one thread.
+struct Batch {
+    elapsed: Duration,
+    allocations: u64,
+    hits: usize,
+}
+
+/// Runs row 1.
+///
+/// # Errors
+/// When a store cannot be set up, or a timed read was not a hit.
+pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow::Result<()> {
+    println!("row 1: L1 hit, {KEYS} keys, 1 and 2 threads");
+    let stores = rt.block_on(setup(url))?;
+    let order = data::order(sizes.l1_ops, KEYS);
+    let selected = Imp::selected();
+    for threads in [1, 2] {
+        let mut per_op: Vec<Vec<f64>> = vec![Vec::new(); Imp::ALL.len()];
+        let mut allocs = vec![0_u64; Imp::ALL.len()];
+        for _ in 0..sizes.l1_rounds {
+            for (slot, imp) in Imp::ALL.into_iter().enumerate() {
+                if !selected.contains(&imp) {
+                    continue;
+                }
+                let batches = measure(&stores, imp, threads, &order);
+                for batch in &batches {
+                    ensure!(
+                        batch.hits == order.len(),
+                        "{}: {} of {} timed reads were hits",
+                        imp.name(),
+                        batch.hits,
+                        order.len()
+                    );
+                    per_op[slot].push(batch.elapsed.as_secs_f64() * 1e9 / order.len() as f64);
+                    allocs[slot] += batch.allocations;
+                }
+            }
+        }
+        let medians: Vec<f64> = per_op.iter_mut().map(|v| median_f64(v)).collect();
+        let total_reads = (sizes.l1_rounds * threads * order.len()) as f64;
+        let row = format!(
+            "1. L1 hit, typed value, {threads} thread{}",
+            if threads == 1 { "" } else { "s" }
+        );
+        let measure = if threads == 1 {
+            "time per read"
+        } else {
+            "time per read, each thread"
+        };
+        let (base, edge) = (medians[0], medians[1]);
+        // The faster of amalgam-cache's two configurations, whichever ran.
+        let amalgam = [(Imp::Amalgam, medians[3]), (Imp::AmalgamMemory, medians[4])]
+            .into_iter()
+            .filter(|(imp, _)| selected.contains(imp))
+            .map(|(_, m)| m)
+            .reduce(f64::min);
+        for (slot, imp) in Imp::ALL.into_iter().enumerate() {
+            if !selected.contains(&imp) {
+                continue;
+            }
+            let per = allocs[slot] as f64 / total_reads;
+            let result = format!(
+                "{}, {} allocations/read",
+                nanos(medians[slot]),
+                alloc_text(per)
+            );
+            let target =
+                match imp {
+                    Imp::Edge => format!(
+                    "≤ 1.5× quick_cache: {} ({}); faster than amalgam-cache: {}; 0 allocations: \
+                     {}",
+                    verdict(edge <= 1.5 * base),
+                    times(edge / base),
+                    amalgam.map_or_else(
+                        || "not run".to_owned(),
+                        |a| format!("{} ({} its faster time)", verdict(edge < a), times(edge / a))
+                    ),
+                    verdict(allocs[slot] == 0),
+                ),
+                    _ => String::new(),
+                };
+            report.line(
+                &row,
+                measure,
+                imp.name(),
+                result,
+                times(medians[slot] / base),
+                target,
+            );
+        }
+    }
+    report.checks.push(format!(
+        "row 1: every timed read of every implementation was a hit ({} reads per batch, {} \
+         batches per implementation and thread count)",
+        edge_cache_bench::thousands(order.len() as u64),
+        sizes.l1_rounds
+    ));
+    let stats = stores.node.stats();
+    report.checks.push(format!(
+        "row 1: edge-cache counted {} L1 hits, {} L2 hits and {} misses over the row",
+        edge_cache_bench::thousands(stats.l1_hits),
+        stats.l2_hits,
+        stats.misses
+    ));
+    rt.block_on(async {
+        stores.node.shutdown().await;
+        let _ = stores.amalgam.shutdown().await;
+        let _ = stores.amalgam_memory.shutdown().await;
+    });
+    Ok(())
+}
+
+fn alloc_text(per_read: f64) -> String {
+    if per_read == 0.0 {
+        "0".to_owned()
+    } else {
+        format!("{per_read:.2}")
+    }
+}
+
+/// Fills every store with the same 10,000 offers.
+async fn setup(url: &str) -> anyhow::Result<Stores> {
+    let node = nodes::edge_node(url, "bench-l1", None).await?;
+    let keys: Vec<CacheKey> = (0..KEYS)
+        .map(|i| node.key(NAMESPACE, &data::params(i)))
+        .collect::<cache_core::Result<_>>()?;
+    let offers = data::offers();
+    stream::iter(keys.iter().zip(&offers).map(Ok))
+        .try_for_each_concurrent(32, |(key, offer)| {
+            let node = &node;
+            async move {
+                node.set_key(key, &**offer, SetOptions::new().ttl(TTL))
+                    .await
+            }
+        })
+        .await?;
+    nodes::settle(&node).await?;
+    let digests = data::digests(&keys);
+    let quick = quick_cache::sync::Cache::new(KEYS * 2);
+    let moka = moka::sync::Cache::new((KEYS * 2) as u64);
+    for (digest, offer) in digests.iter().zip(&offers) {
+        quick.insert(*digest, Arc::clone(offer));
+        moka.insert(*digest, Arc::clone(offer));
+    }
+    moka.run_pending_tasks();
+    let amalgam = nodes::amalgam(url, "bench-l1-amalgam", |o| o, None).await?;
+    let names: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
+    let sets: Vec<_> = names
+        .iter()
+        .zip(&offers)
+        .map(|(name, offer)| amalgam.set(name.as_str(), Arc::clone(offer)).into_future())
+        .collect();
+    let written: Vec<amalgam::Result<()>> = stream::iter(sets).buffer_unordered(32).collect().await;
+    for result in written {
+        result?;
+    }
+    let amalgam_memory: Amalgam = amalgam::Cache::builder()
+        .default_options(amalgam::EntryOptions::new(TTL))
+        .try_build()?;
+    for (name, offer) in names.iter().zip(&offers) {
+        amalgam_memory.set(name.as_str(), Arc::clone(offer)).await?;
+    }
+    Ok(Stores {
+        node,
+        keys,
+        digests,
+        names,
+        quick,
+        moka,
+        amalgam,
+        amalgam_memory,
+    })
+}
+
+/// One batch of `order.len()` reads on each of `threads` threads, started together.
+fn measure(stores: &Stores, imp: Imp, threads: usize, order: &[usize]) -> Vec<Batch> {
+    let barrier = Barrier::new(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    // Each thread starts at a different point of the same order.
+                    let start = t * order.len() / threads.max(1);
+                    let order: Vec<usize> = order[start..]
+                        .iter()
+                        .chain(&order[..start])
+                        .copied()
+                        .collect();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .expect("a current-thread runtime builds");
+                    // Warm up (caches, thread-locals) outside the timed loop.
+                    rt.block_on(read_batch(stores, imp, &order[..order.len().min(10_000)]));
+                    barrier.wait();
+                    rt.block_on(read_batch(stores, imp, &order))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a reader thread panicked"))
+            .collect()
+    })
+}
+
+async fn read_batch(stores: &Stores, imp: Imp, order: &[usize]) -> Batch {
+    let mut hits = 0_usize;
+    let before = allocations();
+    let started = Instant::now();
+    match imp {
+        Imp::QuickCache => {
+            for &i in order {
+                let value = stores.quick.get(&stores.digests[i]);
+                hits += usize::from(value.as_ref().is_some_and(|v| v.vcpus > 0));
+                black_box(value);
+            }
+        }
+        Imp::Moka => {
+            for &i in order {
+                let value = stores.moka.get(&stores.digests[i]);
+                hits += usize::from(value.as_ref().is_some_and(|v| v.vcpus > 0));
+                black_box(value);
+            }
+        }
+        Imp::Edge => {
+            for &i in order {
+                let value = stores.node.get_key::<Offer>(&stores.keys[i]).await;
+                hits += usize::from(matches!(&value, Ok(Some(v)) if v.vcpus > 0));
+                black_box(value.ok());
+            }
+        }
+        Imp::Amalgam | Imp::AmalgamMemory => {
+            let cache = if imp == Imp::Amalgam {
+                &stores.amalgam
+            } else {
+                &stores.amalgam_memory
+            };
+            for &i in order {
+                let value = cache.try_get(stores.names[i].as_str()).await;
+                hits += usize::from(matches!(&value, Ok(Some(v)) if v.vcpus > 0));
+                black_box(value.ok());
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    Batch {
+        elapsed,
+        allocations: allocations() - before,
+        hits,
+    }
+}

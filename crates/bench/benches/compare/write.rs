@@ -1,0 +1,256 @@
+//! Row 3: a write to an event-driven namespace (the L2 write and the event announcing it), one
+//! task's latency. edge-cache `set_key` on `gpu_availability` (critical: the node also keeps an
+//! L1 copy) and on `provider_status` (L2 only), against a raw pipelined `SET` + `PUBLISH` (one
+//! round trip, the value serialised in the timed call) and amalgam-cache `set` with its Redis L2
+//! and backplane, the backplane publish awaited rather than left to the background (its default)
+//! so that the call covers the same work.
+//!
+//! Each implementation has one subscriber on its channel, as a fleet would: edge-cache's node
+//! hears its own events back, amalgam-cache's backplane its own, and the raw channel has a
+//! subscriber that drains it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use cache_core::CacheKey;
+use cache_edge::{EdgeCache, SetOptions};
+use edge_cache_bench::{duration, percentile, times, verdict};
+use futures_util::StreamExt as _;
+use redis::aio::MultiplexedConnection;
+use tokio::runtime::Runtime;
+
+use crate::data::{self, Offer, Report, Sizes, KEYS, TTL};
+use crate::nodes::{self, Amalgam, ServerWork};
+
+/// The channel the raw writer publishes on.
+const RAW_CHANNEL: &str = "bench:raw:writes";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Imp {
+    Raw,
+    Edge,
+    EdgeL2Only,
+    Amalgam,
+}
+
+impl Imp {
+    const ALL: [Imp; 4] = [Imp::Raw, Imp::Edge, Imp::EdgeL2Only, Imp::Amalgam];
+
+    fn name(self) -> &'static str {
+        match self {
+            Imp::Raw => "raw pipelined `SET` + `PUBLISH`, value serialised (baseline)",
+            Imp::Edge => "edge-cache `set_key` (`gpu_availability`: L2 + L1 copy + event)",
+            Imp::EdgeL2Only => "edge-cache `set_key` (`provider_status`: L2 + event)",
+            Imp::Amalgam => "amalgam-cache `set`, backplane publish awaited (L1 + L2 + backplane)",
+        }
+    }
+}
+
+struct Stores {
+    node: EdgeCache,
+    critical: Vec<CacheKey>,
+    l2_only: Vec<CacheKey>,
+    raw: MultiplexedConnection,
+    raw_keys: Vec<String>,
+    amalgam: Amalgam,
+    names: Vec<String>,
+    offers: Vec<Offer>,
+    shared: Vec<Arc<Offer>>,
+}
+
+impl Stores {
+    async fn write(&self, imp: Imp, i: usize) -> anyhow::Result<()> {
+        let options = || SetOptions::new().ttl(TTL);
+        match imp {
+            Imp::Raw => {
+                let mut conn = self.raw.clone();
+                let ttl_ms = u64::try_from(TTL.as_millis()).unwrap_or(u64::MAX);
+                let key = &self.raw_keys[i];
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(key)
+                    .arg(serde_json::to_vec(&self.offers[i])?)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore()
+                    .cmd("PUBLISH")
+                    .arg(RAW_CHANNEL)
+                    .arg(key)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await?;
+            }
+            Imp::Edge => {
+                self.node
+                    .set_key(&self.critical[i], &self.offers[i], options())
+                    .await?;
+            }
+            Imp::EdgeL2Only => {
+                self.node
+                    .set_key(&self.l2_only[i], &self.offers[i], options())
+                    .await?;
+            }
+            Imp::Amalgam => {
+                self.amalgam
+                    .set(self.names[i].as_str(), Arc::clone(&self.shared[i]))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs row 3.
+///
+/// # Errors
+/// When a store cannot be set up or a write fails.
+pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow::Result<()> {
+    println!("row 3: write to an event-driven namespace (L2 write + event)");
+    let stores = rt.block_on(setup(url))?;
+    let mut info = rt.block_on(nodes::raw(url))?;
+    let drain = rt.spawn(drain_raw_channel(url.to_owned()));
+    let order = data::order(sizes.set_ops, KEYS);
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); Imp::ALL.len()];
+    let mut work = vec![ServerWork::default(); Imp::ALL.len()];
+    rt.block_on(async {
+        // Warm up every path (script loading, connections) outside the timed writes.
+        for imp in Imp::ALL {
+            for &i in order.iter().take(50) {
+                stores.write(imp, i).await?;
+            }
+        }
+        nodes::settle(&stores.node).await?;
+        // The implementations take turns write by write (the first of each turn rotating), so
+        // that load from elsewhere falls on all of them alike.
+        let writes = sizes.rounds * order.len();
+        for (n, &i) in order.iter().cycle().take(writes).enumerate() {
+            for turn in 0..Imp::ALL.len() {
+                let slot = (n + turn) % Imp::ALL.len();
+                let t = Instant::now();
+                stores.write(Imp::ALL[slot], i).await?;
+                samples[slot].push(t.elapsed());
+            }
+            if n % 100 == 99 {
+                // The node's listener decodes its own events back; keep it from falling behind.
+                nodes::settle(&stores.node).await?;
+            }
+        }
+        nodes::settle(&stores.node).await?;
+        // What Redis spends per write: one batch per implementation between two `INFO` calls.
+        for (slot, imp) in Imp::ALL.into_iter().enumerate() {
+            let before = ServerWork::read(&mut info).await?;
+            for &i in &order {
+                stores.write(imp, i).await?;
+            }
+            let after = ServerWork::read(&mut info).await?;
+            work[slot] = before.until(after);
+            nodes::settle(&stores.node).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    drain.abort();
+    let writes = order.len();
+    let p50: Vec<Duration> = samples
+        .iter_mut()
+        .map(|s| percentile(s, 50).unwrap_or_default())
+        .collect();
+    let p99: Vec<Duration> = samples
+        .iter_mut()
+        .map(|s| percentile(s, 99).unwrap_or_default())
+        .collect();
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-12);
+    for (slot, imp) in Imp::ALL.into_iter().enumerate() {
+        let target = if matches!(imp, Imp::Edge | Imp::EdgeL2Only) {
+            let r = ratio(p50[slot], p50[0]);
+            format!("≤ 1.2× raw: {} ({})", verdict(r <= 1.2), times(r))
+        } else {
+            String::new()
+        };
+        report.line(
+            "3. write to an event-driven namespace",
+            "latency p50 / p99 (Redis CPU, commands per write)",
+            imp.name(),
+            format!(
+                "{} / {} ({:.1} µs, {:.1} cmds)",
+                duration(p50[slot]),
+                duration(p99[slot]),
+                work[slot].micros_per(writes),
+                work[slot].commands_per(writes)
+            ),
+            format!(
+                "{} / {}",
+                times(ratio(p50[slot], p50[0])),
+                times(ratio(p99[slot], p99[0]))
+            ),
+            target,
+        );
+    }
+    let stats = stores.node.stats();
+    report.checks.push(format!(
+        "row 3: edge-cache completed {} writes and published {} events, with {} publish errors",
+        edge_cache_bench::thousands(stats.sets),
+        edge_cache_bench::thousands(stats.events_published),
+        stats.publish_errors
+    ));
+    rt.block_on(async {
+        stores.node.shutdown().await;
+        let _ = stores.amalgam.shutdown().await;
+    });
+    Ok(())
+}
+
+/// Subscribes to the raw writer's channel and reads everything published on it, as a node of a
+/// hand-rolled fleet would.
+async fn drain_raw_channel(url: String) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(RAW_CHANNEL).await?;
+    let mut messages = pubsub.on_message();
+    while let Some(message) = messages.next().await {
+        std::hint::black_box(message.get_payload_bytes());
+    }
+    Ok(())
+}
+
+async fn setup(url: &str) -> anyhow::Result<Stores> {
+    let node = nodes::edge_node(url, "bench-write", None).await?;
+    let derive = |ns: &str| -> anyhow::Result<Vec<CacheKey>> {
+        (0..KEYS)
+            .map(|i| {
+                node.key(ns, &serde_json::json!({ "write": i }))
+                    .context("deriving a key")
+            })
+            .collect()
+    };
+    let critical = derive("gpu_availability")?;
+    let l2_only = derive("provider_status")?;
+    let raw_keys = critical
+        .iter()
+        .map(|k| format!("raw:{}", k.as_str()))
+        .collect();
+    let names = critical
+        .iter()
+        .map(|k| format!("am:{}", k.as_str()))
+        .collect();
+    let amalgam = nodes::amalgam(
+        url,
+        "bench-write-amalgam",
+        |o| o.with_allow_background_backplane_operations(false),
+        None,
+    )
+    .await?;
+    let offers: Vec<Offer> = (0..KEYS).map(Offer::new).collect();
+    let shared = offers.iter().cloned().map(Arc::new).collect();
+    Ok(Stores {
+        node,
+        critical,
+        l2_only,
+        raw: nodes::raw(url).await?,
+        raw_keys,
+        amalgam,
+        names,
+        offers,
+        shared,
+    })
+}
