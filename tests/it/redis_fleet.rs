@@ -288,5 +288,93 @@ async fn multi_key_reads_writes_and_notifications_take_one_command_each() {
         44,
         "40 + 2 writes and 2 notifications, each announced once"
     );
+
+    // Deleting a key and invalidating a resource too: one script that also publishes (each
+    // script is warmed up first, since its first use loads it).
+    let tagged = a
+        .key("gpu_availability", &json!({"gpu_id": "g-10"}))
+        .unwrap();
+    a.set_key(
+        &tagged,
+        &"free".to_string(),
+        SetOptions::new().tag("gpu:g-10"),
+    )
+    .await
+    .unwrap();
+    a.invalidate_key(&key).await.unwrap();
+    a.invalidate_resource("gpu_availability", "gpu:warm-up")
+        .await
+        .unwrap();
+    for (what, call) in [("invalidate_key", 0), ("invalidate_resource", 1)] {
+        let (scripts, publishes) = (
+            calls(&server, "evalsha").await,
+            calls(&server, "publish").await,
+        );
+        if call == 0 {
+            a.invalidate_key(&key).await.unwrap();
+        } else {
+            a.invalidate_resource("gpu_availability", "gpu:g-10")
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            calls(&server, "evalsha").await - scripts,
+            1,
+            "{what}: one round trip"
+        );
+        assert_eq!(
+            calls(&server, "publish").await - publishes,
+            1,
+            "{what}: with its event"
+        );
+    }
+    assert!(a.get_key::<String>(&tagged).await.unwrap().is_none());
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stampede_over_redis_reads_l2_once_and_loads_once() {
+    let server = RedisServer::start();
+    let a = node(&config(&server), "a").await;
+    // Learn the namespace's generation first, so the stampede's one read is a plain MGET.
+    a.get::<String, _>("gpu_pricing", &json!({"gpu_type": "warm-up"}))
+        .await
+        .unwrap();
+    let loads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (reads, scripts) = (
+        calls(&server, "mget").await,
+        calls(&server, "evalsha").await,
+    );
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let mut callers = Vec::new();
+    for _ in 0..1000 {
+        let (a, loads, mut open) = (a.clone(), loads.clone(), open_rx.clone());
+        callers.push(tokio::spawn(async move {
+            let p = json!({"gpu_type": "H100"});
+            a.get_or_load("gpu_pricing", &p, SetOptions::new(), || async move {
+                loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                open.wait_for(|o| *o).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>("2.50".to_string())
+            })
+            .await
+        }));
+    }
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    open_tx.send(true).unwrap();
+    for caller in callers {
+        assert_eq!(*caller.await.unwrap().unwrap(), "2.50");
+    }
+    assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        calls(&server, "mget").await - reads,
+        2,
+        "one L2 read and one fence read for 1,000 callers"
+    );
+    assert!(
+        calls(&server, "evalsha").await - scripts <= 2,
+        "the fill (and at most one fence re-read)"
+    );
     a.shutdown().await;
 }

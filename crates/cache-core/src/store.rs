@@ -230,15 +230,39 @@ pub trait L2Store: Send + Sync {
         announce: Option<Vec<u8>>,
     ) -> Result<()> {
         if announce.is_some() {
-            return Err(crate::Error::new(
-                crate::ErrorKind::InvalidConfig,
-                "this L2 store cannot publish events; publish them on the bus",
-            ));
+            return Err(cannot_publish());
         }
         for key_namespace in key_namespaces {
             self.invalidate_namespace(key_namespace).await?;
         }
         Ok(())
+    }
+
+    /// [`L2Store::delete`], then publishes `announce` (an encoded event) in the same step. Only
+    /// for stores with an [`L2Store::announce_route`]; the default refuses.
+    ///
+    /// # Errors
+    /// As [`L2Store::delete`]; [`crate::ErrorKind::InvalidConfig`] from stores that cannot
+    /// publish.
+    async fn delete_and_announce(&self, key: &CacheKey, announce: Vec<u8>) -> Result<bool> {
+        let _ = (key, announce);
+        Err(cannot_publish())
+    }
+
+    /// [`L2Store::invalidate_tag`], then publishes `announce` in the same step. Only for stores
+    /// with an [`L2Store::announce_route`]; the default refuses.
+    ///
+    /// # Errors
+    /// As [`L2Store::invalidate_tag`]; [`crate::ErrorKind::InvalidConfig`] from stores that
+    /// cannot publish.
+    async fn invalidate_tag_and_announce(
+        &self,
+        key_namespace: &str,
+        tag: &str,
+        announce: Vec<u8>,
+    ) -> Result<u64> {
+        let _ = (key_namespace, tag, announce);
+        Err(cannot_publish())
     }
 
     /// Where this store can publish events in the same step as a write, if anywhere: an id
@@ -322,6 +346,19 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     fn announce_route(&self) -> Option<String> {
         (**self).announce_route()
     }
+    async fn delete_and_announce(&self, key: &CacheKey, announce: Vec<u8>) -> Result<bool> {
+        (**self).delete_and_announce(key, announce).await
+    }
+    async fn invalidate_tag_and_announce(
+        &self,
+        key_namespace: &str,
+        tag: &str,
+        announce: Vec<u8>,
+    ) -> Result<u64> {
+        (**self)
+            .invalidate_tag_and_announce(key_namespace, tag, announce)
+            .await
+    }
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {
         (**self).invalidate_tag(key_namespace, tag).await
     }
@@ -337,4 +374,11 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     async fn info(&self) -> Result<L2Info> {
         (**self).info().await
     }
+}
+
+fn cannot_publish() -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::InvalidConfig,
+        "this L2 store cannot publish events; publish them on the bus",
+    )
 }

@@ -92,7 +92,15 @@ struct NsState {
 /// namespace's epoch is still the one the load started in.
 struct Flight {
     epoch: u64,
-    cell: OnceCell<Result<SharedValue>>,
+    cell: OnceCell<Result<(SharedValue, Source)>>,
+}
+
+/// Where a flight found its value, so each caller it serves is counted as a hit or a miss.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    L1,
+    L2,
+    Loaded,
 }
 
 impl EdgeCache {
@@ -473,11 +481,15 @@ impl<C: Codec> EdgeCache<C> {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if let Some(hit) = self.get_key::<T>(key).await? {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let (index, ns) = inner.ns_by_key(key)?;
+        if let Some(hit) = inner.l1_get::<T>(ns, key) {
+            inner.counters.l1_hits.fetch_add(1, Relaxed);
             return Ok(hit);
         }
-        let inner = &*self.inner;
-        let (index, ns) = inner.ns_by_key(key)?;
+        // L2 is read once, by the flight below, not by every caller that missed L1: a stampede of
+        // a thousand callers costs one L2 read and one load.
         let ttl = inner.ttl_for(ns, &options)?;
         let flight_key = (index, *key.digest());
         // A load that began before an invalidation must not serve callers that arrive after
@@ -502,14 +514,15 @@ impl<C: Codec> EdgeCache<C> {
             .get_or_init(|| async {
                 // Another flight may have filled the key between our miss and joining this one.
                 if let Some(hit) = inner.l1_get::<T>(ns, key) {
-                    return Ok(hit as SharedValue);
+                    return Ok((hit as SharedValue, Source::L1));
                 }
                 if let Some(hit) = inner.l2_get::<T>(ns, key).await {
-                    return Ok(hit as SharedValue);
+                    return Ok((hit as SharedValue, Source::L2));
                 }
                 inner
                     .load_and_fill(ns, key, ttl, options.resource_tags(), flight.epoch, loader)
                     .await
+                    .map(|value| (value, Source::Loaded))
             })
             .await
             .clone();
@@ -522,7 +535,14 @@ impl<C: Codec> EdgeCache<C> {
                 flights.remove(&flight_key);
             }
         }
-        outcome?.downcast::<T>().map_err(|_| {
+        let (value, source) = outcome?;
+        let counter = match source {
+            Source::L1 => &inner.counters.l1_hits,
+            Source::L2 => &inner.counters.l2_hits,
+            Source::Loaded => &inner.counters.misses,
+        };
+        counter.fetch_add(1, Relaxed);
+        value.downcast::<T>().map_err(|_| {
             Error::new(
                 ErrorKind::Decode,
                 format!("{key}: a concurrent load produced another type"),
@@ -557,19 +577,25 @@ impl<C: Codec> EdgeCache<C> {
         let inner = &*self.inner;
         inner.check_open()?;
         let (_, ns) = inner.ns_by_name(namespace)?;
-        let l2 = inner
-            .l2
-            .invalidate_tag(&ns.config.key_namespace, resource)
-            .await
-            .map(drop);
         let mut data = Map::new();
         data.insert("reason".into(), json!("resource"));
         let mut event = inner.new_event(EventType::ManualInvalidation, resource.to_owned(), data);
         event.affected_namespaces = vec![ns.config.key_namespace.clone()];
         event.scope = Scope::Resource;
         inner.counters.invalidations.fetch_add(1, Relaxed);
+        let l2 = &inner.l2;
+        let key_namespace = ns.config.key_namespace.as_str();
         inner
-            .issue(&event, l2.map_err(|e| inner.l2_failed("invalidate_tag", e)))
+            .change_l2_and_issue(&event, "invalidate_tag", |announce| async move {
+                match announce {
+                    Some(event) => {
+                        l2.invalidate_tag_and_announce(key_namespace, resource, event)
+                            .await
+                    }
+                    None => l2.invalidate_tag(key_namespace, resource).await,
+                }
+                .map(drop)
+            })
             .await
     }
 
@@ -581,7 +607,6 @@ impl<C: Codec> EdgeCache<C> {
         let inner = &*self.inner;
         inner.check_open()?;
         let (_, ns) = inner.ns_by_key(key)?;
-        let l2 = inner.l2.delete(key).await.map(drop);
         let mut event = inner.new_event(
             EventType::ManualInvalidation,
             ns.config.name.clone(),
@@ -589,8 +614,15 @@ impl<C: Codec> EdgeCache<C> {
         );
         event.scope = Scope::Keys(vec![key.as_str().to_owned()]);
         inner.counters.invalidations.fetch_add(1, Relaxed);
+        let l2 = &inner.l2;
         inner
-            .issue(&event, l2.map_err(|e| inner.l2_failed("delete", e)))
+            .change_l2_and_issue(&event, "delete", |announce| async move {
+                match announce {
+                    Some(event) => l2.delete_and_announce(key, event).await,
+                    None => l2.delete(key).await,
+                }
+                .map(drop)
+            })
             .await
     }
 
@@ -1007,34 +1039,40 @@ impl<C: Codec> Inner<C> {
     }
 
     /// Invalidates the event's namespaces in L2 (once, here), applies the event to this node's
-    /// L1 and publishes it. Where L2 publishes for the bus, the invalidation and the publish are
-    /// one step, so no receiver can see the event before L2 changed.
+    /// L1 and publishes it.
     async fn invalidate_namespaces_and_issue(&self, event: &Event) -> Result<()> {
         let namespaces = &event.affected_namespaces;
         if namespaces.is_empty() {
             return self.issue(event, Ok(())).await;
         }
+        self.change_l2_and_issue(event, "invalidate_namespaces", |announce| {
+            self.l2.invalidate_namespaces(namespaces, announce)
+        })
+        .await
+    }
+
+    /// Makes an L2 change for `event` (once, here), applies the event to this node's L1 and
+    /// publishes it, in that order: no receiver can see the event before L2 changed. Where L2
+    /// publishes for the bus, `change` is given the encoded event and the change and the publish
+    /// are one step (one round trip on Redis); otherwise it is given `None` and the event goes
+    /// out on the bus afterwards. This node's L1 is cleared whatever happened.
+    async fn change_l2_and_issue<F, Fut>(&self, event: &Event, what: &str, change: F) -> Result<()>
+    where
+        F: FnOnce(Option<Vec<u8>>) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
         if !self.announce_via_l2 {
-            let l2 = self.l2.invalidate_namespaces(namespaces, None).await;
-            return self
-                .issue(
-                    event,
-                    l2.map_err(|e| self.l2_failed("invalidate_namespaces", e)),
-                )
-                .await;
+            let l2 = change(None).await.map_err(|e| self.l2_failed(what, e));
+            return self.issue(event, l2).await;
         }
-        let result = self
-            .l2
-            .invalidate_namespaces(namespaces, Some(event.encode()))
-            .await;
-        // This node's L1 is cleared whatever happened: its own readers must not keep the value.
+        let result = change(Some(event.encode())).await;
         self.apply(event);
         match result {
             Ok(()) => {
                 self.counters.events_published.fetch_add(1, Relaxed);
                 Ok(())
             }
-            Err(e) => Err(self.l2_failed("invalidate_namespaces (with the event)", e)),
+            Err(e) => Err(self.l2_failed(what, e)),
         }
     }
 

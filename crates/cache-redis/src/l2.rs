@@ -69,12 +69,16 @@ if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return #KEYS
 ";
 
+/// ARGV: hash, channel ('' for none), event.
 const DELETE: &str = r"
 local g = redis.call('GET', KEYS[1] .. 'g') or '0'
 redis.call('INCR', KEYS[1] .. 'f')
-return redis.call('DEL', KEYS[1] .. g .. ':' .. ARGV[1])
+local removed = redis.call('DEL', KEYS[1] .. g .. ':' .. ARGV[1])
+if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return removed
 ";
 
+/// ARGV: tag, channel ('' for none), event.
 const INVALIDATE_TAG: &str = r"
 local t = KEYS[1] .. 't:' .. ARGV[1]
 local members = redis.call('SMEMBERS', t)
@@ -84,6 +88,7 @@ for i = 1, #members, 512 do
 end
 redis.call('DEL', t)
 redis.call('INCR', KEYS[1] .. 'f')
+if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return removed
 ";
 
@@ -138,6 +143,47 @@ impl RedisL2 {
     /// `ec:{ns}:` — the start of every key of the namespace.
     fn ns_prefix(&self, key_namespace: &str) -> String {
         format!("{}{{{key_namespace}}}:", self.prefix)
+    }
+
+    /// The channel and event to pass a script: empty for none.
+    fn announcement<'a>(&'a self, announce: &'a Option<Vec<u8>>) -> (&'a str, &'a [u8]) {
+        match announce {
+            Some(event) => (self.channel.as_str(), event.as_slice()),
+            None => ("", &[]),
+        }
+    }
+
+    async fn delete_with(&self, key: &CacheKey, announce: Option<Vec<u8>>) -> Result<bool> {
+        let (channel, event) = self.announcement(&announce);
+        let mut conn = self.conn.clone();
+        let removed: i64 = self
+            .delete
+            .key(self.ns_prefix(key.key_namespace()))
+            .arg(key.digest().to_hex())
+            .arg(channel)
+            .arg(event)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("DEL", e))?;
+        Ok(removed > 0)
+    }
+
+    async fn invalidate_tag_with(
+        &self,
+        key_namespace: &str,
+        tag: &str,
+        announce: Option<Vec<u8>>,
+    ) -> Result<u64> {
+        let (channel, event) = self.announcement(&announce);
+        let mut conn = self.conn.clone();
+        self.invalidate_tag
+            .key(self.ns_prefix(key_namespace))
+            .arg(tag)
+            .arg(channel)
+            .arg(event)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("tag invalidation", e))
     }
 
     fn known_generation(&self, key_namespace: &str) -> Option<u64> {
@@ -262,10 +308,7 @@ impl L2Store for RedisL2 {
             Some(Fence(f)) => ("1", (f >> 32).to_string(), (f & 0xffff_ffff).to_string()),
             None => ("0", String::new(), String::new()),
         };
-        let (channel, event) = match &write.announce {
-            Some(event) => (self.channel.as_str(), event.as_slice()),
-            None => ("", &[][..]),
-        };
+        let (channel, event) = self.announcement(&write.announce);
         let mut invocation = self.set.key(self.ns_prefix(write.key.key_namespace()));
         invocation
             .arg(write.key.digest().to_hex())
@@ -288,15 +331,11 @@ impl L2Store for RedisL2 {
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
-        let mut conn = self.conn.clone();
-        let removed: i64 = self
-            .delete
-            .key(self.ns_prefix(key.key_namespace()))
-            .arg(key.digest().to_hex())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.fail("DEL", e))?;
-        Ok(removed > 0)
+        self.delete_with(key, None).await
+    }
+
+    async fn delete_and_announce(&self, key: &CacheKey, announce: Vec<u8>) -> Result<bool> {
+        self.delete_with(key, Some(announce)).await
     }
 
     async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()> {
@@ -341,15 +380,17 @@ impl L2Store for RedisL2 {
     }
 
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {
-        let mut conn = self.conn.clone();
-        let removed: u64 = self
-            .invalidate_tag
-            .key(self.ns_prefix(key_namespace))
-            .arg(tag)
-            .invoke_async(&mut conn)
+        self.invalidate_tag_with(key_namespace, tag, None).await
+    }
+
+    async fn invalidate_tag_and_announce(
+        &self,
+        key_namespace: &str,
+        tag: &str,
+        announce: Vec<u8>,
+    ) -> Result<u64> {
+        self.invalidate_tag_with(key_namespace, tag, Some(announce))
             .await
-            .map_err(|e| self.fail("tag invalidation", e))?;
-        Ok(removed)
     }
 
     async fn fence(&self, key: &CacheKey) -> Result<Fence> {
