@@ -367,14 +367,80 @@ async fn a_stampede_over_redis_reads_l2_once_and_loads_once() {
         assert_eq!(*caller.await.unwrap().unwrap(), "2.50");
     }
     assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert_eq!(
-        calls(&server, "mget").await - reads,
-        2,
-        "one L2 read and one fence read for 1,000 callers"
-    );
-    assert!(
-        calls(&server, "evalsha").await - scripts <= 2,
-        "the fill (and at most one fence re-read)"
-    );
+    // The flight's read of L2, its fence read and its fill, whatever the 1,000 callers: no
+    // per-caller Redis traffic (reads are MGETs, or the read script until the node has learned
+    // the namespace's generation; the fill is a script, whose first use here costs a refused
+    // EVALSHA and a retry).
+    let commands = calls(&server, "mget").await - reads + calls(&server, "evalsha").await - scripts;
+    assert!(commands <= 4, "{commands} Redis commands for 1,000 callers");
     a.shutdown().await;
+}
+
+/// `keyspace_hits` from `INFO stats`: how many key lookups found their key.
+async fn keyspace_hits(server: &RedisServer) -> u64 {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("keyspace_hits:")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generation_is_trusted_only_when_invalidations_reach_the_node() {
+    let server = RedisServer::start();
+    let config = config(&server);
+    // On Redis pub/sub, invalidations reach the node: a read looks up the entry alone.
+    let trusting = node(&config, "trusting").await;
+    // The same L2 with an in-process bus: invalidations from other processes would not reach
+    // this node, so every read also checks the generation.
+    let l2: Arc<dyn L2Store> = Arc::new(RedisL2::connect(&config).await.unwrap());
+    let checking = EdgeCache::builder()
+        .node_id("checking")
+        .l2(l2)
+        .bus(Arc::new(cache_memory::MemoryBus::new()) as Arc<dyn EventBus>)
+        .build()
+        .await
+        .unwrap();
+    let p = json!({"provider": "p-1"});
+    trusting
+        .set("provider_status", &p, &"online".to_string())
+        .await
+        .unwrap();
+    trusting
+        .notify(Notification::provider_status_changed("p-0", "offline"))
+        .await
+        .unwrap();
+    trusting
+        .set("provider_status", &p, &"online".to_string())
+        .await
+        .unwrap();
+    for (node, lookups) in [(&trusting, 1), (&checking, 2)] {
+        // The first read learns the generation (and may race the subscription's start).
+        eventually("the generation is learned", DEADLINE, || async {
+            node.get::<String, _>("provider_status", &p).await.unwrap();
+            let before = keyspace_hits(&server).await;
+            node.get::<String, _>("provider_status", &p).await.unwrap();
+            keyspace_hits(&server).await - before == lookups
+        })
+        .await;
+    }
+    // A namespace invalidation makes the trusting node forget the generation it knew.
+    checking.shutdown().await;
+    trusting
+        .notify(Notification::provider_status_changed("p-1", "offline"))
+        .await
+        .unwrap();
+    assert_eq!(
+        trusting
+            .get::<String, _>("provider_status", &p)
+            .await
+            .unwrap(),
+        None
+    );
+    trusting.shutdown().await;
 }

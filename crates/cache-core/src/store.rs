@@ -265,6 +265,22 @@ pub trait L2Store: Send + Sync {
         Err(cannot_publish())
     }
 
+    /// A node applied an event that invalidated `key_namespace` (issued by any node). Stores
+    /// that remember namespace state between calls (the Redis store remembers each namespace's
+    /// generation) must forget it before the call returns. Default: nothing to forget.
+    fn namespace_invalidated(&self, key_namespace: &str) {
+        let _ = key_namespace;
+    }
+
+    /// Nodes using this store report whether they hear every invalidation of its namespaces:
+    /// `complete` and `incomplete` are changes to the number of nodes that do and that may
+    /// miss some (a lost subscription, or a bus that is not the one invalidations travel on).
+    /// A store may rely on events for its remembered state only while at least one node hears
+    /// everything and none may miss anything. Default: relies on nothing.
+    fn invalidation_feed(&self, complete: i64, incomplete: i64) {
+        let _ = (complete, incomplete);
+    }
+
     /// Where this store can publish events in the same step as a write, if anywhere: an id
     /// equal to [`crate::EventBus::route`] of the bus that reaches the same subscribers. A node
     /// whose L2 and bus share a route announces writes and notifications through L2 (one round
@@ -345,6 +361,12 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     }
     fn announce_route(&self) -> Option<String> {
         (**self).announce_route()
+    }
+    fn namespace_invalidated(&self, key_namespace: &str) {
+        (**self).namespace_invalidated(key_namespace);
+    }
+    fn invalidation_feed(&self, complete: i64, incomplete: i64) {
+        (**self).invalidation_feed(complete, incomplete);
     }
     async fn delete_and_announce(&self, key: &CacheKey, announce: Vec<u8>) -> Result<bool> {
         (**self).delete_and_announce(key, announce).await

@@ -66,6 +66,8 @@ pub(crate) struct Inner<C> {
     bus_down: AtomicBool,
     /// Whether L2 publishes on the bus's route, so writes and invalidations carry their event.
     announce_via_l2: bool,
+    /// Whether this node last told L2 it hears every invalidation (see `feed_complete`).
+    feed_complete: AtomicBool,
     closed: AtomicBool,
     listener_running: AtomicBool,
     events_handled: AtomicU64,
@@ -152,6 +154,7 @@ impl<C: Codec> EdgeCache<C> {
             counters: Counters::default(),
             flights: Mutex::new(HashMap::new()),
             announce_via_l2,
+            feed_complete: AtomicBool::new(false),
             bus_down: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             listener_running: AtomicBool::new(true),
@@ -159,6 +162,9 @@ impl<C: Codec> EdgeCache<C> {
             shutdown_tx,
             listener: Mutex::new(None),
         });
+        // Start counted as a node that may miss invalidations; the subscription's first
+        // `Connected` makes it complete where it can be.
+        inner.l2.invalidation_feed(0, 1);
         let handle = tokio::spawn(crate::listener::run(
             Arc::clone(&inner),
             subscription,
@@ -742,6 +748,7 @@ impl<C: Codec> EdgeCache<C> {
                 tracing::warn!(node_id = %inner.node_id, error = %e, "event listener ended abnormally");
             }
         }
+        inner.leave_feed();
         tracing::info!(node_id = %inner.node_id, "edge cache shut down");
     }
 }
@@ -1105,6 +1112,11 @@ impl<C: Codec> Inner<C> {
             let Some(ns) = self.ns_by_key_namespace(name) else {
                 continue;
             };
+            if conservative || event.scope == Scope::Namespace {
+                // Before L1 is dropped: a read after this apply must not use a remembered
+                // generation from before the invalidation.
+                self.l2.namespace_invalidated(name);
+            }
             match (&event.scope, conservative) {
                 (Scope::Resource, false) => self.drop_l1(ns, |l1| {
                     l1.invalidate_tag(&event.resource_id);
@@ -1196,8 +1208,12 @@ impl<C: Codec> Inner<C> {
     /// bypassed in between.
     pub(crate) fn connection_changed(&self, state: ConnectionState) {
         match state {
-            ConnectionState::Connected => self.bus_down.store(false, SeqCst),
+            ConnectionState::Connected => {
+                self.bus_down.store(false, SeqCst);
+                self.feed_complete(true);
+            }
             ConnectionState::Disconnected => {
+                self.feed_complete(false);
                 self.bus_down.store(true, SeqCst);
                 self.drop_event_driven_l1();
                 tracing::warn!(node_id = %self.node_id, "event bus disconnected; bypassing L1 of event-driven namespaces");
@@ -1205,6 +1221,7 @@ impl<C: Codec> Inner<C> {
             ConnectionState::Resubscribed => {
                 self.drop_event_driven_l1();
                 self.bus_down.store(false, SeqCst);
+                self.feed_complete(true);
                 tracing::info!(node_id = %self.node_id, "event bus resubscribed; L1 of event-driven namespaces dropped");
             }
             _ => {}
@@ -1223,6 +1240,26 @@ impl<C: Codec> Inner<C> {
 
     pub(crate) fn listener_stopped(&self) {
         self.listener_running.store(false, SeqCst);
+        self.feed_complete(false);
+    }
+
+    /// Tells L2 whether this node now hears every invalidation of its namespaces: only when
+    /// the subscription is up and invalidations travel on this node's bus (L2 shares its route).
+    fn feed_complete(&self, hears: bool) {
+        let complete = hears && self.announce_via_l2 && self.listener_running.load(SeqCst);
+        if self.feed_complete.swap(complete, SeqCst) != complete {
+            let delta = if complete { 1 } else { -1 };
+            self.l2.invalidation_feed(delta, -delta);
+        }
+    }
+
+    /// Withdraws this node's report from L2's count (at shutdown).
+    fn leave_feed(&self) {
+        if self.feed_complete.load(SeqCst) {
+            self.l2.invalidation_feed(-1, 0);
+        } else {
+            self.l2.invalidation_feed(0, -1);
+        }
     }
 
     pub(crate) fn node_id(&self) -> &str {

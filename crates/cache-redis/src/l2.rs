@@ -109,7 +109,7 @@ pub struct RedisL2 {
     invalidate_tag: Script,
     invalidate_namespaces: Script,
     /// The last generation seen per namespace, the assumption reads start from.
-    generations: Arc<std::sync::RwLock<std::collections::HashMap<String, u64>>>,
+    generations: Arc<Generations>,
     /// The channel events are announced on, and its route (server address + channel).
     channel: String,
     route: String,
@@ -187,19 +187,7 @@ impl RedisL2 {
     }
 
     fn known_generation(&self, key_namespace: &str) -> Option<u64> {
-        let known = self
-            .generations
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        known.get(key_namespace).copied()
-    }
-
-    fn remember_generation(&self, key_namespace: &str, generation: u64) {
-        let mut known = self
-            .generations
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        known.insert(key_namespace.to_owned(), generation);
+        self.generations.known(key_namespace)
     }
 
     fn fail(&self, op: &str, e: redis::RedisError) -> Error {
@@ -259,9 +247,13 @@ impl L2Store for RedisL2 {
         let namespace = first.key_namespace();
         let prefix = self.ns_prefix(namespace);
         let mut conn = self.conn.clone();
+        let epoch = self.generations.epoch();
         if let Some(assumed) = self.known_generation(namespace) {
+            let trusted = self.generations.trusted();
             let mut mget = redis::cmd("MGET");
-            mget.arg(format!("{prefix}g"));
+            if !trusted {
+                mget.arg(format!("{prefix}g"));
+            }
             for key in keys {
                 mget.arg(format!("{prefix}{assumed}:{}", key.digest().to_hex()));
             }
@@ -269,6 +261,12 @@ impl L2Store for RedisL2 {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.fail("MGET", e))?;
+            if trusted {
+                // Every invalidation of the namespace reaches the node as an event, which makes
+                // it forget the generation before it is applied: the one remembered is current
+                // for every read that starts after the node applied an invalidation.
+                return decode_entries(keys, &values);
+            }
             let (generation, entries) = split_generation(&values)?;
             if generation == assumed {
                 return decode_entries(keys, entries);
@@ -283,7 +281,7 @@ impl L2Store for RedisL2 {
             .await
             .map_err(|e| self.fail("GET", e))?;
         let (generation, entries) = split_generation(&values)?;
-        self.remember_generation(namespace, generation);
+        self.generations.remember(namespace, generation, epoch);
         decode_entries(keys, entries)
     }
 
@@ -379,6 +377,14 @@ impl L2Store for RedisL2 {
         Some(self.route.clone())
     }
 
+    fn namespace_invalidated(&self, key_namespace: &str) {
+        self.generations.forget(Some(key_namespace));
+    }
+
+    fn invalidation_feed(&self, complete: i64, incomplete: i64) {
+        self.generations.feed(complete, incomplete);
+    }
+
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {
         self.invalidate_tag_with(key_namespace, tag, None).await
     }
@@ -443,6 +449,77 @@ fn info_field(info: &str, name: &str) -> Option<u64> {
             .parse()
             .ok()
     })
+}
+
+/// The generation this client last saw per namespace, and whether it may be used without
+/// asking Redis.
+///
+/// A remembered generation always saves the read script: a read sends one `MGET` of the
+/// generation and the entries under it, and only re-reads when Redis's generation differs. While
+/// the nodes using this store hear every invalidation (see [`L2Store::invalidation_feed`]), it
+/// is trusted outright and a read is a plain `GET`/`MGET` of the entries: an applied
+/// invalidation makes the node forget the generation first ([`L2Store::namespace_invalidated`]),
+/// and a generation learned by a read that raced such a forgetting is not kept (`epoch`).
+#[derive(Debug, Default)]
+struct Generations {
+    map: std::sync::RwLock<std::collections::HashMap<String, u64>>,
+    /// Bumped (under the map's write lock) by every forgetting.
+    epoch: std::sync::atomic::AtomicU64,
+    complete: std::sync::atomic::AtomicI64,
+    incomplete: std::sync::atomic::AtomicI64,
+}
+
+impl Generations {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn trusted(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.incomplete.load(SeqCst) <= 0 && self.complete.load(SeqCst) > 0
+    }
+
+    fn known(&self, key_namespace: &str) -> Option<u64> {
+        self.map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key_namespace)
+            .copied()
+    }
+
+    /// Keeps `generation` unless something was forgotten since `epoch` was read.
+    fn remember(&self, key_namespace: &str, generation: u64, epoch: u64) {
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.epoch() == epoch {
+            map.insert(key_namespace.to_owned(), generation);
+        }
+    }
+
+    /// Forgets one namespace's generation, or all of them.
+    fn forget(&self, key_namespace: Option<&str>) {
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match key_namespace {
+            Some(ns) => {
+                map.remove(ns);
+            }
+            None => map.clear(),
+        }
+    }
+
+    fn feed(&self, complete: i64, incomplete: i64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Whatever was remembered before the change is not vouched for by the new state.
+        self.forget(None);
+        self.complete.fetch_add(complete, SeqCst);
+        self.incomplete.fetch_add(incomplete, SeqCst);
+    }
 }
 
 /// How much earlier than its writer's clock says an entry is taken to expire when a reader

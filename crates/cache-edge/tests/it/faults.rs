@@ -27,6 +27,7 @@ async fn an_l2_that_errors_degrades_reads_to_misses_and_fails_writes_loudly() {
     l2.expect_get().times(1).returning(|_| Err(l2_down()));
     l2.expect_set().times(1).returning(|_| Err(l2_down()));
     l2.expect_announce_route().return_const(None);
+    l2.expect_invalidation_feed().return_const(());
     let node = fleet.builder("a").l2(Arc::new(l2)).build().await.unwrap();
     let p = json!({"gpu_id": "g"});
 
