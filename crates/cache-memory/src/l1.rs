@@ -12,9 +12,10 @@
 //! eviction listeners) are not needed here because expiry is checked against the caller's
 //! clock and loading is done a layer up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cache_core::{
@@ -25,47 +26,75 @@ use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
 
 /// Bytes charged for each entry on top of its `size_bytes`.
 ///
-/// An estimate, on a 64-bit target, of what an entry costs besides its value: the 32-byte
-/// digest key and the cache's slot and hash-table bucket (~80 bytes), the shared slot holding
-/// the value pointer, expiry, weight and tag list (~64 bytes), the value's own `Arc` header
-/// (16 bytes), and one or two short tags with their tag-index records (~96 bytes). Charging it
-/// keeps a namespace of many tiny values from exceeding its budget in real memory.
-pub const ENTRY_OVERHEAD_BYTES: u64 = 256;
+/// What an entry really costs besides its value, on a 64-bit target, once the store is full and
+/// evicting: quick_cache's slab entry holding the 32-byte digest, the 32-byte slot and the list
+/// links (80 bytes) and its hash-table bucket (5 bytes, 6 to 11 at the table's load); a share of
+/// the ghosts (remembered evicted keys), which take slab entries and buckets of their own (one
+/// per KiB of budget: about 45 bytes per entry of a few hundred bytes); the slack of a slab and
+/// a table that grow by doubling; and the value's own `Arc` header (16 bytes). Measured
+/// with a counting allocator under churn (ten budgets' worth of distinct entries of ~250 bytes,
+/// charged their encoded length), that came to 190 to 240 bytes per entry, the spread being
+/// where the entry count falls between two powers of two, and the heap held stayed within
+/// 0.92 to 1.02 times budgets of 8 and 100 MiB. Charging it keeps a namespace of many tiny
+/// values from exceeding its budget in real memory.
+///
+/// Tags are not included: each (tag, entry) record in the tag index costs roughly 40 to 80
+/// bytes more, and stale records (up to as many again before a prune) double that.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 224;
 
 /// A shard is never given less than this share of the budget (unless the whole budget is
 /// smaller), so a single large entry still fits in its shard.
 const MIN_SHARD_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Ghosts (hashes of recently evicted keys, so that a key coming back is admitted as hot) that
+/// quick_cache keeps per shard, as a fraction of the item count it is told to expect.
+///
+/// A ghost is not charged against the budget, yet takes a whole slab entry and a table bucket
+/// (~90 bytes). The expected count is [`ITEM_ESTIMATE_BYTES`] per item, far more items than fit
+/// once values have any size, so quick_cache's default of 0.5 kept about a ghost per resident
+/// entry of ~500 bytes, which at 8 MiB pushed each shard's slab and table past the next power of
+/// two once evictions started: the heap held reached 1.32 times the budget. 0.25 keeps one ghost
+/// per KiB of budget (~9% of it in real memory, which [`ENTRY_OVERHEAD_BYTES`] accounts for at
+/// typical sizes): about one per two resident entries of ~500 bytes, quick_cache's default ratio
+/// if its estimate were exact. Stores of large values (several KiB), whose overhead charge is too
+/// small to cover the ghosts, still hold 5% to 15% more than their budget.
+const GHOST_ALLOCATION: f64 = 0.25;
+
+/// The budget per item quick_cache is told to expect: about the least an entry is charged, so
+/// roughly the most entries a budget can hold. quick_cache reserves nothing up front; the
+/// estimate only sizes the ghost list ([`GHOST_ALLOCATION`] of it).
+const ITEM_ESTIMATE_BYTES: u64 = 256;
 
 /// The largest entry admitted, as a fraction of one shard's share of the budget. quick_cache
 /// declines entries heavier than its hot-queue target (97% of a shard by default); checking a
 /// lower bound here makes admission predictable and independent of that detail.
 const MAX_ENTRY_SHARE_PERCENT: u64 = 90;
 
-/// What the cache holds per digest. quick_cache clones the value on every hit, so it is kept
-/// to one reference count to bump: the value's own `Arc`, plus plain words, plus the tag list
-/// only for the (rarer) tagged entries.
+/// What the cache holds per digest: 32 bytes, so that quick_cache's per-hit clone is one
+/// reference count bump plus three plain words, and its slab entries stay small (which matters
+/// under random access over many keys). Tag membership lives in the [`TagIndex`], keyed by
+/// [`Slot::seq`], not here.
 #[derive(Clone)]
 struct Slot {
     value: SharedValue,
     expires_at: Timestamp,
-    /// What the entry is charged against the budget; fixed at insertion.
-    weight: u64,
-    /// The tags the entry was inserted with, so a tag invalidation removes this entry only if it
-    /// still carries the tag (a later insert under the same digest may not).
-    tags: Option<Arc<[String]>>,
+    /// What the entry is charged against the budget; fixed at insertion. A `u32` because no
+    /// admitted entry is heavier (see [`MemoryL1::new`]).
+    weight: u32,
+    /// Which insertion this is, from [`MemoryL1::seq`]: tells this entry apart from one
+    /// inserted since under the same digest.
+    seq: u32,
 }
 
-impl Slot {
-    fn has_tag(&self, tag: &str) -> bool {
-        self.tags
-            .as_deref()
-            .is_some_and(|tags| tags.iter().any(|t| t == tag))
-    }
+// quick_cache clones the slot on every hit and keeps one per slab entry (ghosts included):
+// keep it from growing unnoticed.
+const _: () = assert!(std::mem::size_of::<Slot>() <= 32);
 
-    /// Whether `other` is this very entry (same value allocation and expiry), not one
-    /// inserted since under the same digest.
+impl Slot {
+    /// Whether `other` is this very entry, not one inserted since under the same digest. The
+    /// value pointer backs up the sequence number, which wraps after 2^32 inserts.
     fn same_entry(&self, other: &Slot) -> bool {
-        Arc::ptr_eq(&self.value, &other.value) && self.expires_at == other.expires_at
+        self.seq == other.seq && Arc::ptr_eq(&self.value, &other.value)
     }
 }
 
@@ -74,21 +103,23 @@ struct SlotWeighter;
 
 impl Weighter<Digest, Slot> for SlotWeighter {
     fn weight(&self, _digest: &Digest, slot: &Slot) -> u64 {
-        slot.weight
+        u64::from(slot.weight)
     }
 }
 
 type Entries =
     Cache<Digest, Slot, SlotWeighter, DefaultHashBuilder, DefaultLifecycle<Digest, Slot>>;
 
-/// Which digests were inserted with which tag. Touched on the write path only.
+/// Which digests were inserted with which tag, and by which insertion (the slot's
+/// [`Slot::seq`]). Touched on the write path only, under [`MemoryL1::tags`].
 ///
-/// It may name digests that have since been removed, evicted or re-inserted without the tag;
-/// [`MemoryL1::invalidate_tag`] checks the slot's own tags, and [`TagIndex::prune`] drops such
-/// records once they outnumber live ones, so the index stays proportional to the cache.
+/// It may name digests that have since been removed, evicted or re-inserted (with or without
+/// the tag); [`MemoryL1::invalidate_tag`] removes a digest's entry only if it is still the
+/// insertion recorded, and [`TagIndex::prune`] drops records that no longer match once they
+/// outnumber live ones, so the index stays proportional to the cache.
 #[derive(Default)]
 struct TagIndex {
-    by_tag: HashMap<String, HashSet<Digest>>,
+    by_tag: HashMap<String, HashMap<Digest, u32>>,
     /// Number of (tag, digest) records in `by_tag`.
     records: usize,
     /// No pruning below this many records; doubled from the live count after each prune, so
@@ -100,12 +131,15 @@ struct TagIndex {
 const MIN_PRUNE_FLOOR: usize = 1024;
 
 impl TagIndex {
-    fn add(&mut self, digest: Digest, tags: &[String]) {
+    /// Records that insertion `seq` stored `digest` with `tags`, replacing any earlier
+    /// insertion's record for the same digest and tag.
+    fn add(&mut self, digest: Digest, seq: u32, tags: &[String]) {
         for tag in tags {
             let added = match self.by_tag.get_mut(tag.as_str()) {
-                Some(digests) => digests.insert(digest),
+                Some(digests) => digests.insert(digest, seq).is_none(),
                 None => {
-                    self.by_tag.insert(tag.clone(), HashSet::from([digest]));
+                    self.by_tag
+                        .insert(tag.clone(), HashMap::from([(digest, seq)]));
                     true
                 }
             };
@@ -115,7 +149,7 @@ impl TagIndex {
         }
     }
 
-    fn take(&mut self, tag: &str) -> HashSet<Digest> {
+    fn take(&mut self, tag: &str) -> HashMap<Digest, u32> {
         let digests = self.by_tag.remove(tag).unwrap_or_default();
         self.records -= digests.len();
         digests
@@ -131,14 +165,14 @@ impl TagIndex {
         }
     }
 
-    /// Drops every record whose digest no longer holds an entry carrying the tag.
+    /// Drops every record whose digest no longer holds the insertion recorded.
     fn prune(&mut self, entries: &Entries) {
-        self.by_tag.retain(|tag, digests| {
+        self.by_tag.retain(|_, digests| {
             // `peek` leaves the entries' hotness alone: pruning is not an access.
-            digests.retain(|d| entries.peek(d).is_some_and(|slot| slot.has_tag(tag)));
+            digests.retain(|d, seq| entries.peek(d).is_some_and(|slot| slot.seq == *seq));
             !digests.is_empty()
         });
-        self.records = self.by_tag.values().map(HashSet::len).sum();
+        self.records = self.by_tag.values().map(HashMap::len).sum();
         self.prune_floor = self.records.saturating_mul(2);
     }
 }
@@ -164,8 +198,13 @@ impl TagIndex {
 /// ```
 pub struct MemoryL1 {
     entries: Entries,
+    /// Held across a tagged insert (the slot and its records), so the records of two inserts
+    /// under one digest are made in the order their slots were stored.
     tags: Mutex<TagIndex>,
+    /// The next insertion's [`Slot::seq`]; wraps.
+    seq: AtomicU32,
     capacity_bytes: u64,
+    /// At most `u32::MAX`, so an admitted weight always fits [`Slot::weight`].
     max_entry_weight: u64,
 }
 
@@ -174,7 +213,7 @@ impl MemoryL1 {
     pub fn new(capacity_bytes: u64) -> Self {
         let shards = shard_count(capacity_bytes);
         let shard_bytes = capacity_bytes / shards;
-        let estimated_items = usize::try_from(capacity_bytes / 256)
+        let estimated_items = usize::try_from(capacity_bytes / ITEM_ESTIMATE_BYTES)
             .unwrap_or(usize::MAX)
             .clamp(16, 1 << 24)
             // quick_cache halves the shard count while shards would hold < 32 items; keep ours.
@@ -185,6 +224,7 @@ impl MemoryL1 {
             // A whole multiple of the shard count, so the shards' capacities sum to at most the
             // budget (quick_cache rounds each shard's share up).
             .weight_capacity(shard_bytes * shards)
+            .ghost_allocation(GHOST_ALLOCATION)
             .build()
             .expect("both required options are set");
         let entries = Cache::with_options(
@@ -193,12 +233,14 @@ impl MemoryL1 {
             DefaultHashBuilder::default(),
             DefaultLifecycle::default(),
         );
+        let max_entry_weight = shard_bytes / 100 * MAX_ENTRY_SHARE_PERCENT
+            + shard_bytes % 100 * MAX_ENTRY_SHARE_PERCENT / 100;
         Self {
             entries,
             tags: Mutex::new(TagIndex::default()),
+            seq: AtomicU32::new(0),
             capacity_bytes,
-            max_entry_weight: shard_bytes / 100 * MAX_ENTRY_SHARE_PERCENT
-                + shard_bytes % 100 * MAX_ENTRY_SHARE_PERCENT / 100,
+            max_entry_weight: max_entry_weight.min(u64::from(u32::MAX)),
         }
     }
 
@@ -211,6 +253,8 @@ impl MemoryL1 {
     ///
     /// The budget is split across shards (one per 4 MiB of budget, at most four per core), and
     /// an entry must fit in 90% of its shard; with a budget of 4 MiB or less there is one shard.
+    /// Whatever the budget, an entry's charge (its size plus [`ENTRY_OVERHEAD_BYTES`]) is at most
+    /// `u32::MAX` bytes.
     pub fn max_entry_bytes(&self) -> u64 {
         self.max_entry_weight.saturating_sub(ENTRY_OVERHEAD_BYTES)
     }
@@ -247,23 +291,33 @@ impl L1Store for MemoryL1 {
     }
 
     fn insert(&self, digest: Digest, entry: L1Entry, tags: &[String]) {
-        let weight = entry.size_bytes.saturating_add(ENTRY_OVERHEAD_BYTES);
-        if weight > self.max_entry_weight {
+        let weight = entry
+            .size_bytes
+            .checked_add(ENTRY_OVERHEAD_BYTES)
+            .filter(|&weight| weight <= self.max_entry_weight)
+            .and_then(|weight| u32::try_from(weight).ok());
+        let Some(weight) = weight else {
             self.entries.remove(&digest);
             return;
-        }
+        };
         let slot = Slot {
             value: entry.value,
             expires_at: entry.expires_at,
             weight,
-            tags: (!tags.is_empty()).then(|| tags.into()),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
         };
-        self.entries.insert(digest, slot);
-        if !tags.is_empty() {
-            let mut index = self.tag_index();
-            index.add(digest, tags);
-            index.prune_if_large(&self.entries);
+        if tags.is_empty() {
+            self.entries.insert(digest, slot);
+            return;
         }
+        // Of two tagged inserts under one digest, the later slot must also leave the later
+        // record, or an invalidation of the tag would look for the wrong insertion and miss the
+        // entry: the lock is held across both.
+        let mut index = self.tag_index();
+        let seq = slot.seq;
+        self.entries.insert(digest, slot);
+        index.add(digest, seq, tags);
+        index.prune_if_large(&self.entries);
     }
 
     fn remove(&self, digest: &Digest) -> bool {
@@ -274,10 +328,13 @@ impl L1Store for MemoryL1 {
     fn invalidate_tag(&self, tag: &str) -> u64 {
         let digests = self.tag_index().take(tag);
         let mut removed = 0;
-        for digest in digests {
+        for (digest, seq) in digests {
+            // Only if the digest still holds the insertion recorded: one made since without the
+            // tag has another seq and must survive; one made since with the tag replaced this
+            // record before `take`, or comes after this invalidation.
             if self
                 .entries
-                .remove_if(&digest, |slot| slot.has_tag(tag))
+                .remove_if(&digest, |slot| slot.seq == seq)
                 .is_some()
             {
                 removed += 1;
@@ -287,8 +344,11 @@ impl L1Store for MemoryL1 {
     }
 
     fn clear(&self) -> u64 {
+        // Locked first, so a tagged insert lands either before the drain (and goes with it) or
+        // after the reset (and keeps its records).
+        let mut index = self.tag_index();
         let removed = self.entries.drain().count();
-        *self.tag_index() = TagIndex::default();
+        *index = TagIndex::default();
         u64::try_from(removed).unwrap_or(u64::MAX)
     }
 

@@ -185,6 +185,96 @@ fn tag_invalidation_removes_exactly_the_tagged_entries() {
 }
 
 #[test]
+fn tag_invalidation_removes_the_insertion_made_with_the_tag() {
+    let l1 = MemoryL1::new(MIB);
+    let later = Timestamp::from_nanos(10);
+    let now = Timestamp::ZERO;
+
+    // Re-inserted without the tag: the tagged insertion is gone, the new one survives.
+    l1.insert(digest(1), entry(1_u64, later, 8), &tags(&["t"]));
+    l1.insert(digest(1), entry(11_u64, later, 8), &[]);
+    assert_eq!(l1.invalidate_tag("t"), 0);
+    assert_eq!(l1.get(&digest(1), now).map(|v| read_u64(&v)), Some(11));
+
+    // Re-inserted with the tag: the latest insertion is the one removed.
+    l1.insert(digest(2), entry(2_u64, later, 8), &tags(&["t"]));
+    l1.insert(digest(2), entry(22_u64, later, 8), &tags(&["t"]));
+    assert_eq!(l1.invalidate_tag("t"), 1);
+    assert!(l1.get(&digest(2), now).is_none());
+
+    // Tagged, untagged, tagged again: the last insertion carries the tag.
+    l1.insert(digest(3), entry(3_u64, later, 8), &tags(&["t"]));
+    l1.insert(digest(3), entry(33_u64, later, 8), &[]);
+    l1.insert(digest(3), entry(333_u64, later, 8), &tags(&["t"]));
+    assert_eq!(l1.invalidate_tag("t"), 1);
+    assert!(l1.get(&digest(3), now).is_none());
+
+    // Re-inserted with only one of its two tags: the dropped tag no longer reaches it.
+    l1.insert(digest(4), entry(4_u64, later, 8), &tags(&["a", "b"]));
+    l1.insert(digest(4), entry(44_u64, later, 8), &tags(&["b"]));
+    assert_eq!(l1.invalidate_tag("a"), 0);
+    assert_eq!(l1.get(&digest(4), now).map(|v| read_u64(&v)), Some(44));
+    assert_eq!(l1.invalidate_tag("b"), 1);
+    assert!(l1.get(&digest(4), now).is_none());
+
+    // Removed and re-inserted untagged: nothing to invalidate, the entry stays.
+    l1.insert(digest(5), entry(5_u64, later, 8), &tags(&["t"]));
+    assert!(l1.remove(&digest(5)));
+    l1.insert(digest(5), entry(55_u64, later, 8), &[]);
+    assert_eq!(l1.invalidate_tag("t"), 0);
+    assert_eq!(l1.get(&digest(5), now).map(|v| read_u64(&v)), Some(55));
+    assert_eq!(l1.usage().entries, 2);
+}
+
+#[test]
+fn racing_tagged_inserts_under_one_digest_are_all_invalidated() {
+    let l1 = MemoryL1::new(MIB);
+    let later = Timestamp::from_nanos(10);
+    for round in 0..500_u64 {
+        std::thread::scope(|scope| {
+            for writer in 0..3_u64 {
+                let l1 = &l1;
+                scope.spawn(move || {
+                    for i in 0..20 {
+                        let value = round * 1_000 + writer * 100 + i;
+                        l1.insert(digest(1), entry(value, later, 8), &tags(&["t"]));
+                    }
+                });
+            }
+        });
+        // Whichever insert was stored last, the tag's record names it.
+        assert_eq!(l1.invalidate_tag("t"), 1, "round {round}");
+        assert!(
+            l1.get(&digest(1), Timestamp::ZERO).is_none(),
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn entry_charges_beyond_u32_are_refused_whatever_the_budget() {
+    // A budget so large that 90% of a shard exceeds u32::MAX on any number of cores.
+    let l1 = MemoryL1::new(1 << 50);
+    let max = l1.max_entry_bytes();
+    assert_eq!(max, u64::from(u32::MAX) - ENTRY_OVERHEAD_BYTES);
+    let later = Timestamp::from_nanos(10);
+
+    l1.insert(digest(1), entry(1_u64, later, max), &[]);
+    assert!(l1.get(&digest(1), Timestamp::ZERO).is_some());
+    assert_eq!(l1.usage().bytes, u64::from(u32::MAX));
+
+    for size in [max + 1, u64::from(u32::MAX), u64::MAX] {
+        l1.insert(digest(1), entry(1_u64, later, 8), &[]);
+        l1.insert(digest(1), entry(2_u64, later, size), &[]);
+        assert!(
+            l1.get(&digest(1), Timestamp::ZERO).is_none(),
+            "size {size}: refused, and the previous value removed"
+        );
+    }
+    assert_eq!(l1.usage().bytes, 0);
+}
+
+#[test]
 fn clear_removes_everything_and_counts_it() {
     let l1 = MemoryL1::new(MIB);
     let later = Timestamp::from_nanos(10);
