@@ -70,7 +70,8 @@ impl Digest {
         Digest(hash)
     }
 
-    fn push_hex(&self, out: &mut String) {
+    /// Appends the 64 lowercase hex digits to `out` (no allocation when it has room).
+    pub fn push_hex(&self, out: &mut String) {
         for &byte in &self.0 {
             out.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
             out.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));

@@ -20,6 +20,7 @@
 //! one round trip. An entry's envelope carries its tags and its writer's expiry time, from which
 //! a reader computes the remaining lifetime less [`CLOCK_SKEW_MARGIN`].
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -250,17 +251,31 @@ impl L2Store for RedisL2 {
         let epoch = self.generations.epoch();
         if let Some(assumed) = self.known_generation(namespace) {
             let trusted = self.generations.trusted();
-            let mut mget = redis::cmd("MGET");
+            // A single trusted key is a plain GET, the cheapest read Redis has.
+            let mut read = redis::cmd(if trusted && keys.len() == 1 {
+                "GET"
+            } else {
+                "MGET"
+            });
             if !trusted {
-                mget.arg(format!("{prefix}g"));
+                read.arg(format!("{prefix}g"));
             }
+            let mut entry_key = String::with_capacity(prefix.len() + 24 + 64);
             for key in keys {
-                mget.arg(format!("{prefix}{assumed}:{}", key.digest().to_hex()));
+                entry_key.clear();
+                entry_key.push_str(&prefix);
+                let _ = write!(entry_key, "{assumed}:");
+                key.digest().push_hex(&mut entry_key);
+                read.arg(entry_key.as_str());
             }
-            let values: Vec<Value> = mget
+            let reply: Value = read
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.fail("MGET", e))?;
+            let values = match reply {
+                Value::Array(values) => values,
+                single => vec![single],
+            };
             if trusted {
                 // Every invalidation of the namespace reaches the node as an event, which makes
                 // it forget the generation before it is applied: the one remembered is current
