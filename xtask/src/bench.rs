@@ -41,6 +41,7 @@
 //!    machine, the redis-server version, the date and the command). Every figure comes from this
 //!    run, and every ratio is against the baseline of its own row.
 
+use edge_cache_bench::{duration, thousands, times};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -1509,56 +1510,6 @@ derived once outside the timed loops (`EdgeCache::key`, then the `*_key` methods
    entries, charged as edge-cache charges them, each value a fresh `Arc<Offer>`; the live heap it
    then holds is compared with the budget.
 ";
-
-/// A duration with three significant figures: `848 ns`, `41.2 µs`, `1.27 ms`, `3.41 s`.
-fn duration(d: Duration) -> String {
-    let us = d.as_secs_f64() * 1e6;
-    let (value, unit) = if us < 1.0 {
-        (us * 1e3, "ns")
-    } else if us < 1_000.0 {
-        (us, "µs")
-    } else if us < 1_000_000.0 {
-        (us / 1e3, "ms")
-    } else {
-        (us / 1e6, "s")
-    };
-    let decimals = if value < 10.0 {
-        2
-    } else if value < 100.0 {
-        1
-    } else {
-        0
-    };
-    format!("{value:.decimals$} {unit}")
-}
-
-/// A ratio: `0.98×`, `3.4×`, `48,213×`.
-fn times(ratio: f64) -> String {
-    if !ratio.is_finite() {
-        return "-".to_owned();
-    }
-    if ratio < 10.0 {
-        format!("{ratio:.2}×")
-    } else if ratio < 100.0 {
-        format!("{ratio:.1}×")
-    } else {
-        // Rounded, and far below u64::MAX for any realistic pair of durations.
-        format!("{}×", thousands(ratio.round() as u64))
-    }
-}
-
-/// `1000000` as `1,000,000`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// The UTC date and time of `now`, `YYYY-MM-DD HH:MM UTC`.
 fn utc_date(now: SystemTime) -> String {

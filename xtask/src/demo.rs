@@ -315,7 +315,7 @@ pub(crate) fn start_redis_server() -> anyhow::Result<RedisServer> {
 }
 
 /// Whether an executable file named `program` is in one of the `PATH` directories.
-fn on_path(program: &str) -> bool {
+pub(crate) fn on_path(program: &str) -> bool {
     let Some(path) = std::env::var_os("PATH") else {
         return false;
     };

@@ -106,7 +106,7 @@ const TOOLS: [(&str, &str); 2] = [("redis-server", "redis-server"), ("openssl", 
 fn ensure_tools() -> Result<()> {
     let missing: Vec<&str> = TOOLS
         .iter()
-        .filter(|(program, _)| !on_path(program))
+        .filter(|(program, _)| !demo::on_path(program))
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
@@ -136,16 +136,11 @@ fn ensure_tools() -> Result<()> {
         bail!("apt-get install {packages} failed ({status})");
     }
     for (program, _) in TOOLS {
-        if !on_path(program) {
+        if !demo::on_path(program) {
             bail!("{program} still not found on PATH after installing {packages}");
         }
     }
     Ok(())
-}
-
-/// Whether `program` can be started (found on PATH and executable).
-fn on_path(program: &str) -> bool {
-    Command::new(program).arg("--version").output().is_ok()
 }
 
 fn run(program: &str, args: &[&str]) -> Result<()> {
