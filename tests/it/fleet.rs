@@ -132,6 +132,8 @@ async fn nodes_built_with_defaults_share_the_embedded_l2_and_bus() {
     a.set("gpu_availability", &p, &Snapshot { version: 7 })
         .await
         .unwrap();
+    // Wait for the write's event to reach B first, or it could drop B's copy after the read.
+    all_applied(std::slice::from_ref(&b), 1).await;
     assert_eq!(
         read_p(&b, &p).await,
         Some(7),
