@@ -90,6 +90,19 @@ pub fn percentile(samples: &mut [Duration], p: usize) -> Option<Duration> {
     Some(samples[rank.min(samples.len()) - 1])
 }
 
+/// The `p`th percentile of each implementation's samples (zero for one with none), in order.
+pub fn percentiles(samples: &mut [Vec<Duration>], p: usize) -> Vec<Duration> {
+    samples
+        .iter_mut()
+        .map(|s| percentile(s, p).unwrap_or_default())
+        .collect()
+}
+
+/// `a` relative to the baseline `b`, guarded against a zero baseline.
+pub fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-12)
+}
+
 /// The median of `values` (sorts them); 0 when empty.
 pub fn median_f64(values: &mut [f64]) -> f64 {
     if values.is_empty() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _};
 use cache_core::CacheKey;
 use cache_edge::{EdgeCache, SetOptions};
-use edge_cache_bench::{duration, median_f64, nanos, percentile, rate, times, verdict};
+use edge_cache_bench::{duration, median_f64, nanos, percentiles, rate, ratio, times, verdict};
 use futures_util::{stream, StreamExt as _, TryStreamExt as _};
 use redis::aio::MultiplexedConnection;
 use tokio::runtime::Runtime;
@@ -121,15 +121,8 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
             anyhow::Ok(before.until(after))
         })?;
     }
-    let p50: Vec<Duration> = samples
-        .iter_mut()
-        .map(|s| percentile(s, 50).unwrap_or_default())
-        .collect();
-    let p99: Vec<Duration> = samples
-        .iter_mut()
-        .map(|s| percentile(s, 99).unwrap_or_default())
-        .collect();
-    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-12);
+    let p50 = percentiles(&mut samples, 50);
+    let p99 = percentiles(&mut samples, 99);
     for (slot, imp) in Imp::ALL.into_iter().enumerate() {
         let target = if imp == Imp::Edge {
             format!(

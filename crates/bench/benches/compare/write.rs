@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use cache_core::CacheKey;
 use cache_edge::{EdgeCache, SetOptions};
-use edge_cache_bench::{duration, percentile, times, verdict};
+use edge_cache_bench::{duration, percentiles, ratio, times, verdict};
 use futures_util::StreamExt as _;
 use redis::aio::MultiplexedConnection;
 use tokio::runtime::Runtime;
@@ -151,15 +151,8 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
     })?;
     drain.abort();
     let writes = order.len();
-    let p50: Vec<Duration> = samples
-        .iter_mut()
-        .map(|s| percentile(s, 50).unwrap_or_default())
-        .collect();
-    let p99: Vec<Duration> = samples
-        .iter_mut()
-        .map(|s| percentile(s, 99).unwrap_or_default())
-        .collect();
-    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-12);
+    let p50 = percentiles(&mut samples, 50);
+    let p99 = percentiles(&mut samples, 99);
     for (slot, imp) in Imp::ALL.into_iter().enumerate() {
         let target = if matches!(imp, Imp::Edge | Imp::EdgeL2Only) {
             let r = ratio(p50[slot], p50[0]);
