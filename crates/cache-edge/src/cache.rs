@@ -229,12 +229,27 @@ impl<C: Codec> EdgeCache<C> {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
+        if let Some(hit) = self.inner.l1_hit::<T>(key) {
+            return Ok(Some(hit));
+        }
+        self.get_key_past_l1(key).await
+    }
+
+    /// [`EdgeCache::get_key`] once [`Inner::l1_hit`] found nothing: the errors, keys not
+    /// derived by this node, and L2.
+    async fn get_key_past_l1<T>(&self, key: &CacheKey) -> Result<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
         let inner = &*self.inner;
         inner.check_open()?;
         let (_, ns) = inner.ns_by_key(key)?;
-        if let Some(hit) = inner.l1_get::<T>(ns, key) {
-            inner.counters.l1_hits.fetch_add(1, Relaxed);
-            return Ok(Some(hit));
+        if !Arc::ptr_eq(&ns.key_ns, key.key_namespace_shared()) {
+            // Not derived by this node: `l1_hit` did not look this key up.
+            if let Some(hit) = inner.l1_get::<T>(ns, key) {
+                inner.counters.l1_hits.add(1);
+                return Ok(Some(hit));
+            }
         }
         let found = inner.l2_get::<T>(ns, key).await;
         let counter = if found.is_some() {
@@ -242,7 +257,7 @@ impl<C: Codec> EdgeCache<C> {
         } else {
             &inner.counters.misses
         };
-        counter.fetch_add(1, Relaxed);
+        counter.add(1);
         Ok(found)
     }
 
@@ -268,7 +283,7 @@ impl<C: Codec> EdgeCache<C> {
         for (i, (key, ns)) in keys.iter().zip(&namespaces).enumerate() {
             match inner.l1_get::<T>(ns, key) {
                 Some(hit) => {
-                    inner.counters.l1_hits.fetch_add(1, Relaxed);
+                    inner.counters.l1_hits.add(1);
                     found[i] = Some(hit);
                 }
                 None => missing.push(i),
@@ -299,7 +314,7 @@ impl<C: Codec> EdgeCache<C> {
             } else {
                 &inner.counters.misses
             };
-            counter.fetch_add(1, Relaxed);
+            counter.add(1);
             found[i] = value;
         }
         Ok(found)
@@ -416,7 +431,7 @@ impl<C: Codec> EdgeCache<C> {
             .await
             .map_err(|e| inner.l2_failed("set", e))?;
         if announced_by_l2 {
-            inner.counters.events_published.fetch_add(1, Relaxed);
+            inner.counters.events_published.add(1);
         }
         if let Some((l1, copy)) = l1_copy {
             // Bumping the epoch keeps any fill that started before this write from landing
@@ -432,7 +447,7 @@ impl<C: Codec> EdgeCache<C> {
                 &tags,
             );
         }
-        inner.counters.sets.fetch_add(1, Relaxed);
+        inner.counters.sets.add(1);
         match event {
             Some(event) if !announced_by_l2 => inner.publish(&event).await,
             _ => Ok(()),
@@ -491,7 +506,7 @@ impl<C: Codec> EdgeCache<C> {
         inner.check_open()?;
         let (index, ns) = inner.ns_by_key(key)?;
         if let Some(hit) = inner.l1_get::<T>(ns, key) {
-            inner.counters.l1_hits.fetch_add(1, Relaxed);
+            inner.counters.l1_hits.add(1);
             return Ok(hit);
         }
         // L2 is read once, by the flight below, not by every caller that missed L1: a stampede of
@@ -547,7 +562,7 @@ impl<C: Codec> EdgeCache<C> {
             Source::L2 => &inner.counters.l2_hits,
             Source::Loaded => &inner.counters.misses,
         };
-        counter.fetch_add(1, Relaxed);
+        counter.add(1);
         value.downcast::<T>().map_err(|_| {
             Error::new(
                 ErrorKind::Decode,
@@ -570,7 +585,7 @@ impl<C: Codec> EdgeCache<C> {
         let mut event =
             inner.new_event(EventType::ManualInvalidation, ns.config.name.clone(), data);
         event.affected_namespaces = vec![ns.config.key_namespace.clone()];
-        inner.counters.invalidations.fetch_add(1, Relaxed);
+        inner.counters.invalidations.add(1);
         inner.invalidate_namespaces_and_issue(&event).await
     }
 
@@ -588,7 +603,7 @@ impl<C: Codec> EdgeCache<C> {
         let mut event = inner.new_event(EventType::ManualInvalidation, resource.to_owned(), data);
         event.affected_namespaces = vec![ns.config.key_namespace.clone()];
         event.scope = Scope::Resource;
-        inner.counters.invalidations.fetch_add(1, Relaxed);
+        inner.counters.invalidations.add(1);
         let l2 = &inner.l2;
         let key_namespace = ns.config.key_namespace.as_str();
         inner
@@ -619,7 +634,7 @@ impl<C: Codec> EdgeCache<C> {
             Map::new(),
         );
         event.scope = Scope::Keys(vec![key.as_str().to_owned()]);
-        inner.counters.invalidations.fetch_add(1, Relaxed);
+        inner.counters.invalidations.add(1);
         let l2 = &inner.l2;
         inner
             .change_l2_and_issue(&event, "delete", |announce| async move {
@@ -650,7 +665,7 @@ impl<C: Codec> EdgeCache<C> {
                 .affected_namespaces
                 .push(ns.config.key_namespace.clone());
         }
-        inner.counters.notifications.fetch_add(1, Relaxed);
+        inner.counters.notifications.add(1);
         inner.invalidate_namespaces_and_issue(&event).await?;
         Ok(event)
     }
@@ -717,7 +732,7 @@ impl<C: Codec> EdgeCache<C> {
         } else {
             (HealthStatus::Healthy, None)
         };
-        let received = inner.counters.events_received.load(Relaxed);
+        let received = inner.counters.events_received.get();
         let last = inner.counters.last_event_nanos.load(Relaxed);
         Health {
             status,
@@ -858,8 +873,27 @@ impl<C: Codec> Inner<C> {
         Ok(bytes)
     }
 
+    /// The hit path of [`EdgeCache::get_key`], kept to what a hit needs: the key's namespace
+    /// by pointer (keys this node derived), L1, the counter. `None` sends the caller down the
+    /// full path, which reports errors (shut down, unknown namespace) and reads L2.
+    #[inline]
+    fn l1_hit<T: Send + Sync + 'static>(&self, key: &CacheKey) -> Option<Arc<T>> {
+        if self.closed.load(Relaxed) {
+            return None;
+        }
+        let shared = key.key_namespace_shared();
+        let ns = self
+            .namespaces
+            .iter()
+            .find(|ns| Arc::ptr_eq(&ns.key_ns, shared))?;
+        let hit = self.l1_get::<T>(ns, key)?;
+        self.counters.l1_hits.add(1);
+        Some(hit)
+    }
+
     /// Whether L1 may be used for `ns` right now: it must exist, and for event-driven namespaces
     /// the bus must be up (otherwise invalidations could be missed).
+    #[inline]
     fn usable_l1<'a>(&self, ns: &'a NsState) -> Option<&'a dyn L1Store> {
         let l1 = ns.l1.as_deref()?;
         if ns.config.event_driven && self.bus_down.load(Relaxed) {
@@ -869,11 +903,8 @@ impl<C: Codec> Inner<C> {
     }
 
     /// The hit path: no allocation, no lock held across an await (there is no await).
-    fn l1_get<T: DeserializeOwned + Send + Sync + 'static>(
-        &self,
-        ns: &NsState,
-        key: &CacheKey,
-    ) -> Option<Arc<T>> {
+    #[inline]
+    fn l1_get<T: Send + Sync + 'static>(&self, ns: &NsState, key: &CacheKey) -> Option<Arc<T>> {
         let l1 = self.usable_l1(ns)?;
         let value = l1.get(key.digest(), self.clock.expiry_now())?;
         // A value of another type (a caller reading the namespace with a different type) is
@@ -910,7 +941,7 @@ impl<C: Codec> Inner<C> {
         let typed: Arc<T> = match self.codec.decode(&entry.bytes) {
             Ok(t) => Arc::new(t),
             Err(e) => {
-                self.counters.decode_errors.fetch_add(1, Relaxed);
+                self.counters.decode_errors.add(1);
                 tracing::warn!(key = %key, error = %e, "L2 value does not decode as the requested type; served as a miss");
                 return None;
             }
@@ -947,7 +978,7 @@ impl<C: Codec> Inner<C> {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if ns.epoch.load(SeqCst) != epoch || (ns.config.event_driven && self.bus_down.load(SeqCst))
         {
-            self.counters.fills_fenced.fetch_add(1, Relaxed);
+            self.counters.fills_fenced.add(1);
             return;
         }
         l1.insert(*key.digest(), entry, tags);
@@ -975,11 +1006,11 @@ impl<C: Codec> Inner<C> {
                 None
             }
         };
-        self.counters.loads.fetch_add(1, Relaxed);
+        self.counters.loads.add(1);
         let value = match loader().await {
             Ok(v) => Arc::new(v),
             Err(e) => {
-                self.counters.load_errors.fetch_add(1, Relaxed);
+                self.counters.load_errors.add(1);
                 let source: Box<dyn std::error::Error + Send + Sync> = e.into();
                 return Err(Error::new(
                     ErrorKind::Loader,
@@ -1009,7 +1040,7 @@ impl<C: Codec> Inner<C> {
             }
         }
         if stale {
-            self.counters.fills_fenced.fetch_add(1, Relaxed);
+            self.counters.fills_fenced.add(1);
         } else if let Some(l1) = self.usable_l1(ns) {
             let entry = L1Entry::new(
                 value.clone(),
@@ -1022,7 +1053,7 @@ impl<C: Codec> Inner<C> {
     }
 
     fn l2_failed(&self, op: &str, e: Error) -> Error {
-        self.counters.l2_errors.fetch_add(1, Relaxed);
+        self.counters.l2_errors.add(1);
         tracing::warn!(node_id = %self.node_id, op, error = %e, "L2 operation failed");
         e
     }
@@ -1076,7 +1107,7 @@ impl<C: Codec> Inner<C> {
         self.apply(event);
         match result {
             Ok(()) => {
-                self.counters.events_published.fetch_add(1, Relaxed);
+                self.counters.events_published.add(1);
                 Ok(())
             }
             Err(e) => Err(self.l2_failed(what, e)),
@@ -1093,11 +1124,11 @@ impl<C: Codec> Inner<C> {
     async fn publish(&self, event: &Event) -> Result<()> {
         match self.bus.publish(event.encode()).await {
             Ok(()) => {
-                self.counters.events_published.fetch_add(1, Relaxed);
+                self.counters.events_published.add(1);
                 Ok(())
             }
             Err(e) => {
-                self.counters.publish_errors.fetch_add(1, Relaxed);
+                self.counters.publish_errors.add(1);
                 tracing::warn!(node_id = %self.node_id, event_id = %event.event_id, error = %e, "publishing an event failed");
                 Err(e)
             }
@@ -1143,7 +1174,7 @@ impl<C: Codec> Inner<C> {
             }
         }
         let now = self.clock.now();
-        self.counters.events_applied.fetch_add(1, Relaxed);
+        self.counters.events_applied.add(1);
         self.counters
             .last_event_nanos
             .store(now.as_nanos().max(1), Relaxed);
@@ -1164,10 +1195,10 @@ impl<C: Codec> Inner<C> {
 
     /// Handles one raw message from the bus.
     pub(crate) async fn receive(&self, bytes: &[u8]) {
-        self.counters.events_received.fetch_add(1, Relaxed);
+        self.counters.events_received.add(1);
         match Event::decode(bytes) {
             Ok(event) if event.source_node == self.node_id => {
-                self.counters.own_events_ignored.fetch_add(1, Relaxed);
+                self.counters.own_events_ignored.add(1);
             }
             Ok(event) => {
                 tracing::debug!(node_id = %self.node_id, event_id = %event.event_id, event_type = %event.event_type, "applying event");
@@ -1177,7 +1208,7 @@ impl<C: Codec> Inner<C> {
                 self.apply(&event);
             }
             Err(e) => {
-                self.counters.events_rejected.fetch_add(1, Relaxed);
+                self.counters.events_rejected.add(1);
                 tracing::warn!(node_id = %self.node_id, error = %e, len = bytes.len(), "dropped a malformed event");
                 self.observer.on_event_rejected(&e);
             }
@@ -1235,7 +1266,7 @@ impl<C: Codec> Inner<C> {
                 l1.clear();
             });
         }
-        self.counters.resyncs.fetch_add(1, Relaxed);
+        self.counters.resyncs.add(1);
     }
 
     pub(crate) fn listener_stopped(&self) {

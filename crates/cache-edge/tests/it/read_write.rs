@@ -290,6 +290,30 @@ async fn keys_match_the_seed_and_work_with_the_key_api() {
     a.shutdown().await;
 }
 
+/// A key the node did not derive itself (parsed, or derived elsewhere) does not share the
+/// namespace's string, so it misses the pointer-compare fast path: it must still be served
+/// from L1, not sent to L2.
+#[tokio::test]
+async fn a_key_derived_elsewhere_is_still_an_l1_hit() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let p = json!({"gpu_id": "g-7"});
+    a.set("gpu_availability", &p, &3_u32).await.unwrap();
+    let foreign = CacheKey::derive("gpu_avail", &p).unwrap();
+    assert_eq!(foreign, a.key("gpu_availability", &p).unwrap());
+    let before = a.stats();
+    assert_eq!(*a.get_key::<u32>(&foreign).await.unwrap().unwrap(), 3);
+    let after = a.stats();
+    assert_eq!(
+        (
+            after.l1_hits - before.l1_hits,
+            after.l2_hits - before.l2_hits
+        ),
+        (1, 0)
+    );
+    a.shutdown().await;
+}
+
 #[tokio::test]
 async fn l2_value_of_another_type_is_a_counted_miss() {
     let fleet = Fleet::new();
