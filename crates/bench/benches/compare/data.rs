@@ -213,6 +213,9 @@ pub struct Sizes {
     pub l2_latency_ops: usize,
     /// L2 reads per throughput round (spread over the concurrent tasks).
     pub l2_throughput_ops: usize,
+    /// Throughput rounds: each implementation once per round, in an order that rotates; the
+    /// ratio reported is the median of the rounds' ratios.
+    pub l2_throughput_rounds: usize,
     /// Rounds of the L2 and write rows (implementations take turns).
     pub rounds: usize,
     /// Sequential writes per implementation per round (and in the batch that measures what Redis
@@ -233,6 +236,7 @@ impl Sizes {
                 l1_rounds: 3,
                 l2_latency_ops: 500,
                 l2_throughput_ops: 4_000,
+                l2_throughput_rounds: 4,
                 rounds: 2,
                 set_ops: 300,
                 events: 300,
@@ -243,7 +247,8 @@ impl Sizes {
                 l1_ops: 500_000,
                 l1_rounds: 7,
                 l2_latency_ops: 2_000,
-                l2_throughput_ops: 32_000,
+                l2_throughput_ops: 16_000,
+                l2_throughput_rounds: 15,
                 rounds: 5,
                 set_ops: 1_500,
                 events: 2_000,

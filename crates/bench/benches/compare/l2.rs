@@ -155,12 +155,18 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
         );
     }
 
-    // 32 tasks: reads per second, implementations taking turns round after round.
+    // 32 tasks: reads per second. Each round runs every implementation once, the first of
+    // each round rotating; a round's ratio compares runs made moments apart, so the median of
+    // the rounds' ratios is steadier on a shared machine than a ratio of medians.
     let mut per_second: Vec<Vec<f64>> = vec![Vec::new(); Imp::ALL.len()];
+    let mut slower: Vec<Vec<f64>> = vec![Vec::new(); Imp::ALL.len()];
     let mut work = vec![ServerWork::default(); Imp::ALL.len()];
     let order = Arc::new(order[..sizes.l2_throughput_ops].to_vec());
-    for _ in 0..sizes.rounds {
-        for (slot, imp) in Imp::ALL.into_iter().enumerate() {
+    for round in 0..sizes.l2_throughput_rounds {
+        let mut rates = [0.0; Imp::ALL.len()];
+        for turn in 0..Imp::ALL.len() {
+            let slot = (round + turn) % Imp::ALL.len();
+            let imp = Imp::ALL[slot];
             let (elapsed, used) = rt.block_on(async {
                 let before = ServerWork::read(&mut info).await?;
                 let started = Instant::now();
@@ -182,22 +188,25 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
                 let after = ServerWork::read(&mut info).await?;
                 anyhow::Ok((elapsed, before.until(after)))
             })?;
-            per_second[slot].push(order.len() as f64 / elapsed.as_secs_f64());
+            rates[slot] = order.len() as f64 / elapsed.as_secs_f64();
+            per_second[slot].push(rates[slot]);
             work[slot].add(used);
+        }
+        for slot in 0..Imp::ALL.len() {
+            slower[slot].push(rates[0] / rates[slot]);
         }
     }
     let medians: Vec<f64> = per_second.iter_mut().map(|v| median_f64(v)).collect();
-    let reads = sizes.rounds * order.len();
+    let slower: Vec<f64> = slower.iter_mut().map(|v| median_f64(v)).collect();
+    let reads = sizes.l2_throughput_rounds * order.len();
     for (slot, imp) in Imp::ALL.into_iter().enumerate() {
-        // Time per read relative to the baseline: the inverse of the throughput ratio.
-        let slower = medians[0] / medians[slot];
         let target = if imp == Imp::Edge {
             format!(
                 "≤ 1.15× raw: {} ({}); faster than amalgam-cache: {} ({} its time)",
-                verdict(slower <= 1.15),
-                times(slower),
-                verdict(medians[1] > medians[2]),
-                times(medians[2] / medians[1]),
+                verdict(slower[1] <= 1.15),
+                times(slower[1]),
+                verdict(slower[1] < slower[2]),
+                times(slower[1] / slower[2]),
             )
         } else {
             String::new()
@@ -212,7 +221,7 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
                 nanos(1e9 / medians[slot]),
                 round1(work[slot].micros_per(reads))
             ),
-            times(slower),
+            times(slower[slot]),
             target,
         );
     }
