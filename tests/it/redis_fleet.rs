@@ -270,22 +270,45 @@ async fn multi_key_reads_writes_and_notifications_take_one_command_each() {
         "and the event"
     );
 
-    // A write and its announcement are one script call too.
+    // A write and its announcement are one round trip too: the first after the notification
+    // (which made the node forget the namespace's generation) is a script, which tells the
+    // node the generation; the next is a plain pipelined SET + PUBLISH under it.
     let key = a
         .key("gpu_availability", &json!({"gpu_id": "g-9"}))
         .unwrap();
+    let (scripts, sets, publishes) = (
+        calls(&server, "evalsha").await,
+        calls(&server, "set").await,
+        calls(&server, "publish").await,
+    );
     a.set_key(&key, &"free".to_string(), SetOptions::new())
         .await
         .unwrap();
-    let (scripts, publishes) = (
+    assert_eq!(calls(&server, "evalsha").await - scripts, 1);
+    assert_eq!(calls(&server, "set").await - sets, 1, "the script's SET");
+    assert_eq!(calls(&server, "publish").await - publishes, 1);
+    let (scripts, sets, publishes) = (
         calls(&server, "evalsha").await,
+        calls(&server, "set").await,
         calls(&server, "publish").await,
     );
     a.set_key(&key, &"booked".to_string(), SetOptions::new())
         .await
         .unwrap();
-    assert_eq!(calls(&server, "evalsha").await - scripts, 1);
+    assert_eq!(calls(&server, "evalsha").await - scripts, 0);
+    assert_eq!(calls(&server, "set").await - sets, 1);
     assert_eq!(calls(&server, "publish").await - publishes, 1);
+    let b = node(&config, "b").await;
+    assert_eq!(
+        b.get_key::<String>(&key)
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some("booked"),
+        "another node reads the pipelined write"
+    );
+    b.shutdown().await;
     assert_eq!(
         a.stats().events_published,
         44,
@@ -446,4 +469,50 @@ async fn the_generation_is_trusted_only_when_invalidations_reach_the_node() {
         None
     );
     trusting.shutdown().await;
+}
+
+/// A write that races an invalidation of its namespace: the writer still knows the old
+/// generation (the invalidation's event has not reached it), so its plain SET lands under the
+/// dead generation. That write is never served, and neither is anything written before the
+/// invalidation: as if the write had come just before the invalidation it raced.
+#[tokio::test]
+async fn a_write_racing_a_namespace_invalidation_is_never_served() {
+    use cache_core::{CacheKey, L2Write};
+    let server = RedisServer::start();
+    let config = config(&server);
+    let writer = RedisL2::connect(&config).await.unwrap();
+    let other = RedisL2::connect(&config).await.unwrap();
+    // The writer hears every invalidation (so it trusts the generation it remembers)...
+    writer.invalidation_feed(1, 0);
+    let key = CacheKey::derive("gpu_avail", &json!({"gpu_id": "g-1"})).unwrap();
+    let write = |value: &str| L2Write::new(key.clone(), value.as_bytes().to_vec(), DEADLINE);
+    // ...and learns it from its first write (a script).
+    assert!(writer.set(write("old")).await.unwrap());
+    // Another node invalidates the namespace; the event is still on its way to the writer.
+    other.invalidate_namespace("gpu_avail").await.unwrap();
+    let sets = calls(&server, "set").await;
+    let scripts = calls(&server, "evalsha").await;
+    assert!(writer.set(write("racing")).await.unwrap());
+    assert_eq!(
+        (
+            calls(&server, "set").await - sets,
+            calls(&server, "evalsha").await - scripts
+        ),
+        (1, 0),
+        "the write was the plain SET under the generation the writer remembered"
+    );
+    assert_eq!(
+        other.get(&key).await.unwrap(),
+        None,
+        "neither value is served"
+    );
+    // The event arrives: the writer forgets the generation and reads the current one.
+    writer.namespace_invalidated("gpu_avail");
+    assert_eq!(writer.get(&key).await.unwrap(), None);
+    // Writes after that are seen.
+    assert!(writer.set(write("after")).await.unwrap());
+    assert_eq!(
+        other.get(&key).await.unwrap().map(|e| e.bytes),
+        Some(b"after".to_vec())
+    );
 }

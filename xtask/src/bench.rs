@@ -1477,7 +1477,7 @@ derived once outside the timed loops (`EdgeCache::key`, then the `*_key` methods
 2. **L2 hit.** edge-cache reads `provider_status` (event-driven, not critical: no L1, so every
    read goes to Redis); the baseline is a redis-rs `GET` on a multiplexed connection plus
    `serde_json` decoding; amalgam-cache reads with its memory level skipped. One task reading
-   sequentially, the implementations taking turns read by read (latency), then 32 tasks at
+   sequentially, the implementations taking turns read by read in a shuffled order (latency), then 32 tasks at
    once (reads per second): 15 rounds of 16,000 reads, each round running every implementation
    once with the first rotating; the ratio is the median of the rounds' own ratios (runs made
    moments apart), the rate the median round. Redis's own CPU time per read (`INFO cpu`, main
@@ -1487,7 +1487,9 @@ derived once outside the timed loops (`EdgeCache::key`, then the `*_key` methods
    baseline is a pipelined `SET` + `PUBLISH` with the value serialised in the timed call;
    amalgam-cache `set` with its backplane publish awaited (not its default, the background) so
    that the call covers the same work. One task, the implementations taking turns write by
-   write; every channel has a subscriber.
+   write in an order shuffled each turn (a write leaves work behind, a subscriber woken by its
+   publish, and with a fixed rotation the same implementation would always pay for it); every
+   channel has a subscriber.
 4. **Propagation.** Node A and node B in one process on one monotonic clock: each event is
    timed from just before A's call to B's hook (edge-cache: `Observer::on_event_applied`;
    amalgam-cache: a plugin's memory `Remove`; raw: the subscriber's receipt), one event at a

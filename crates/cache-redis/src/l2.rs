@@ -15,10 +15,15 @@
 //! Namespace invalidation is one `INCR` whatever the number of keys: entries of older
 //! generations are unreachable and expire on their own TTL. Tag invalidation deletes exactly the
 //! members of the tag's set. A read is one `MGET` of the generation and the entries under the
-//! generation this client last saw (a script re-reads under the right one when it moved); fills,
-//! writes, deletes and tag invalidations are Lua scripts, so checking and writing is atomic and
-//! one round trip. An entry's envelope carries its tags and its writer's expiry time, from which
-//! a reader computes the remaining lifetime less [`CLOCK_SKEW_MARGIN`].
+//! generation this client last saw (a script re-reads under the right one when it moved), or a
+//! plain `GET`/`MGET` of the entries while the generation it remembers is trusted (the node hears
+//! every invalidation). Fills, tagged writes, deletes and tag invalidations are Lua scripts, so
+//! checking and writing is atomic and one round trip. An untagged write under a trusted
+//! generation is a pipelined `SET` + `PUBLISH`, as a hand-rolled cache would send it: should an
+//! invalidation of the namespace be racing it, it lands under the dead generation and is never
+//! served, as if it had come just before that invalidation. An entry's envelope carries its tags
+//! and its writer's expiry time, from which a reader computes the remaining lifetime less
+//! [`CLOCK_SKEW_MARGIN`].
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -43,13 +48,14 @@ return out
 
 /// ARGV: hash, envelope, ttl ms, fenced (0/1), expected generation, expected fence, channel
 /// ('' for none), event, tags... The event is published only after a write that happened.
+/// Returns whether it wrote (1 or 0) and the generation it wrote under.
 const SET: &str = r"
 local g = redis.call('GET', KEYS[1] .. 'g') or '0'
 local k = KEYS[1] .. g .. ':' .. ARGV[1]
 if ARGV[4] == '1' then
   local f = redis.call('GET', KEYS[1] .. 'f') or '0'
-  if g ~= ARGV[5] or f ~= ARGV[6] then return 0 end
-  if not redis.call('SET', k, ARGV[2], 'PX', ARGV[3], 'NX') then return 0 end
+  if g ~= ARGV[5] or f ~= ARGV[6] then return {0, g} end
+  if not redis.call('SET', k, ARGV[2], 'PX', ARGV[3], 'NX') then return {0, g} end
 else
   redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
 end
@@ -60,7 +66,7 @@ for i = 9, #ARGV do
   if redis.call('PTTL', t) < ttl then redis.call('PEXPIRE', t, ttl) end
 end
 if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
-return 1
+return {1, g}
 ";
 
 /// KEYS: the namespaces' prefixes; ARGV: channel ('' for none), event.
@@ -346,12 +352,41 @@ impl L2Store for RedisL2 {
             .max(1);
         let expires_at_ms = unix_millis().saturating_add(ttl_ms);
         let envelope = envelope::encode(expires_at_ms, &write.tags, &write.bytes);
+        let namespace = write.key.key_namespace();
+        let mut conn = self.conn.clone();
+        if write.fence.is_none() && write.tags.is_empty() && self.generations.trusted() {
+            if let Some(generation) = self.known_generation(namespace) {
+                // The common write, as a raw client would send it: SET, then PUBLISH, pipelined
+                // (one round trip; the event still follows the change). No script, so Redis
+                // does no more than for a hand-rolled cache. The generation is current unless
+                // an invalidation of the namespace is on its way to this node; then the write
+                // lands in the dead generation and is simply not seen, as if it had come just
+                // before that invalidation, which it raced.
+                let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
+                self.push_entry_key(&mut entry_key, namespace, generation, &write.key);
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET")
+                    .arg(entry_key)
+                    .arg(envelope)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+                if let Some(event) = &write.announce {
+                    pipe.cmd("PUBLISH").arg(&self.channel).arg(event).ignore();
+                }
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| self.fail("SET", e))?;
+                return Ok(true);
+            }
+        }
+        let epoch = self.generations.epoch();
         let (fenced, generation, fence) = match write.fence {
             Some(Fence(f)) => ("1", (f >> 32).to_string(), (f & 0xffff_ffff).to_string()),
             None => ("0", String::new(), String::new()),
         };
         let (channel, event) = self.announcement(&write.announce);
-        let mut invocation = self.set.key(self.ns_prefix(write.key.key_namespace()));
+        let mut invocation = self.set.key(self.ns_prefix(namespace));
         invocation
             .arg(write.key.digest().to_hex())
             .arg(envelope)
@@ -364,11 +399,12 @@ impl L2Store for RedisL2 {
         for tag in &write.tags {
             invocation.arg(tag);
         }
-        let mut conn = self.conn.clone();
-        let written: i64 = invocation
+        let (written, generation): (i64, u64) = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.fail("SET", e))?;
+        // Remembered as a read's generation is, so the next write can skip the script.
+        self.generations.remember(namespace, generation, epoch);
         Ok(written == 1)
     }
 

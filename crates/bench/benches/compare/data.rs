@@ -104,6 +104,26 @@ pub fn order(len: usize, n: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The order in which `len` implementations take turn `n`: a pseudo-random permutation, a
+/// different one each turn.
+///
+/// Rotating a fixed order is not enough where an operation leaves work behind (a subscriber
+/// woken by a publish, a node's listener decoding its own event): the implementation that
+/// always comes next pays for it. Shuffling makes every implementation follow every other
+/// about equally often.
+pub fn turn_order(n: usize, len: usize) -> Vec<usize> {
+    let mut slots: Vec<usize> = (0..len).collect();
+    let mut x = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in (1..len).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let j = usize::try_from(x % (i as u64 + 1)).unwrap_or(0);
+        slots.swap(i, j);
+    }
+    slots
+}
+
 /// Offers shared as every peer hands them out: behind an `Arc`.
 pub fn offers() -> Vec<Arc<Offer>> {
     (0..KEYS).map(|i| Arc::new(Offer::new(i))).collect()

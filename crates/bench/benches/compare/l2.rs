@@ -93,13 +93,13 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
     let order = data::order(sizes.l2_latency_ops.max(sizes.l2_throughput_ops), KEYS);
 
     // One task: the latency of each read. The implementations take turns read by read (the
-    // first of each turn rotating), so that load from elsewhere falls on all of them alike.
+    // order of each turn shuffled; see `data::turn_order`), so that load from elsewhere falls on
+    // all of them alike.
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); Imp::ALL.len()];
     let reads = sizes.rounds * sizes.l2_latency_ops;
     rt.block_on(async {
         for (n, &i) in order.iter().cycle().take(reads).enumerate() {
-            for turn in 0..Imp::ALL.len() {
-                let slot = (n + turn) % Imp::ALL.len();
+            for slot in data::turn_order(n, Imp::ALL.len()) {
                 let imp = Imp::ALL[slot];
                 let t = Instant::now();
                 let found = stores.read(imp, i).await?;

@@ -121,12 +121,11 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
             }
         }
         nodes::settle(&stores.node).await?;
-        // The implementations take turns write by write (the first of each turn rotating), so
-        // that load from elsewhere falls on all of them alike.
+        // The implementations take turns write by write, in an order shuffled each turn (see
+        // `data::turn_order`), so that load from elsewhere falls on all of them alike.
         let writes = sizes.rounds * order.len();
         for (n, &i) in order.iter().cycle().take(writes).enumerate() {
-            for turn in 0..Imp::ALL.len() {
-                let slot = (n + turn) % Imp::ALL.len();
+            for slot in data::turn_order(n, Imp::ALL.len()) {
                 let t = Instant::now();
                 stores.write(Imp::ALL[slot], i).await?;
                 samples[slot].push(t.elapsed());
