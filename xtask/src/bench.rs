@@ -1415,7 +1415,8 @@ impl Report {
              this has been run on, a loopback round trip has measured anywhere from about 10 µs \
              to 100 µs from one run to the next (idle virtual CPUs are slow to wake): compare \
              ratios, not times across runs. Each row's method is described \
-             [below](#how-each-row-is-measured).\n\n\
+             [below](#how-each-row-is-measured); [performance.md](performance.md) explains \
+             where the time goes and how to profile it.\n\n\
              Regenerate with:\n\n```sh\n{command}\n```\n\n",
             command = self.command,
         );
