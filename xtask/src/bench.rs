@@ -1511,8 +1511,9 @@ derived once outside the timed loops (`EdgeCache::key`, then the `*_key` methods
    built with room for 20,000 entries receives the same 10,000 existing `Arc<Offer>` values; the
    heap growth divided by 10,000 is the store's own cost per entry (the payload is shown beside
    it). Budget under churn: a `MemoryL1` receives ten times its byte budget's worth of distinct
-   entries, charged as edge-cache charges them, each value a fresh `Arc<Offer>`; the live heap it
-   then holds is compared with the budget.
+   entries, charged as edge-cache charges them, each value a fresh `Arc<Offer>`, with no tag, one
+   tag of its own (`gpu:<id>`) or one tag shared by 100 entries; the live heap it then holds
+   (tag index included) is compared with the budget.
 ";
 
 /// The UTC date and time of `now`, `YYYY-MM-DD HH:MM UTC`.

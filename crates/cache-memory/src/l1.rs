@@ -38,9 +38,26 @@ use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
 /// 0.92 to 1.02 times budgets of 8 and 100 MiB. Charging it keeps a namespace of many tiny
 /// values from exceeding its budget in real memory.
 ///
-/// Tags are not included: each (tag, entry) record in the tag index costs roughly 40 to 80
-/// bytes more, and stale records (up to as many again before a prune) double that.
+/// Tags are charged apart: [`TAG_OVERHEAD_BYTES`] plus the tag's length for each, and
+/// [`NEW_TAG_OVERHEAD_BYTES`] more for a tag not indexed yet.
 pub const ENTRY_OVERHEAD_BYTES: u64 = 224;
+
+/// Bytes charged for each tag of an entry, on top of the tag's length.
+///
+/// What a (tag, entry) record costs in the tag index: 40 bytes in its tag's vector, with the
+/// vector's growth slack and the stale records kept until the next prune (which runs once
+/// records outnumber live entries three to two). Measured with a counting allocator under
+/// churn, one tag per entry shared by 100 entries: about 65 bytes per entry, tag text included;
+/// with this charge the heap held was 8% under an 8 MiB budget (`cargo xtask bench`, row 7).
+pub const TAG_OVERHEAD_BYTES: u64 = 48;
+
+/// Bytes charged on top of [`TAG_OVERHEAD_BYTES`] for a tag the index does not hold yet: its
+/// map bucket, its own vector and its text, and the stale ones kept until the next prune. A
+/// tag naming a single entry (`gpu:g-42`), the common case, costs 190 to 250 bytes per entry
+/// in all, depending on where the map's growth stands; with this charge the heap held was 0%
+/// and 8% under budgets of 8 and 100 MiB (`cargo xtask bench`, row 7, one tag per entry, its
+/// own).
+pub const NEW_TAG_OVERHEAD_BYTES: u64 = 150;
 
 /// A shard is never given less than this share of the budget (unless the whole budget is
 /// smaller), so a single large entry still fits in its shard.
@@ -113,17 +130,20 @@ type Entries =
 /// Which digests were inserted with which tag, and by which insertion (the slot's
 /// [`Slot::seq`]). Touched on the write path only, under [`MemoryL1::tags`].
 ///
-/// It may name digests that have since been removed, evicted or re-inserted (with or without
-/// the tag); [`MemoryL1::invalidate_tag`] removes a digest's entry only if it is still the
-/// insertion recorded, and [`TagIndex::prune`] drops records that no longer match once they
-/// outnumber live ones, so the index stays proportional to the cache.
+/// Each tag holds a plain vector of records (40 bytes each): most tags name one resource, so
+/// most vectors hold one or a few records, where a map per tag cost about 200 bytes even when
+/// it held a single one. A vector may name digests that have since been removed, evicted or
+/// re-inserted (with or without the tag), and may name a digest twice; [`MemoryL1::invalidate_tag`]
+/// removes a digest's entry only if it is still the insertion recorded, and [`TagIndex::prune`]
+/// drops records that no longer match once they outnumber live entries, so the index stays
+/// proportional to the cache.
 #[derive(Default)]
 struct TagIndex {
-    by_tag: HashMap<String, HashMap<Digest, u32>>,
+    by_tag: HashMap<Box<str>, Vec<(Digest, u32)>>,
     /// Number of (tag, digest) records in `by_tag`.
     records: usize,
-    /// No pruning below this many records; doubled from the live count after each prune, so
-    /// pruning costs O(1) amortised per insert.
+    /// No pruning below this many records; set to 1.5 times the live count after each prune,
+    /// so pruning costs O(1) amortised per insert.
     prune_floor: usize,
 }
 
@@ -131,49 +151,60 @@ struct TagIndex {
 const MIN_PRUNE_FLOOR: usize = 1024;
 
 impl TagIndex {
-    /// Records that insertion `seq` stored `digest` with `tags`, replacing any earlier
-    /// insertion's record for the same digest and tag.
+    /// What recording `tags` will cost, charged to the entry: [`TAG_OVERHEAD_BYTES`] and the
+    /// tag's length for each, and [`NEW_TAG_OVERHEAD_BYTES`] more for a tag not indexed yet.
+    fn charge(&self, tags: &[String]) -> u64 {
+        tags.iter().fold(0_u64, |sum, tag| {
+            let new = if self.by_tag.contains_key(tag.as_str()) {
+                0
+            } else {
+                NEW_TAG_OVERHEAD_BYTES
+            };
+            sum.saturating_add(TAG_OVERHEAD_BYTES + new)
+                .saturating_add(u64::try_from(tag.len()).unwrap_or(u64::MAX))
+        })
+    }
+
+    /// Records that insertion `seq` stored `digest` with `tags`.
     fn add(&mut self, digest: Digest, seq: u32, tags: &[String]) {
         for tag in tags {
-            let added = match self.by_tag.get_mut(tag.as_str()) {
-                Some(digests) => digests.insert(digest, seq).is_none(),
+            match self.by_tag.get_mut(tag.as_str()) {
+                Some(records) => records.push((digest, seq)),
                 None => {
-                    self.by_tag
-                        .insert(tag.clone(), HashMap::from([(digest, seq)]));
-                    true
+                    self.by_tag.insert(tag.as_str().into(), vec![(digest, seq)]);
                 }
-            };
-            if added {
-                self.records += 1;
             }
+            self.records += 1;
         }
     }
 
-    fn take(&mut self, tag: &str) -> HashMap<Digest, u32> {
-        let digests = self.by_tag.remove(tag).unwrap_or_default();
-        self.records -= digests.len();
-        digests
+    fn take(&mut self, tag: &str) -> Vec<(Digest, u32)> {
+        let records = self.by_tag.remove(tag).unwrap_or_default();
+        self.records -= records.len();
+        records
     }
 
     fn prune_if_large(&mut self, entries: &Entries) {
         let limit = self
             .prune_floor
             .max(MIN_PRUNE_FLOOR)
-            .max(entries.len().saturating_mul(2));
+            .max(entries.len().saturating_add(entries.len() / 2));
         if self.records > limit {
             self.prune(entries);
         }
     }
 
-    /// Drops every record whose digest no longer holds the insertion recorded.
+    /// Drops every record whose digest no longer holds the insertion recorded (which also drops
+    /// all but the latest of a digest's records under one tag).
     fn prune(&mut self, entries: &Entries) {
-        self.by_tag.retain(|_, digests| {
+        self.by_tag.retain(|_, records| {
             // `peek` leaves the entries' hotness alone: pruning is not an access.
-            digests.retain(|d, seq| entries.peek(d).is_some_and(|slot| slot.seq == *seq));
-            !digests.is_empty()
+            records.retain(|(d, seq)| entries.peek(d).is_some_and(|slot| slot.seq == *seq));
+            records.shrink_to_fit();
+            !records.is_empty()
         });
-        self.records = self.by_tag.values().map(HashMap::len).sum();
-        self.prune_floor = self.records.saturating_mul(2);
+        self.records = self.by_tag.values().map(Vec::len).sum();
+        self.prune_floor = self.records.saturating_add(self.records / 2);
     }
 }
 
@@ -259,6 +290,23 @@ impl MemoryL1 {
         self.max_entry_weight.saturating_sub(ENTRY_OVERHEAD_BYTES)
     }
 
+    /// The slot for `entry`, charged its size, [`ENTRY_OVERHEAD_BYTES`] and `tag_bytes`; `None`
+    /// if that is more than one entry may weigh.
+    fn slot(&self, entry: L1Entry, tag_bytes: u64) -> Option<Slot> {
+        let weight = entry
+            .size_bytes
+            .checked_add(ENTRY_OVERHEAD_BYTES)
+            .and_then(|weight| weight.checked_add(tag_bytes))
+            .filter(|&weight| weight <= self.max_entry_weight)
+            .and_then(|weight| u32::try_from(weight).ok())?;
+        Some(Slot {
+            value: entry.value,
+            expires_at: entry.expires_at,
+            weight,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
     fn tag_index(&self) -> MutexGuard<'_, TagIndex> {
         // The index is only a hint checked against the slots, so one left by a panicking thread
         // is still safe to use.
@@ -291,47 +339,41 @@ impl L1Store for MemoryL1 {
     }
 
     fn insert(&self, digest: Digest, entry: L1Entry, tags: &[String]) {
-        let weight = entry
-            .size_bytes
-            .checked_add(ENTRY_OVERHEAD_BYTES)
-            .filter(|&weight| weight <= self.max_entry_weight)
-            .and_then(|weight| u32::try_from(weight).ok());
-        let Some(weight) = weight else {
-            self.entries.remove(&digest);
-            return;
-        };
-        let slot = Slot {
-            value: entry.value,
-            expires_at: entry.expires_at,
-            weight,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed),
-        };
         if tags.is_empty() {
-            self.entries.insert(digest, slot);
+            match self.slot(entry, 0) {
+                Some(slot) => self.entries.insert(digest, slot),
+                None => {
+                    self.entries.remove(&digest);
+                }
+            }
             return;
         }
         // Of two tagged inserts under one digest, the later slot must also leave the later
         // record, or an invalidation of the tag would look for the wrong insertion and miss the
-        // entry: the lock is held across both.
+        // entry: the lock is held across both. It also makes the tags' charge (which depends on
+        // whether each tag is already indexed) match what `add` does.
         let mut index = self.tag_index();
+        let Some(slot) = self.slot(entry, index.charge(tags)) else {
+            self.entries.remove(&digest);
+            return;
+        };
         let seq = slot.seq;
         self.entries.insert(digest, slot);
         index.add(digest, seq, tags);
         index.prune_if_large(&self.entries);
     }
-
     fn remove(&self, digest: &Digest) -> bool {
         // The tag index may keep naming the digest until it is pruned; that is harmless.
         self.entries.remove(digest).is_some()
     }
 
     fn invalidate_tag(&self, tag: &str) -> u64 {
-        let digests = self.tag_index().take(tag);
+        let records = self.tag_index().take(tag);
         let mut removed = 0;
-        for (digest, seq) in digests {
+        for (digest, seq) in records {
             // Only if the digest still holds the insertion recorded: one made since without the
-            // tag has another seq and must survive; one made since with the tag replaced this
-            // record before `take`, or comes after this invalidation.
+            // tag has another seq and must survive; one made since with the tag has a record of
+            // its own here, or comes after this invalidation.
             if self
                 .entries
                 .remove_if(&digest, |slot| slot.seq == seq)
@@ -439,7 +481,7 @@ mod tests {
         }
         let index = l1.tag_index();
         assert!(
-            index.records <= MIN_PRUNE_FLOOR.max(2 * l1.entries.len()) + 1,
+            index.records <= MIN_PRUNE_FLOOR.max(l1.entries.len() * 3 / 2) + 1,
             "{} records for {} entries",
             index.records,
             l1.entries.len()

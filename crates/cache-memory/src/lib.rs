@@ -45,5 +45,7 @@ mod l2;
 
 pub use bus::MemoryBus;
 pub use clock::{ManualClock, SystemClock, EXPIRY_SLACK};
-pub use l1::{MemoryL1, MemoryL1Factory, ENTRY_OVERHEAD_BYTES};
+pub use l1::{
+    MemoryL1, MemoryL1Factory, ENTRY_OVERHEAD_BYTES, NEW_TAG_OVERHEAD_BYTES, TAG_OVERHEAD_BYTES,
+};
 pub use l2::{MemoryL2, L2_ENTRY_OVERHEAD_BYTES};

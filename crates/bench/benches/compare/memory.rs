@@ -9,8 +9,10 @@
 //!   memory-only here (its L1 alone).
 //! - **Budget under churn**: a `MemoryL1` with a byte budget receives ten times the budget's
 //!   worth of distinct entries, each charged as edge-cache charges it (the encoded JSON length
-//!   plus `ENTRY_OVERHEAD_BYTES`), each value a fresh `Arc<Offer>` the store owns; the live heap
-//!   the store then holds (tables, slots and the values it kept) is compared with the budget.
+//!   plus `ENTRY_OVERHEAD_BYTES`, plus the tag charges where entries carry a tag), each value a
+//!   fresh `Arc<Offer>` the store owns; the live heap the store then holds (tables, slots, the
+//!   tag index and the values it kept) is compared with the budget. Entries carry no tag, one
+//!   tag of their own (`gpu:<id>`), or one tag shared by 100 entries.
 //!
 //! Runs first, before any runtime or connection exists, so that nothing else allocates while it
 //! measures.
@@ -19,7 +21,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use cache_core::{Digest, L1Entry, L1Store, SharedValue, Timestamp};
-use cache_memory::{MemoryL1, ENTRY_OVERHEAD_BYTES};
+use cache_memory::{MemoryL1, ENTRY_OVERHEAD_BYTES, TAG_OVERHEAD_BYTES};
 use edge_cache_bench::{thousands, times, verdict};
 
 use crate::alloc::live_bytes;
@@ -39,6 +41,34 @@ fn grown<T>(f: impl FnOnce() -> T) -> (T, i64) {
 }
 
 /// A digest of its own for entry `i`.
+/// The tags the churn entries carry.
+#[derive(Clone, Copy, Debug)]
+enum Tagging {
+    None,
+    /// One tag per entry, naming it alone (`gpu:g-000042`).
+    Unique,
+    /// One tag per entry, shared by 100 entries (`provider:provider-0042`).
+    Shared,
+}
+
+impl Tagging {
+    fn tags(self, i: usize) -> Vec<String> {
+        match self {
+            Tagging::None => Vec::new(),
+            Tagging::Unique => vec![format!("gpu:g-{i:06}")],
+            Tagging::Shared => vec![format!("provider:provider-{:04}", i / 100)],
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Tagging::None => "no tags",
+            Tagging::Unique => "one tag per entry, its own",
+            Tagging::Shared => "one tag per entry, shared by 100",
+        }
+    }
+}
+
 fn digest(i: usize) -> Digest {
     let mut d = [0_u8; 32];
     d[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -195,25 +225,45 @@ pub fn run(quick: bool, report: &mut Report) -> anyhow::Result<()> {
         String::new(),
     );
 
-    // Churn: ten budgets' worth of distinct entries.
-    let budgets: &[u64] = if quick {
-        &[8 << 20]
+    // Churn: ten budgets' worth of distinct entries, untagged and with one tag each (unique to
+    // the entry, as `gpu:<id>` is, or shared by 100 entries), since the tag index costs memory
+    // too and is charged for.
+    let cases: &[(u64, Tagging)] = if quick {
+        &[(8 << 20, Tagging::None), (8 << 20, Tagging::Unique)]
     } else {
-        &[8 << 20, DEFAULT_BUDGET]
+        &[
+            (8 << 20, Tagging::None),
+            (8 << 20, Tagging::Unique),
+            (8 << 20, Tagging::Shared),
+            (DEFAULT_BUDGET, Tagging::None),
+            (DEFAULT_BUDGET, Tagging::Unique),
+        ]
     };
-    for &budget in budgets {
-        let count = 10 * budget / charge;
+    for &(budget, tagging) in cases {
         let before = live_bytes();
         let l1 = MemoryL1::new(budget);
-        for i in 0..count {
-            let i = usize::try_from(i).unwrap_or(usize::MAX);
+        let mut count = 0_u64;
+        // Until ten budgets' worth have been charged.
+        let mut charged = 0_u64;
+        while charged < 10 * budget {
+            let i = usize::try_from(count).unwrap_or(usize::MAX);
             let offer = Offer::new(i);
             let size = serde_json::to_vec(&offer).map_or(json_len, |v| v.len() as u64);
+            let tags = tagging.tags(i);
+            // What the entry is charged (a new tag's extra charge counted as for a unique one:
+            // the total only decides when ten budgets' worth have gone in).
+            charged += size
+                + ENTRY_OVERHEAD_BYTES
+                + tags
+                    .iter()
+                    .map(|t| TAG_OVERHEAD_BYTES + t.len() as u64)
+                    .sum::<u64>();
             l1.insert(
                 digest(i),
                 L1Entry::new(Arc::new(offer) as SharedValue, FOREVER, size),
-                &[],
+                &tags,
             );
+            count += 1;
         }
         let held = live_bytes() - before;
         let usage = l1.usage();
@@ -221,10 +271,11 @@ pub fn run(quick: bool, report: &mut Report) -> anyhow::Result<()> {
         let ratio = held as f64 / budget as f64;
         let entries = usage.entries.max(1) as f64;
         report.findings.push(format!(
-            "Row 7, budget {} MiB under churn: each entry held really cost {:.0} B of heap \
-             (store and decoded payload, {} B ÷ {} entries) against {:.0} B charged, so the \
-             budget was {} in real memory.",
+            "Row 7, budget {} MiB under churn, {}: each entry held really cost {:.0} B of heap \
+             (store, tag index and decoded payload, {} B ÷ {} entries) against {:.0} B charged, \
+             so the budget was {} in real memory.",
             budget >> 20,
+            tagging.describe(),
             held as f64 / entries,
             thousands(held.max(0) as u64),
             thousands(usage.entries),
@@ -238,7 +289,11 @@ pub fn run(quick: bool, report: &mut Report) -> anyhow::Result<()> {
         report.line(
             "7. L1 byte budget under churn",
             "live heap held ÷ budget (10× the budget inserted)",
-            &format!("edge-cache `MemoryL1`, budget {} MiB", budget >> 20),
+            &format!(
+                "edge-cache `MemoryL1`, budget {} MiB, {}",
+                budget >> 20,
+                tagging.describe()
+            ),
             format!(
                 "{} B held for {} entries, {} B charged",
                 thousands(held.max(0) as u64),
