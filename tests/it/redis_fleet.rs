@@ -474,7 +474,8 @@ async fn the_generation_is_trusted_only_when_invalidations_reach_the_node() {
 /// A write that races an invalidation of its namespace: the writer still knows the old
 /// generation (the invalidation's event has not reached it), so its plain SET lands under the
 /// dead generation. That write is never served, and neither is anything written before the
-/// invalidation: as if the write had come just before the invalidation it raced.
+/// invalidation: as if the write had come just before the invalidation it raced. The writer sees
+/// the mismatch in the same round trip, deletes the entry and forgets the generation.
 #[tokio::test]
 async fn a_write_racing_a_namespace_invalidation_is_never_served() {
     use cache_core::{CacheKey, L2Write};
@@ -490,29 +491,74 @@ async fn a_write_racing_a_namespace_invalidation_is_never_served() {
     assert!(writer.set(write("old")).await.unwrap());
     // Another node invalidates the namespace; the event is still on its way to the writer.
     other.invalidate_namespace("gpu_avail").await.unwrap();
-    let sets = calls(&server, "set").await;
-    let scripts = calls(&server, "evalsha").await;
-    assert!(writer.set(write("racing")).await.unwrap());
+    let (sets, scripts, dels) = (
+        calls(&server, "set").await,
+        calls(&server, "evalsha").await,
+        calls(&server, "del").await,
+    );
+    assert!(
+        !writer.set(write("racing")).await.unwrap(),
+        "the write reports it will never be read"
+    );
     assert_eq!(
         (
             calls(&server, "set").await - sets,
-            calls(&server, "evalsha").await - scripts
+            calls(&server, "evalsha").await - scripts,
+            calls(&server, "del").await - dels,
         ),
-        (1, 0),
-        "the write was the plain SET under the generation the writer remembered"
+        (1, 0, 1),
+        "the plain SET under the generation the writer remembered, then its deletion"
     );
     assert_eq!(
         other.get(&key).await.unwrap(),
         None,
         "neither value is served"
     );
-    // The event arrives: the writer forgets the generation and reads the current one.
-    writer.namespace_invalidated("gpu_avail");
-    assert_eq!(writer.get(&key).await.unwrap(), None);
-    // Writes after that are seen.
+    // The writer forgot the generation: its next write is a script again, and is seen.
+    let scripts = calls(&server, "evalsha").await;
     assert!(writer.set(write("after")).await.unwrap());
+    assert_eq!(calls(&server, "evalsha").await - scripts, 1);
     assert_eq!(
         other.get(&key).await.unwrap().map(|e| e.bytes),
         Some(b"after".to_vec())
     );
+}
+
+/// A Redis that restarts empty starts every generation again from 0. A node that has not yet
+/// noticed (its bus has not reported the loss) still trusts the generation it remembers; a
+/// plain write under it must not linger there, or the namespace's generation would one day
+/// climb back to it and serve a value written before all those invalidations.
+#[tokio::test]
+async fn a_write_into_a_restarted_redis_never_resurfaces_under_a_later_generation() {
+    use cache_core::{CacheKey, L2Write};
+    let mut server = RedisServer::start();
+    let config = config(&server);
+    let writer = RedisL2::connect(&config).await.unwrap();
+    writer.invalidation_feed(1, 0);
+    let key = CacheKey::derive("gpu_avail", &json!({"gpu_id": "g-1"})).unwrap();
+    let write = |value: &str| L2Write::new(key.clone(), value.as_bytes().to_vec(), DEADLINE);
+    // The writer learns generation 3.
+    for _ in 0..3 {
+        writer.invalidate_namespace("gpu_avail").await.unwrap();
+    }
+    assert!(writer.set(write("before the restart")).await.unwrap());
+    assert_eq!(writer.generation("gpu_avail").await.unwrap(), 3);
+
+    server.restart();
+    let other = RedisL2::connect(&config).await.unwrap();
+    // The writer's connection comes back on its own.
+    eventually("the writer reconnects", DEADLINE, || async {
+        writer.ping().await.is_ok()
+    })
+    .await;
+    assert!(
+        !writer.set(write("stale")).await.unwrap(),
+        "written under a generation Redis no longer has"
+    );
+    // Three invalidations bring the generation back to 3: nothing was left there.
+    for _ in 0..3 {
+        other.invalidate_namespace("gpu_avail").await.unwrap();
+    }
+    assert_eq!(other.generation("gpu_avail").await.unwrap(), 3);
+    assert_eq!(other.get(&key).await.unwrap(), None);
 }

@@ -208,7 +208,8 @@ pub trait L2Store: Send + Sync {
     /// The entry under `key`, if it is live.
     async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>>;
 
-    /// Writes an entry; `Ok(false)` when its fence was stale and nothing was written.
+    /// Writes an entry; `Ok(false)` when its fence was stale and nothing was written, or when
+    /// the write lost a race with an invalidation of its namespace and will never be read.
     async fn set(&self, write: L2Write) -> Result<bool>;
 
     /// Removes `key`; whether it was there.

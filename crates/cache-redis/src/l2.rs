@@ -19,9 +19,12 @@
 //! plain `GET`/`MGET` of the entries while the generation it remembers is trusted (the node hears
 //! every invalidation). Fills, tagged writes, deletes and tag invalidations are Lua scripts, so
 //! checking and writing is atomic and one round trip. An untagged write under a trusted
-//! generation is a pipelined `SET` + `PUBLISH`, as a hand-rolled cache would send it: should an
-//! invalidation of the namespace be racing it, it lands under the dead generation and is never
-//! served, as if it had come just before that invalidation. An entry's envelope carries its tags
+//! generation is a pipelined `GET` of the generation, `SET` and `PUBLISH`, much as a hand-rolled
+//! cache would send it: should an invalidation of the namespace be racing it, it lands under the
+//! dead generation and is never served, as if it had come just before that invalidation; should
+//! the `GET` show another generation (that race, or a Redis that restarted empty), the entry is
+//! deleted at once, so it cannot resurface when the generation climbs back to it. An entry's
+//! envelope carries its tags
 //! and its writer's expiry time, from which a reader computes the remaining lifetime less
 //! [`CLOCK_SKEW_MARGIN`].
 
@@ -357,16 +360,28 @@ impl L2Store for RedisL2 {
         if write.fence.is_none() && write.tags.is_empty() && self.generations.trusted() {
             if let Some(generation) = self.known_generation(namespace) {
                 // The common write, as a raw client would send it: SET, then PUBLISH, pipelined
-                // (one round trip; the event still follows the change). No script, so Redis
-                // does no more than for a hand-rolled cache. The generation is current unless
-                // an invalidation of the namespace is on its way to this node; then the write
-                // lands in the dead generation and is simply not seen, as if it had come just
-                // before that invalidation, which it raced.
+                // (one round trip; the event still follows the change), with a GET of the
+                // generation in front. No script, so Redis does little more than for a
+                // hand-rolled cache.
+                //
+                // The generation is current unless something moved it that this node has not
+                // applied yet: an invalidation of the namespace on its way here (the write lands
+                // in the dead generation and is never seen, as if it had come just before the
+                // invalidation it raced), or a Redis that restarted empty, whose generations
+                // start again from 0 and would one day reach this one and expose the write
+                // under it. The GET tells: on a mismatch the entry is deleted at once and the
+                // generation forgotten.
                 let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
                 self.push_entry_key(&mut entry_key, namespace, generation, &write.key);
+                let mut generation_key = String::with_capacity(self.prefix.len() + 8 + 24);
+                generation_key.push_str(&self.prefix);
+                generation_key.push('{');
+                generation_key.push_str(namespace);
+                generation_key.push_str("}:g");
                 let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(generation_key.as_str());
                 pipe.cmd("SET")
-                    .arg(entry_key)
+                    .arg(entry_key.as_str())
                     .arg(envelope)
                     .arg("PX")
                     .arg(ttl_ms)
@@ -374,10 +389,19 @@ impl L2Store for RedisL2 {
                 if let Some(event) = &write.announce {
                     pipe.cmd("PUBLISH").arg(&self.channel).arg(event).ignore();
                 }
-                pipe.query_async::<()>(&mut conn)
+                let (current,): (Option<u64>,) = pipe
+                    .query_async(&mut conn)
                     .await
                     .map_err(|e| self.fail("SET", e))?;
-                return Ok(true);
+                if current.unwrap_or(0) == generation {
+                    return Ok(true);
+                }
+                self.generations.forget(Some(namespace));
+                let _: i64 = conn
+                    .del(entry_key.as_str())
+                    .await
+                    .map_err(|e| self.fail("DEL", e))?;
+                return Ok(false);
             }
         }
         let epoch = self.generations.epoch();
