@@ -46,10 +46,27 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xtask: error: {e:#}");
+            eprintln!("xtask: error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, joined by `: `, each said once: edge-cache's errors quote their
+/// source in their message already, so `{:#}` would print it twice.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// The full check a change must pass; `.ci/run` calls exactly this.
@@ -153,4 +170,26 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
         bail!("`{program} {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let io = std::io::Error::other("connection refused");
+        let quoted = cache_core::Error::new(
+            cache_core::ErrorKind::L2,
+            format!("Redis PING failed: {io}"),
+        )
+        .with_source(io);
+        let e = anyhow::Error::new(quoted).context("starting the demo");
+        assert_eq!(
+            describe(&e),
+            "starting the demo: L2 store error: Redis PING failed: connection refused"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&plain), "outer: inner");
+    }
 }
