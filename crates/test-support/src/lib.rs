@@ -81,11 +81,15 @@ const LOG_TAIL_LINES: usize = 20;
 /// quote the log's tail.
 ///
 /// Dropping the value kills the process (`SIGKILL`) and waits for it, so no server outlives its
-/// test, unless the test process itself is killed before `Drop` runs.
+/// test. Should the test process be killed before `Drop` runs (a timeout, `SIGKILL`), a small
+/// `sh` watchdog, reading a pipe from this process, sees the pipe close and kills the server.
 #[derive(Debug)]
 pub struct RedisServer {
     /// The running process; `None` once stopped.
     child: Option<Child>,
+    /// Kills the server should this process die without dropping it (see [`watchdog`]);
+    /// `None` once stopped, or where `sh` could not be started.
+    watchdog: Option<Child>,
     /// The pid of the current process, or of the last one once stopped.
     pid: u32,
     port: u16,
@@ -138,6 +142,7 @@ impl RedisServer {
             if let Launch::Ready(child) = launch(program, port, dir.path(), &extra_args) {
                 return RedisServer {
                     pid: child.id(),
+                    watchdog: watchdog(child.id()),
                     child: Some(child),
                     port,
                     extra_args,
@@ -175,6 +180,7 @@ impl RedisServer {
     ///
     /// If waiting for the process fails.
     pub fn stop(&mut self) {
+        self.stop_watchdog();
         if let Some(child) = self.child.take() {
             if let Err(e) = kill_and_wait(child) {
                 panic!("could not stop redis-server (pid {}): {e}", self.pid);
@@ -203,6 +209,7 @@ impl RedisServer {
                 &self.extra_args,
             ) {
                 self.pid = child.id();
+                self.watchdog = watchdog(child.id());
                 self.child = Some(child);
                 return;
             }
@@ -221,8 +228,19 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Stopped before the server, so it never fires at a pid the system may hand out again.
+    fn stop_watchdog(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            // Best effort: a watchdog that is already gone has nothing left to do.
+            let _ = kill_and_wait(watchdog);
+        }
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        self.stop_watchdog();
         if let Some(child) = self.child.take() {
             // Never panic in drop: a test that is already unwinding would abort.
             if let Err(e) = kill_and_wait(child) {
@@ -475,6 +493,23 @@ fn listens_on(_pid: u32, _port: u16) -> bool {
 }
 
 /// Sends `SIGKILL` (a no-op if the process already exited) and reaps the process.
+/// A `sh` that kills the server `pid` once its standard input closes, which happens when this
+/// process exits however it exits: a test binary killed by `SIGKILL` or a timeout cannot run
+/// `Drop`, and its servers would otherwise live on. The pipe's write end is only in this process
+/// (the standard library opens it close-on-exec), so no other child keeps it open.
+///
+/// `None` if `sh` cannot be started: the server still works, it just is not watched.
+fn watchdog(pid: u32) -> Option<Child> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("read _ignored; kill -9 {pid} 2>/dev/null"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
 fn kill_and_wait(mut child: Child) -> io::Result<ExitStatus> {
     child.kill()?;
     child.wait()

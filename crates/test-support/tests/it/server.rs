@@ -125,3 +125,46 @@ fn restart_waits_for_a_port_someone_else_holds() {
     assert_eq!(server.port(), port);
     assert_eq!(command(port, &["PING"]), "+PONG");
 }
+
+/// Whether `pid` names a live process (a zombie, dead but not yet reaped, does not count).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may contain spaces.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// A test binary killed outright (a timeout, `SIGKILL`) runs no destructor; its servers must
+/// not live on. The owner here is a separate process (`hold-redis`), killed with `SIGKILL`.
+#[test]
+fn a_server_does_not_outlive_an_owner_killed_outright() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut owner = Command::new(env!("CARGO_BIN_EXE_hold-redis"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the hold-redis helper starts");
+    let mut line = String::new();
+    BufReader::new(owner.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .expect("hold-redis prints the server's pid and port");
+    let mut fields = line.split_whitespace().map(|f| f.parse::<u32>().unwrap());
+    let (pid, port) = (fields.next().unwrap(), fields.next().unwrap());
+    let port = u16::try_from(port).unwrap();
+    assert_eq!(command(port, &["PING"]), "+PONG");
+    assert!(process_alive(pid));
+
+    owner.kill().unwrap(); // SIGKILL: no destructor runs in the owner.
+    owner.wait().unwrap();
+    wait_until(
+        "the server dies with its owner",
+        Duration::from_secs(10),
+        || !process_alive(pid),
+    );
+}
