@@ -152,7 +152,23 @@ impl RedisL2 {
 
     /// `ec:{ns}:` — the start of every key of the namespace.
     fn ns_prefix(&self, key_namespace: &str) -> String {
-        format!("{}{{{key_namespace}}}:", self.prefix)
+        let mut out = String::with_capacity(self.prefix.len() + key_namespace.len() + 3);
+        self.push_ns_prefix(&mut out, key_namespace);
+        out
+    }
+
+    fn push_ns_prefix(&self, out: &mut String, key_namespace: &str) {
+        out.push_str(&self.prefix);
+        out.push('{');
+        out.push_str(key_namespace);
+        out.push_str("}:");
+    }
+
+    /// `ec:{ns}:g` — the namespace's generation.
+    fn generation_key(&self, key_namespace: &str) -> String {
+        let mut out = self.ns_prefix(key_namespace);
+        out.push('g');
+        out
     }
 
     /// Appends the key `key`'s entry has under `generation`: `ec:{ns}:<generation>:<hex>`.
@@ -163,10 +179,7 @@ impl RedisL2 {
         generation: u64,
         key: &CacheKey,
     ) {
-        out.push_str(&self.prefix);
-        out.push('{');
-        out.push_str(key_namespace);
-        out.push_str("}:");
+        self.push_ns_prefix(out, key_namespace);
         let _ = write!(out, "{generation}:");
         key.digest().push_hex(out);
     }
@@ -216,6 +229,16 @@ impl RedisL2 {
         self.generations.known(key_namespace)
     }
 
+    /// The generation remembered for the namespace, if there is one and it is trusted (the
+    /// node hears every invalidation), so plain reads and writes may go under it.
+    fn trusted_generation(&self, key_namespace: &str) -> Option<u64> {
+        if self.generations.trusted() {
+            self.known_generation(key_namespace)
+        } else {
+            None
+        }
+    }
+
     fn fail(&self, op: &str, e: redis::RedisError) -> Error {
         Error::new(
             ErrorKind::L2,
@@ -228,7 +251,7 @@ impl RedisL2 {
     pub async fn generation(&self, key_namespace: &str) -> Result<u64> {
         let mut conn = self.conn.clone();
         let g: Option<u64> = conn
-            .get(format!("{}g", self.ns_prefix(key_namespace)))
+            .get(self.generation_key(key_namespace))
             .await
             .map_err(|e| self.fail("GET", e))?;
         Ok(g.unwrap_or(0))
@@ -248,19 +271,17 @@ impl std::fmt::Debug for RedisL2 {
 impl L2Store for RedisL2 {
     async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>> {
         let namespace = key.key_namespace();
-        if let Some(generation) = self.known_generation(namespace) {
-            if self.generations.trusted() {
-                // The common read: one plain GET, its reply's bytes handed on as they are.
-                let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
-                self.push_entry_key(&mut entry_key, namespace, generation, key);
-                let mut conn = self.conn.clone();
-                let reply: Value = redis::cmd("GET")
-                    .arg(entry_key.as_str())
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.fail("GET", e))?;
-                return decode_entry(key, reply, unix_millis());
-            }
+        if let Some(generation) = self.trusted_generation(namespace) {
+            // The common read: one plain GET, its reply's bytes handed on as they are.
+            let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
+            self.push_entry_key(&mut entry_key, namespace, generation, key);
+            let mut conn = self.conn.clone();
+            let reply: Value = redis::cmd("GET")
+                .arg(entry_key.as_str())
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail("GET", e))?;
+            return decode_entry(key, reply, unix_millis());
         }
         let mut found = self.get_many(std::slice::from_ref(key)).await?;
         Ok(found.pop().flatten())
@@ -357,8 +378,8 @@ impl L2Store for RedisL2 {
         let envelope = envelope::encode(expires_at_ms, &write.tags, &write.bytes);
         let namespace = write.key.key_namespace();
         let mut conn = self.conn.clone();
-        if write.fence.is_none() && write.tags.is_empty() && self.generations.trusted() {
-            if let Some(generation) = self.known_generation(namespace) {
+        if write.fence.is_none() && write.tags.is_empty() {
+            if let Some(generation) = self.trusted_generation(namespace) {
                 // The common write, as a raw client would send it: SET, then PUBLISH, pipelined
                 // (one round trip; the event still follows the change), with a GET of the
                 // generation in front. No script, so Redis does little more than for a
@@ -373,11 +394,7 @@ impl L2Store for RedisL2 {
                 // generation forgotten.
                 let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
                 self.push_entry_key(&mut entry_key, namespace, generation, &write.key);
-                let mut generation_key = String::with_capacity(self.prefix.len() + 8 + 24);
-                generation_key.push_str(&self.prefix);
-                generation_key.push('{');
-                generation_key.push_str(namespace);
-                generation_key.push_str("}:g");
+                let generation_key = self.generation_key(namespace);
                 let mut pipe = redis::pipe();
                 pipe.cmd("GET").arg(generation_key.as_str());
                 pipe.cmd("SET")
@@ -456,8 +473,7 @@ impl L2Store for RedisL2 {
             // (which Redis Cluster would refuse as cross-slot).
             let mut pipe = redis::pipe();
             for key_namespace in key_namespaces {
-                pipe.incr(format!("{}g", self.ns_prefix(key_namespace)), 1)
-                    .ignore();
+                pipe.incr(self.generation_key(key_namespace), 1).ignore();
             }
             let () = pipe
                 .query_async(&mut conn)
