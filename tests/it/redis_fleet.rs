@@ -40,6 +40,16 @@ async fn applied(node: &EdgeCache, n: u64) {
     .await;
 }
 
+/// Waits until `node` has taken `n` events off its bus, its own included.
+async fn received(node: &EdgeCache, n: u64) {
+    eventually(
+        &format!("{} receives {n} events", node.node_id()),
+        DEADLINE,
+        || async { node.stats().events_received >= n },
+    )
+    .await;
+}
+
 async fn avail(node: &EdgeCache, gpu: &str) -> Option<String> {
     node.get::<String, _>("gpu_availability", &json!({"gpu_id": gpu}))
         .await
@@ -473,11 +483,11 @@ async fn the_generation_is_trusted_only_when_invalidations_reach_the_node() {
 
 /// A write that races an invalidation of its namespace: the writer still knows the old
 /// generation (the invalidation's event has not reached it), so its plain SET lands under the
-/// dead generation. That write is never served, and neither is anything written before the
-/// invalidation: as if the write had come just before the invalidation it raced. The writer sees
-/// the mismatch in the same round trip, deletes the entry and forgets the generation.
+/// dead generation. The GET in the same round trip shows the invalidation came first, so the
+/// write must land after it: the dead entry is deleted, the generation forgotten, and the write
+/// made again under the current generation, where readers see it.
 #[tokio::test]
-async fn a_write_racing_a_namespace_invalidation_is_never_served() {
+async fn a_write_racing_a_namespace_invalidation_lands_after_it() {
     use cache_core::{CacheKey, L2Write};
     let server = RedisServer::start();
     let config = config(&server);
@@ -489,16 +499,21 @@ async fn a_write_racing_a_namespace_invalidation_is_never_served() {
     let write = |value: &str| L2Write::new(key.clone(), value.as_bytes().to_vec(), DEADLINE);
     // ...and learns it from its first write (a script).
     assert!(writer.set(write("old")).await.unwrap());
-    // Another node invalidates the namespace; the event is still on its way to the writer.
+    // Another node invalidates the namespace, then writes the key under the new generation; the
+    // invalidation's event is still on its way to the writer.
     other.invalidate_namespace("gpu_avail").await.unwrap();
+    assert!(other
+        .set(write("older than the racing write"))
+        .await
+        .unwrap());
     let (sets, scripts, dels) = (
         calls(&server, "set").await,
         calls(&server, "evalsha").await,
         calls(&server, "del").await,
     );
     assert!(
-        !writer.set(write("racing")).await.unwrap(),
-        "the write reports it will never be read"
+        writer.set(write("racing")).await.unwrap(),
+        "the write lands"
     );
     assert_eq!(
         (
@@ -506,18 +521,25 @@ async fn a_write_racing_a_namespace_invalidation_is_never_served() {
             calls(&server, "evalsha").await - scripts,
             calls(&server, "del").await - dels,
         ),
-        (1, 0, 1),
-        "the plain SET under the generation the writer remembered, then its deletion"
+        (2, 1, 1),
+        "the plain SET under the generation the writer remembered, its deletion, and the write \
+         again by the script (whose own SET Redis counts too) under the current generation"
     );
     assert_eq!(
-        other.get(&key).await.unwrap(),
-        None,
-        "neither value is served"
+        other.get(&key).await.unwrap().map(|e| e.bytes),
+        Some(b"racing".to_vec()),
+        "the later write is served, not the one it raced"
     );
-    // The writer forgot the generation: its next write is a script again, and is seen.
-    let scripts = calls(&server, "evalsha").await;
+    // The script told the writer the current generation: its next write is plain again.
+    let (sets, scripts) = (calls(&server, "set").await, calls(&server, "evalsha").await);
     assert!(writer.set(write("after")).await.unwrap());
-    assert_eq!(calls(&server, "evalsha").await - scripts, 1);
+    assert_eq!(
+        (
+            calls(&server, "set").await - sets,
+            calls(&server, "evalsha").await - scripts
+        ),
+        (1, 0)
+    );
     assert_eq!(
         other.get(&key).await.unwrap().map(|e| e.bytes),
         Some(b"after".to_vec())
@@ -527,7 +549,8 @@ async fn a_write_racing_a_namespace_invalidation_is_never_served() {
 /// A Redis that restarts empty starts every generation again from 0. A node that has not yet
 /// noticed (its bus has not reported the loss) still trusts the generation it remembers; a
 /// plain write under it must not linger there, or the namespace's generation would one day
-/// climb back to it and serve a value written before all those invalidations.
+/// climb back to it and serve a value written before all those invalidations. The write is
+/// made again under the generation Redis has now.
 #[tokio::test]
 async fn a_write_into_a_restarted_redis_never_resurfaces_under_a_later_generation() {
     use cache_core::{CacheKey, L2Write};
@@ -551,9 +574,11 @@ async fn a_write_into_a_restarted_redis_never_resurfaces_under_a_later_generatio
         writer.ping().await.is_ok()
     })
     .await;
-    assert!(
-        !writer.set(write("stale")).await.unwrap(),
-        "written under a generation Redis no longer has"
+    assert!(writer.set(write("after the restart")).await.unwrap());
+    assert_eq!(
+        other.get(&key).await.unwrap().map(|e| e.bytes),
+        Some(b"after the restart".to_vec()),
+        "written again under the generation Redis has now"
     );
     // Three invalidations bring the generation back to 3: nothing was left there.
     for _ in 0..3 {
@@ -561,4 +586,133 @@ async fn a_write_into_a_restarted_redis_never_resurfaces_under_a_later_generatio
     }
     assert_eq!(other.generation("gpu_avail").await.unwrap(), 3);
     assert_eq!(other.get(&key).await.unwrap(), None);
+}
+
+/// A bus whose subscription hands on nothing while the gate is closed: its node falls behind
+/// the fleet. Publishing and the route are the inner bus's, so the node still announces through
+/// L2 and trusts the generations it learns.
+struct HeldBus {
+    inner: Arc<dyn EventBus>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The subscription of a [`HeldBus`]. An item taken while held waits in `pending`, so dropping
+/// `next` loses nothing.
+struct HeldSubscription {
+    inner: Box<dyn cache_core::Subscription>,
+    open: tokio::sync::watch::Receiver<bool>,
+    pending: Option<cache_core::BusItem>,
+}
+
+#[async_trait::async_trait]
+impl EventBus for HeldBus {
+    async fn publish(&self, payload: Vec<u8>) -> cache_core::Result<()> {
+        self.inner.publish(payload).await
+    }
+
+    async fn subscribe(&self) -> cache_core::Result<Box<dyn cache_core::Subscription>> {
+        Ok(Box::new(HeldSubscription {
+            inner: self.inner.subscribe().await?,
+            open: self.open.clone(),
+            pending: None,
+        }))
+    }
+
+    fn route(&self) -> Option<String> {
+        self.inner.route()
+    }
+}
+
+#[async_trait::async_trait]
+impl cache_core::Subscription for HeldSubscription {
+    async fn next(&mut self) -> Option<cache_core::BusItem> {
+        if self.pending.is_none() {
+            self.pending = Some(self.inner.next().await?);
+        }
+        // A dropped sender opens the gate for good.
+        let _ = self.open.wait_for(|open| *open).await;
+        self.pending.take()
+    }
+}
+
+/// Found by the demo's freshness audit once it wrote through `set_key`. The writer still trusts
+/// the namespace's old generation when another node invalidates it and fills the key from its
+/// source ("old", the value of that time). The source changes and the writer writes "new": its
+/// pipelined write lands under the dead generation. That write must not be dropped (it came
+/// after the invalidation and the fill): every node serves "new" once it has applied the
+/// write's announcements, the writer too once it catches up with the invalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_a_node_behind_an_invalidation_is_not_lost() {
+    let server = RedisServer::start();
+    let config = config(&server);
+    let (gate, open) = tokio::sync::watch::channel(true);
+    let writer = {
+        let l2: Arc<dyn L2Store> = Arc::new(RedisL2::connect(&config).await.unwrap());
+        let bus: Arc<dyn EventBus> = Arc::new(HeldBus {
+            inner: Arc::new(RedisBus::connect(&config).await.unwrap()),
+            open,
+        });
+        EdgeCache::builder()
+            .node_id("writer")
+            .l2(l2)
+            .bus(bus)
+            .build()
+            .await
+            .unwrap()
+    };
+    let reader = node(&config, "reader").await;
+    let params = json!({"gpu_id": "g-1"});
+    let key = writer.key("gpu_availability", &params).unwrap();
+    // The writer learns generation 0 from its first write (a script), and hears its own
+    // announcement: its subscription is up, so it trusts the generation from now on.
+    writer
+        .set_key(&key, &"first".to_owned(), SetOptions::new())
+        .await
+        .unwrap();
+    received(&writer, 1).await;
+    applied(&reader, 1).await;
+
+    // The writer falls behind: the reader's invalidation does not reach it yet.
+    gate.send_replace(false);
+    reader
+        .notify(Notification::gpu_availability_changed("g-1", "booked"))
+        .await
+        .unwrap();
+    applied(&reader, 2).await;
+    // A read after the invalidation fills L2 with the source's value of that time.
+    let loaded: Arc<String> = reader
+        .get_or_load("gpu_availability", &params, SetOptions::new(), || async {
+            Ok::<_, std::convert::Infallible>("old".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(*loaded, "old");
+
+    // The source changes again, and the writer writes the new value: the pipelined write under
+    // the dead generation, its announcement, then the write again under the current one, with
+    // an announcement of its own.
+    writer
+        .set_key(&key, &"new".to_owned(), SetOptions::new())
+        .await
+        .unwrap();
+    applied(&reader, 4).await;
+    let on_reader = avail(&reader, "g-1").await;
+
+    // The writer catches up with the invalidation, which drops its own copy of "new", and with
+    // its own two announcements.
+    gate.send_replace(true);
+    received(&writer, 4).await;
+    assert_eq!(
+        writer.stats().events_applied,
+        1,
+        "the reader's invalidation"
+    );
+    let on_writer = avail(&writer, "g-1").await;
+    writer.shutdown().await;
+    reader.shutdown().await;
+    assert_eq!(
+        (on_reader.as_deref(), on_writer.as_deref()),
+        (Some("new"), Some("new")),
+        "both nodes applied everything since set_key of \"new\" returned Ok"
+    );
 }

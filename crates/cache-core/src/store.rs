@@ -208,8 +208,10 @@ pub trait L2Store: Send + Sync {
     /// The entry under `key`, if it is live.
     async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>>;
 
-    /// Writes an entry; `Ok(false)` when its fence was stale and nothing was written, or when
-    /// the write lost a race with an invalidation of its namespace and will never be read.
+    /// Writes an entry. `Ok(false)` only for a fenced write (a fill) that wrote nothing: its
+    /// fence was stale or the key held a live entry. An unfenced write lands, readable under the
+    /// namespace's current generation, and returns `Ok(true)`, or fails with an error: one that
+    /// races an invalidation of its namespace must land after it, never vanish with it.
     async fn set(&self, write: L2Write) -> Result<bool>;
 
     /// Removes `key`; whether it was there.

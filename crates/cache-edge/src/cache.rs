@@ -425,11 +425,22 @@ impl<C: Codec> EdgeCache<C> {
             }
             _ => false,
         };
-        inner
+        let written = inner
             .l2
             .set(write)
             .await
             .map_err(|e| inner.l2_failed("set", e))?;
+        if !written {
+            // The `L2Store` contract rules this out for an unfenced write; an implementation
+            // that breaks it must not make this call look like a landed write.
+            return Err(inner.l2_failed(
+                "set",
+                Error::new(
+                    ErrorKind::L2,
+                    format!("{key}: L2 answered that it did not store the write; L1 untouched"),
+                ),
+            ));
+        }
         if announced_by_l2 {
             inner.counters.events_published.add(1);
         }

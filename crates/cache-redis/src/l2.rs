@@ -20,13 +20,13 @@
 //! every invalidation). Fills, tagged writes, deletes and tag invalidations are Lua scripts, so
 //! checking and writing is atomic and one round trip. An untagged write under a trusted
 //! generation is a pipelined `GET` of the generation, `SET` and `PUBLISH`, much as a hand-rolled
-//! cache would send it: should an invalidation of the namespace be racing it, it lands under the
-//! dead generation and is never served, as if it had come just before that invalidation; should
-//! the `GET` show another generation (that race, or a Redis that restarted empty), the entry is
-//! deleted at once, so it cannot resurface when the generation climbs back to it. An entry's
-//! envelope carries its tags
-//! and its writer's expiry time, from which a reader computes the remaining lifetime less
-//! [`CLOCK_SKEW_MARGIN`].
+//! cache would send it. Should the `GET` show another generation (an invalidation of the
+//! namespace this node has not applied yet, or a Redis that restarted empty), the write went
+//! where no reader looks, or where one would look once the generation climbs back to it: the
+//! entry is deleted at once and the write made again by the script, under the current
+//! generation, since it came after that invalidation and must outlive it. An entry's envelope
+//! carries its tags and its writer's expiry time, from which a reader computes the remaining
+//! lifetime less [`CLOCK_SKEW_MARGIN`].
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -386,12 +386,16 @@ impl L2Store for RedisL2 {
                 // hand-rolled cache.
                 //
                 // The generation is current unless something moved it that this node has not
-                // applied yet: an invalidation of the namespace on its way here (the write lands
-                // in the dead generation and is never seen, as if it had come just before the
-                // invalidation it raced), or a Redis that restarted empty, whose generations
-                // start again from 0 and would one day reach this one and expose the write
-                // under it. The GET tells: on a mismatch the entry is deleted at once and the
-                // generation forgotten.
+                // applied yet: an invalidation of the namespace on its way here, or a Redis that
+                // restarted empty (its generations start again from 0). The GET tells. On a
+                // mismatch the write went under a generation no reader uses (or one the
+                // namespace would reach again one day and expose it): it is deleted at once, the
+                // generation forgotten, and the write made again by the script below, under the
+                // current generation. It must not be dropped: the GET proves the invalidation
+                // came first, and other nodes may have written or filled the key under the new
+                // generation since, with values older than this one. The script announces the
+                // write again, so a node that re-read the key after the first announcement
+                // drops that copy too.
                 let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
                 self.push_entry_key(&mut entry_key, namespace, generation, &write.key);
                 let generation_key = self.generation_key(namespace);
@@ -399,7 +403,7 @@ impl L2Store for RedisL2 {
                 pipe.cmd("GET").arg(generation_key.as_str());
                 pipe.cmd("SET")
                     .arg(entry_key.as_str())
-                    .arg(envelope)
+                    .arg(envelope.as_slice())
                     .arg("PX")
                     .arg(ttl_ms)
                     .ignore();
@@ -418,7 +422,6 @@ impl L2Store for RedisL2 {
                     .del(entry_key.as_str())
                     .await
                     .map_err(|e| self.fail("DEL", e))?;
-                return Ok(false);
             }
         }
         let epoch = self.generations.epoch();

@@ -57,6 +57,38 @@ async fn an_l2_that_errors_degrades_reads_to_misses_and_fails_writes_loudly() {
     node.shutdown().await;
 }
 
+/// An unfenced write that L2 answers with "not stored" (which the `L2Store` contract rules out)
+/// is reported, not taken for a landed write: no L1 copy, no event, not counted as a set.
+#[tokio::test]
+async fn an_unfenced_write_that_l2_did_not_store_is_an_error() {
+    let fleet = Fleet::new();
+    let mut l2 = MockL2Store::new();
+    l2.expect_set()
+        .times(1)
+        .withf(|write| write.fence.is_none())
+        .returning(|_| Ok(false));
+    l2.expect_announce_route().return_const(None);
+    l2.expect_invalidation_feed().return_const(());
+    let node = fleet.builder("a").l2(Arc::new(l2)).build().await.unwrap();
+    let p = json!({"gpu_id": "g"});
+
+    let err = node
+        .set("gpu_availability", &p, &"v".to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::L2);
+    assert!(err.to_string().contains("did not store"), "{err}");
+    let s = node.stats();
+    assert_eq!((s.l2_errors, s.sets, s.events_published), (1, 0, 0));
+    let l1 = s
+        .namespaces
+        .iter()
+        .find(|n| n.name == "gpu_availability")
+        .unwrap();
+    assert_eq!(l1.l1_entries, 0, "nothing reached L1");
+    node.shutdown().await;
+}
+
 /// A subscription that yields `Connected` and then whatever the test sends.
 struct Scripted(mpsc::UnboundedReceiver<BusItem>);
 
