@@ -1,5 +1,6 @@
 //! The market, the source of truth: GPUs, prices and the order book, with a version history
-//! per resource; the values the cache holds; and the workload's random number generator.
+//! per resource and a log of the `set_key` writes known to have landed; the values the cache
+//! holds; and the workload's random number generator.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -118,18 +119,19 @@ pub(super) struct Gpu {
     booking: Option<String>,
 }
 
-/// What the cache holds: a value and the stamp of the loader run that produced it.
+/// What the cache holds: a value and the stamp of the loader run or write that produced it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Loaded<T> {
     pub(super) value: T,
     pub(super) load: LoadStamp,
 }
 
-/// Which node's loader call produced a value, and when on the audit clock ([`World::now_ns`]) it
-/// started and returned. Diagnostic only: a stale read served by a call that returned after the
-/// read started shared a load in flight across an invalidation; one served by a call that had
-/// returned before was handed a value already loaded (a finished flight, or a fill that
-/// outlived the invalidation).
+/// Which node's loader call or `set_key` call produced a value, and when on the audit clock
+/// ([`World::now_ns`]) it started and returned. Diagnostic only: a stale read served by a loader
+/// call that returned after the read started shared a load in flight across an invalidation; one
+/// served by a call that had returned before was handed a value already loaded (a finished
+/// flight, or a fill that outlived the invalidation); one served by a write was handed what the
+/// writer wrote (for a write, `finished` is `started`: the stamp is part of the value written).
 ///
 /// [`World::now_ns`]: super::workload::World::now_ns
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +140,16 @@ pub(super) struct LoadStamp {
     pub(super) node: usize,
     pub(super) started: u64,
     pub(super) finished: u64,
+    pub(super) origin: Origin,
+}
+
+/// What produced a cached value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Origin {
+    /// A loader call of `get_or_load`, reading the market.
+    Load,
+    /// The writer's `set_key`, writing the market's new value after a change.
+    Set,
 }
 
 /// A value that carries the version of its resource at load time.
@@ -195,6 +207,14 @@ impl Versioned for OrderBook {
     }
 }
 
+/// The current value of one resource, as the writer writes it with `set_key`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Snapshot {
+    Availability(Availability),
+    Price(Price),
+    OrderBook(OrderBook),
+}
+
 /// One change the writer made, with what the fleet is told about it.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Change {
@@ -238,11 +258,57 @@ impl Change {
     }
 }
 
+/// One change made by [`Market::step`]: what it was, the global version after it, and every
+/// resource it touched.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Step {
+    pub(super) change: Change,
+    pub(super) version: u64,
+    pub(super) touched: Vec<Resource>,
+}
+
+/// A `set_key` of a resource's value that the writer knows landed: the call returned `Ok`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct LandedSet {
+    /// The version of the value written.
+    pub(super) version: u64,
+    /// The index of the node it was written through.
+    pub(super) node: usize,
+    /// The nodes' wall clock (seconds, as event timestamps are written) just before the call:
+    /// the event the write published carries a timestamp at or after it, and every event of a
+    /// later write one after the call returned.
+    pub(super) issued_at: f64,
+    /// The audit clock when the writer recorded that the call returned `Ok`.
+    pub(super) landed: u64,
+}
+
+/// What a reader knew before its read started: the input of [`Market::required`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct BeforeRead {
+    /// The reading node's index.
+    pub(super) node: usize,
+    /// The highest `source_version` the node had applied to the resource's namespace.
+    pub(super) applied: u64,
+    /// The newest timestamp of an event naming the resource's key that the node had applied
+    /// (0 for none).
+    pub(super) key_event: f64,
+    /// The audit clock when the read started.
+    pub(super) started: u64,
+}
+
+/// The lowest version a read may serve, and the write that set it, when a write did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Required {
+    pub(super) version: u64,
+    pub(super) by_set: Option<LandedSet>,
+}
+
 /// The source of truth, with a version history per resource.
 ///
 /// Invariant: `version` is the number of changes made; `history[slot(r)]` lists, ascending, the
 /// global versions of the changes that touched resource `r` (version 0, the initial state, is
-/// implied).
+/// implied); `landed[slot(r)]` lists, in the order they returned, the writes of `r` known to
+/// have landed (their versions ascend too: the writer writes one value at a time).
 #[derive(Debug)]
 pub(super) struct Market {
     version: u64,
@@ -250,6 +316,9 @@ pub(super) struct Market {
     /// Cents per hour, by index into [`GPU_TYPES`].
     prices: Vec<u64>,
     history: Vec<Vec<u64>>,
+    landed: Vec<Vec<LandedSet>>,
+    /// The resources the last change touched, taken by [`Market::step`].
+    touched: Vec<Resource>,
     next_booking: u64,
 }
 
@@ -282,6 +351,8 @@ impl Market {
             gpus,
             prices: GPU_TYPES.iter().map(|(_, cents)| *cents).collect(),
             history: vec![Vec::new(); resources],
+            landed: vec![Vec::new(); resources],
+            touched: Vec::new(),
             next_booking,
         }
     }
@@ -311,6 +382,48 @@ impl Market {
         let history = &self.history[self.slot(resource)];
         let changes = history.partition_point(|&v| v <= as_of);
         changes.checked_sub(1).map_or(0, |last| history[last])
+    }
+
+    /// Records a write of `resource` that returned `Ok`. Call it with the market locked from
+    /// before `set.landed` is read, so a reader that started after that instant finds it.
+    pub(super) fn record_set(&mut self, resource: Resource, set: LandedSet) {
+        let slot = self.slot(resource);
+        self.landed[slot].push(set);
+    }
+
+    /// The lowest version a read of `resource` may serve, given what its node knew before the
+    /// read started (see the module docs of `demo` for why each rule is exact):
+    ///
+    /// - the version of `resource` as of the highest `source_version` the node had applied to
+    ///   the resource's namespace (a notification invalidated it);
+    /// - the version of the newest write of `resource` known to have landed before the read
+    ///   started, if the node issued it, or applied an event naming the key issued at or after
+    ///   the write began (that event, or one of a later write, made the node drop its copy
+    ///   after the write reached L2).
+    pub(super) fn required(&self, resource: Resource, before: &BeforeRead) -> Required {
+        let by_notification = self.version_of(resource, before.applied);
+        let by_set = self.landed[self.slot(resource)]
+            .iter()
+            .rev()
+            .find(|set| {
+                set.landed < before.started
+                    && (set.node == before.node || set.issued_at <= before.key_event)
+            })
+            .filter(|set| set.version > by_notification)
+            .copied();
+        Required {
+            version: by_set.map_or(by_notification, |set| set.version),
+            by_set,
+        }
+    }
+
+    /// The current value of `resource`.
+    pub(super) fn snapshot(&self, resource: Resource) -> Snapshot {
+        match resource {
+            Resource::Gpu(i) => Snapshot::Availability(self.availability(i)),
+            Resource::Price(t) => Snapshot::Price(self.price(t)),
+            Resource::OrderBook => Snapshot::OrderBook(self.order_book()),
+        }
     }
 
     /// The current version of `resource`.
@@ -356,8 +469,8 @@ impl Market {
         }
     }
 
-    /// Makes one random change and returns it with the new global version.
-    pub(super) fn step(&mut self, rng: &mut Rng) -> (Change, u64) {
+    /// Makes one random change.
+    pub(super) fn step(&mut self, rng: &mut Rng) -> Step {
         let roll = rng.below(100);
         let change = match roll {
             0..35 => self.book(rng).or_else(|| self.cancel(rng)),
@@ -366,7 +479,11 @@ impl Market {
             _ => self.maintenance(rng),
         };
         let change = change.unwrap_or_else(|| self.reprice(rng));
-        (change, self.version)
+        Step {
+            change,
+            version: self.version,
+            touched: std::mem::take(&mut self.touched),
+        }
     }
 
     /// Records a change touching `resources`; the new global version.
@@ -376,6 +493,7 @@ impl Market {
             let slot = self.slot(resource);
             self.history[slot].push(self.version);
         }
+        self.touched = resources.to_vec();
         self.version
     }
 
@@ -552,8 +670,26 @@ mod tests {
         let mut rng = Rng::new(9);
         let mut market = Market::new(5, &mut rng);
         for expected in 1..=200 {
-            let (change, version) = market.step(&mut rng);
+            let Step {
+                change,
+                version,
+                touched,
+            } = market.step(&mut rng);
             assert_eq!(version, expected);
+            assert!(touched.contains(&Resource::OrderBook), "{change:?}");
+            for &resource in &touched {
+                assert_eq!(
+                    market.current_version(resource),
+                    version,
+                    "{resource:?} was touched"
+                );
+                let written = match market.snapshot(resource) {
+                    Snapshot::Availability(v) => v.version(),
+                    Snapshot::Price(v) => v.version(),
+                    Snapshot::OrderBook(v) => v.version(),
+                };
+                assert_eq!(written, version, "{resource:?}");
+            }
             let data = change.notification(version).data().clone();
             assert_eq!(
                 data.get("source_version").and_then(Value::as_u64),
@@ -569,5 +705,48 @@ mod tests {
                 assert_eq!(market.availability(i).version, version);
             }
         }
+    }
+
+    #[test]
+    fn required_takes_the_newest_landed_write_the_node_had_seen() {
+        let mut market = Market::new(3, &mut Rng::new(1));
+        let gpu = Resource::Gpu(1);
+        market.commit(&[gpu]); // 1: announced by a notification
+        market.commit(&[gpu]); // 2: written through node 0
+        let set = |version, node, issued_at, landed| LandedSet {
+            version,
+            node,
+            issued_at,
+            landed,
+        };
+        market.record_set(gpu, set(2, 0, 10.0, 100));
+        market.commit(&[gpu]); // 3: written through node 1
+        market.record_set(gpu, set(3, 1, 20.0, 200));
+        let before = |node, applied, key_event, started| BeforeRead {
+            node,
+            applied,
+            key_event,
+            started,
+        };
+        let required = |b: BeforeRead| market.required(gpu, &b).version;
+        // Only the notification: no write had landed when the read started.
+        assert_eq!(required(before(2, 1, 99.0, 50)), 1);
+        // Node 0 issued write 2; node 2 had not applied any event naming the key.
+        assert_eq!(required(before(0, 1, 0.0, 150)), 2);
+        assert_eq!(required(before(2, 1, 0.0, 150)), 1);
+        // Node 2 applied an event issued after write 2 began, but write 3 had not landed yet.
+        assert_eq!(required(before(2, 1, 10.0, 150)), 2);
+        assert_eq!(required(before(2, 1, 25.0, 150)), 2);
+        // Write 3 landed: node 1 issued it; node 2 saw its event; node 0 only saw write 2's.
+        assert_eq!(required(before(1, 0, 0.0, 250)), 3);
+        assert_eq!(required(before(2, 0, 20.0, 250)), 3);
+        assert_eq!(required(before(0, 0, 15.0, 250)), 2);
+        // A notification at or above the writes needs no write to explain it.
+        let by_notification = market.required(gpu, &before(2, 3, 20.0, 250));
+        assert_eq!((by_notification.version, by_notification.by_set), (3, None));
+        assert_eq!(
+            market.required(gpu, &before(2, 1, 20.0, 250)).by_set,
+            Some(set(3, 1, 20.0, 200))
+        );
     }
 }

@@ -16,9 +16,14 @@
 //!   the server at `URL`, under a key prefix and an event channel unique to the run.
 //! - **R reader tasks per node**: each picks a random resource, reads it through
 //!   [`EdgeCache::get_or_load`] (the loader reads the market) and audits the value it got.
-//! - **One writer task**: every ~2 ms it books, cancels, reprices or takes a GPU in or out of
-//!   maintenance in the market, then announces the change through a random node with
-//!   [`EdgeCache::notify`], carrying the market's new global version as `data.source_version`.
+//! - **One writer task**: every ~2 ms it makes two changes back to back, each a booking, a
+//!   cancellation, a price change or a GPU taken in or out of maintenance, and announces each
+//!   through a random node in one of two ways, at random:
+//!   - a notification, [`EdgeCache::notify`], carrying the market's new global version as
+//!     `data.source_version`;
+//!   - writes: the new value of every resource the change touched (the GPU's availability or
+//!     the type's price, and the order book), each with [`EdgeCache::set_key`], one after the
+//!     other.
 //!
 //! # The freshness audit
 //!
@@ -35,11 +40,28 @@
 //! routing table permits by design (a price change does not invalidate the order book) is not
 //! counted either, because it is never announced to the order book's namespace.
 //!
-//! Each value also carries a [`LoadStamp`] (which node's loader call produced it, and when), so a
-//! stale read is reported with where its value came from: a load still in flight when the read
-//! started, or one already finished.
+//! Writes are judged by the same rule, "never older than what was already applied", where a
+//! write is applied once the writer knows it landed: when `set_key` returned `Ok` (a call that
+//! failed is never required, whatever it did). The writer records each such write of resource R
+//! (its version, its node, the wall-clock time just before the call, and the audit-clock time it
+//! was recorded). A read of R that started after that record requires at least its version if
+//! - the read's node issued the write (`set_key` put the value in its L1 before returning), or
+//! - the node had applied, before the read started, an event naming R's key whose timestamp is
+//!   at or after the write began: the write's own announcement, or one of a later write (the
+//!   writer writes one value at a time, so that one began after this one landed). Either way
+//!   the node dropped its copy of the key after the write reached L2, and L2 holds it or
+//!   something newer (fills of older loads are refused by their fence).
 //!
-//! The job fails if any read was stale, or if any read or notification returned an error.
+//! The observer records, per resource, the newest timestamp of an applied event naming its key.
+//! Event timestamps are the issuing node's wall clock; the writer reads the same clock the same
+//! way just before the call, so the write's own event is never before it (on a host whose clock
+//! is not stepped back during the run).
+//!
+//! Each value also carries a [`LoadStamp`] (which node's loader call or write produced it, and
+//! when), so a stale read is reported with where its value came from: a load still in flight when
+//! the read started, one already finished, or a write.
+//!
+//! The job fails if any read was stale, or if any read, notification or write returned an error.
 //!
 //! [`LoadStamp`]: market::LoadStamp
 
@@ -47,28 +69,30 @@ mod audit;
 mod market;
 mod workload;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use cache_core::{EventBus, L2Store, Namespaces};
+use cache_core::{CacheKey, EventBus, L2Store, Namespaces};
 use cache_edge::{EdgeCache, Observer, Stats};
 use cache_redis::{redact, RedisBus, RedisConfig, RedisL2};
 use test_support::RedisServer;
 
 use audit::NodeAudit;
 use market::{lock, Kind, Market, Rng};
-use workload::{read_loop, write_loop, World, WRITE_EVERY};
+use workload::{read_loop, write_loop, World, Writes, CHANGES_PER_TICK, WRITE_EVERY};
 
 /// The usage text printed by `--help`.
 pub const USAGE: &str = "\
 Usage: cargo xtask demo [OPTIONS]
 
 Runs a simulated GPU marketplace (bookings, cancellations, price changes) against a fleet of
-edge nodes, and audits every read: a read is stale if it returned a value older than an
-invalidation its node had applied before the read started. Exits non-zero on any stale read or
-any error. By default the nodes share the embedded in-process L2 and event bus; with --redis
+edge nodes, announcing each change by a notification or by writing the new values with set_key,
+and audits every read: a read is stale if it returned a value older than an invalidation its
+node had applied, or than a write that had landed and that its node had issued or seen
+announced, before the read started. Exits non-zero on any stale read or any error. By default the nodes share the embedded in-process L2 and event bus; with --redis
 they run on real Redis.
 
 Options:
@@ -231,7 +255,7 @@ fn count(flag: &str, text: &str) -> anyhow::Result<usize> {
 ///
 /// # Errors
 /// When `redis-server` is needed but not installed, the runtime or a node cannot be started
-/// (Redis unreachable included), a task panicked, a notification failed, a read failed, or the
+/// (Redis unreachable included), a task panicked, a notification, write or read failed, or the
 /// freshness audit found a stale read (`freshness audit failed: N stale reads`).
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.help {
@@ -371,12 +395,13 @@ async fn demo(args: DemoArgs, redis: Option<&RedisSetup>) -> anyhow::Result<()> 
         println!("redis: {origin}");
     }
     println!(
-        "writer: a booking, cancellation, price change or maintenance change every {} ms, \
-         announced through a random node",
+        "writer: {CHANGES_PER_TICK} changes (bookings, cancellations, price or maintenance \
+         changes) every {} ms, each announced through a random node by a notification or by \
+         set_key writes of the new values",
         WRITE_EVERY.as_millis()
     );
 
-    let nodes = start_nodes(args.nodes, redis.map(|r| &r.config)).await?;
+    let nodes = start_nodes(args.nodes, redis.map(|r| &r.config), &world).await?;
     let outcome = workload(&world, &nodes, &args).await;
     for node in &nodes {
         node.cache.shutdown().await;
@@ -436,9 +461,14 @@ async fn clean_up(config: &RedisConfig) -> String {
     }
 }
 
-/// Starts `count` nodes, on Redis with `redis` and on the embedded backends without; on failure
-/// shuts down those already started.
-async fn start_nodes(count: usize, redis: Option<&RedisConfig>) -> anyhow::Result<Vec<Node>> {
+/// Starts `count` nodes, on Redis with `redis` and on the embedded backends without, each
+/// observed by a [`NodeAudit`] that knows the keys of `world`'s resources; on failure shuts down
+/// those already started.
+async fn start_nodes(
+    count: usize,
+    redis: Option<&RedisConfig>,
+    world: &World,
+) -> anyhow::Result<Vec<Node>> {
     let namespaces = Namespaces::defaults();
     let mut key_namespaces = Vec::with_capacity(Kind::ALL.len());
     for kind in Kind::ALL {
@@ -447,9 +477,23 @@ async fn start_nodes(count: usize, redis: Option<&RedisConfig>) -> anyhow::Resul
             .with_context(|| format!("the default namespaces lack {:?}", kind.namespace()))?;
         key_namespaces.push(config.key_namespace.clone());
     }
+    let mut slots = HashMap::with_capacity(world.resources.len());
+    for (slot, resource) in world.resources.iter().enumerate() {
+        let key = CacheKey::derive(
+            &key_namespaces[resource.kind() as usize],
+            &world.params[slot],
+        )
+        .with_context(|| format!("cannot derive the key of {}", resource.label()))?;
+        slots.insert(key.as_str().to_owned(), slot);
+    }
+    let slots = Arc::new(slots);
     let mut nodes: Vec<Node> = Vec::with_capacity(count);
     for i in 0..count {
-        let audit = Arc::new(NodeAudit::new(i, key_namespaces.clone()));
+        let audit = Arc::new(NodeAudit::new(
+            i,
+            key_namespaces.clone(),
+            Arc::clone(&slots),
+        ));
         let node_id = audit.node_id.clone();
         let observer: Arc<dyn Observer> = audit.clone();
         let builder = EdgeCache::builder()
@@ -488,8 +532,10 @@ struct Node {
 
 /// What the workload left behind for the report.
 struct Outcome {
+    /// Market changes made.
     writes: u64,
-    notify_errors: u64,
+    /// How the writer announced them.
+    writer: Writes,
     /// Nodes that had not applied every event when the settle timeout passed.
     unsettled: Vec<String>,
     elapsed: Duration,
@@ -497,6 +543,8 @@ struct Outcome {
     stale_in_flight: u64,
     /// Stale reads served by a loader call that had returned before the read started.
     stale_finished: u64,
+    /// Stale reads served by a value the writer wrote.
+    stale_written: u64,
 }
 
 /// Runs the readers and the writer for `args.duration`, printing progress once per second, then
@@ -538,30 +586,39 @@ async fn workload(world: &Arc<World>, nodes: &[Node], args: &DemoArgs) -> anyhow
     for reader in readers {
         reader.await.context("a reader task panicked")?;
     }
-    let notify_errors = writer.await.context("the writer task panicked")?;
+    let writer = writer.await.context("the writer task panicked")?;
     let elapsed = started.elapsed();
     let writes = world.writes.load(Ordering::SeqCst);
-    let delivered = writes - notify_errors;
-    let unsettled = settle(nodes, delivered).await;
+    // Every node applies every notification (its issuer included) and the announcement of
+    // every write another node made (a write's issuer ignores its own).
+    let sets_ok: u64 = writer.sets_ok_by_node.iter().sum();
+    let expected: Vec<u64> = writer
+        .sets_ok_by_node
+        .iter()
+        .map(|own| writer.notified + sets_ok - own)
+        .collect();
+    let unsettled = settle(nodes, &expected).await;
     Ok(Outcome {
         writes,
-        notify_errors,
+        writer,
         unsettled,
         elapsed,
         stale_in_flight: world.stale_in_flight.load(Ordering::SeqCst),
         stale_finished: world.stale_finished.load(Ordering::SeqCst),
+        stale_written: world.stale_written.load(Ordering::SeqCst),
     })
 }
 
-/// Waits until every node has applied `events` events or [`SETTLE_TIMEOUT`] passes; returns the
-/// ids of the nodes still behind.
-async fn settle(nodes: &[Node], events: u64) -> Vec<String> {
+/// Waits until every node has applied at least its `expected` number of events (by node) or
+/// [`SETTLE_TIMEOUT`] passes; returns the ids of the nodes still behind.
+async fn settle(nodes: &[Node], expected: &[u64]) -> Vec<String> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
         let behind: Vec<String> = nodes
             .iter()
-            .filter(|n| n.cache.stats().events_applied < events)
-            .map(|n| n.cache.node_id().to_owned())
+            .zip(expected)
+            .filter(|(n, &events)| n.cache.stats().events_applied < events)
+            .map(|(n, _)| n.cache.node_id().to_owned())
             .collect();
         if behind.is_empty() || Instant::now() >= deadline {
             return behind;
@@ -639,6 +696,14 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
         stats.iter().map(|s| s.events_applied).sum::<u64>(),
         secs,
     );
+    let w = &outcome.writer;
+    println!(
+        "{} set writes (set_key, across {}), {} failed; {} changes announced by notification",
+        w.sets,
+        plural(nodes.len(), "node"),
+        w.set_errors,
+        w.notified + w.notify_errors,
+    );
     if !outcome.unsettled.is_empty() {
         println!(
             "warning: {} had not applied every event {} ms after the workload stopped",
@@ -650,8 +715,11 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
     if errors > 0 {
         problems.push(format!("{errors} reads failed"));
     }
-    if outcome.notify_errors > 0 {
-        problems.push(format!("{} notifications failed", outcome.notify_errors));
+    if w.notify_errors > 0 {
+        problems.push(format!("{} notifications failed", w.notify_errors));
+    }
+    if w.set_errors > 0 {
+        problems.push(format!("{} set_key writes failed", w.set_errors));
     }
     if stale > 0 {
         let also = if problems.is_empty() {
@@ -659,9 +727,14 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
         } else {
             format!("; also {}", problems.join(", "))
         };
+        let written = if outcome.stale_written > 0 {
+            format!(", {} by a set_key write", outcome.stale_written)
+        } else {
+            String::new()
+        };
         println!(
             "freshness audit FAILED: {stale} of {reads} reads were stale ({} served by a loader \
-             call still running when the read started, {} by one that had returned){also}",
+             call still running when the read started, {} by one that had returned{written}){also}",
             outcome.stale_in_flight, outcome.stale_finished
         );
         bail!("freshness audit failed: {stale} stale reads{also}");

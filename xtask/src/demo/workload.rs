@@ -1,21 +1,31 @@
 //! The workload tasks: the readers, which read and audit, and the writer, which changes the
-//! market and announces each change.
+//! market and announces each change, by a notification or by writing the new values.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use cache_core::Clock as _;
 use cache_edge::{EdgeCache, SetOptions};
+use cache_memory::SystemClock;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::audit::NodeAudit;
-use super::market::{lock, LoadStamp, Loaded, Market, Resource, Rng, Versioned};
+use super::market::{
+    lock, BeforeRead, LandedSet, LoadStamp, Loaded, Market, Origin, Required, Resource, Rng,
+    Snapshot, Step, Versioned,
+};
 
-/// How often the writer changes the market.
+/// How often the writer wakes up to change the market.
 pub(super) const WRITE_EVERY: Duration = Duration::from_millis(2);
+
+/// Changes the writer makes each time it wakes up, back to back, each announced at random by a
+/// notification or by `set_key` writes: so a write often follows a notification that some
+/// nodes have not applied yet.
+pub(super) const CHANGES_PER_TICK: usize = 2;
 
 /// How many stale reads and errors are printed in full.
 const DETAILS_SHOWN: u64 = 5;
@@ -35,17 +45,22 @@ pub(super) struct World {
     pub(super) stale_in_flight: AtomicU64,
     /// Stale reads served by a loader call that had returned before the read started.
     pub(super) stale_finished: AtomicU64,
+    /// Stale reads served by a value the writer wrote with `set_key`.
+    pub(super) stale_written: AtomicU64,
     /// The origin of the audit clock, which times read starts and loader calls so a stale read
     /// can be told apart by where its value came from (see [`LoadStamp`]). A monotonic clock, not
     /// a shared counter, so timing adds no contended state between readers.
     epoch: Instant,
     /// The `get_or_load` parameters of each resource, by [`Market::slot`].
-    params: Vec<Value>,
+    pub(super) params: Vec<Value>,
+    /// Every resource, by [`Market::slot`].
+    pub(super) resources: Vec<Resource>,
 }
 
 impl World {
     pub(super) fn new(market: Market) -> Self {
-        let params = market.resources().map(|r| r.params()).collect();
+        let resources: Vec<Resource> = market.resources().collect();
+        let params = resources.iter().map(|r| r.params()).collect();
         Self {
             market: Mutex::new(market),
             stop: AtomicBool::new(false),
@@ -54,13 +69,15 @@ impl World {
             errors_shown: AtomicU64::new(0),
             stale_in_flight: AtomicU64::new(0),
             stale_finished: AtomicU64::new(0),
+            stale_written: AtomicU64::new(0),
             epoch: Instant::now(),
             params,
+            resources,
         }
     }
 
     /// The audit clock: nanoseconds since the world was created.
-    fn now_ns(&self) -> u64 {
+    pub(super) fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
@@ -83,19 +100,23 @@ pub(super) async fn read_loop(
     let gpus = world.market().gpus.len();
     while !world.stopped() {
         let resource = Resource::random(&mut rng, gpus);
-        // Snapshot BEFORE the read: only invalidations applied before it started are judged.
-        let applied = audit.applied(resource.kind());
-        let started = world.now_ns();
-        let outcome = read(&world, &cache, audit.index, resource).await;
+        let slot = world.market().slot(resource);
+        // Snapshot BEFORE the read: only invalidations and writes the node had seen before it
+        // started are judged.
+        let before = BeforeRead {
+            node: audit.index,
+            applied: audit.applied(resource.kind()),
+            key_event: audit.key_event(slot),
+            started: world.now_ns(),
+        };
+        let outcome = read(&world, &cache, audit.index, resource, slot).await;
         audit.reads.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Ok(served) => {
-                let required = world.market().version_of(resource, applied);
-                if served.version < required {
+                let required = world.market().required(resource, &before);
+                if served.version < required.version {
                     audit.stale.fetch_add(1, Ordering::Relaxed);
-                    report_stale(
-                        &world, &cache, resource, &served, applied, required, started,
-                    );
+                    report_stale(&world, &cache, resource, &served, &before, &required);
                 }
             }
             Err(e) => {
@@ -121,39 +142,65 @@ fn report_stale(
     cache: &EdgeCache,
     resource: Resource,
     served: &Served,
-    applied: u64,
-    required: u64,
-    started: u64,
+    before: &BeforeRead,
+    required: &Required,
 ) {
     let load = served.load;
-    let (counter, how) = if load.finished > started {
-        (
+    let (counter, how) = match load.origin {
+        Origin::Set => (&world.stale_written, "it was written by set_key"),
+        Origin::Load if load.finished > before.started => (
             &world.stale_in_flight,
             "the loader was still running when the read started",
-        )
-    } else {
-        (
+        ),
+        Origin::Load => (
             &world.stale_finished,
             "the loader had returned before the read started",
-        )
+        ),
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    if world.stale_shown.fetch_add(1, Ordering::Relaxed) < DETAILS_SHOWN {
-        let us = |ns: u64| ns as f64 / 1000.0;
-        println!(
-            "STALE on {}: {} {} served version {}, but the node had applied source_version \
-             {applied} (when it was at version {required}) before the read started at {:.1} µs; \
-             the value was loaded on edge-{} from {:.1} to {:.1} µs: {how}",
-            cache.node_id(),
-            resource.kind().namespace(),
-            resource.label(),
-            served.version,
-            us(started),
+    if world.stale_shown.fetch_add(1, Ordering::Relaxed) >= DETAILS_SHOWN {
+        return;
+    }
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let why = match required.by_set {
+        None => format!(
+            "the node had applied source_version {} (when it was at version {})",
+            before.applied, required.version
+        ),
+        Some(set) => format!(
+            "set_key of version {} through edge-{} had returned Ok at {:.1} µs and the node {}",
+            set.version,
+            set.node + 1,
+            us(set.landed),
+            if set.node == before.node {
+                "had issued it"
+            } else {
+                "had applied an event naming the key issued after that write began"
+            },
+        ),
+    };
+    let made = match load.origin {
+        Origin::Set => format!(
+            "written on edge-{} at {:.1} µs",
+            load.node + 1,
+            us(load.started)
+        ),
+        Origin::Load => format!(
+            "loaded on edge-{} from {:.1} to {:.1} µs",
             load.node + 1,
             us(load.started),
-            us(load.finished),
-        );
-    }
+            us(load.finished)
+        ),
+    };
+    println!(
+        "STALE on {}: {} {} served version {}, but {why} before the read started at {:.1} µs; \
+         the value was {made}: {how}",
+        cache.node_id(),
+        resource.kind().namespace(),
+        resource.label(),
+        served.version,
+        us(before.started),
+    );
 }
 
 /// What a read returned: the version of the value and how it was loaded.
@@ -162,15 +209,17 @@ struct Served {
     load: LoadStamp,
 }
 
-/// Reads `resource` through `cache` on node number `node`, loading it from the market on a miss.
+/// Reads `resource` (at `slot`) through `cache` on node number `node`, loading it from the
+/// market on a miss.
 async fn read(
     world: &Arc<World>,
     cache: &EdgeCache,
     node: usize,
     resource: Resource,
+    slot: usize,
 ) -> cache_edge::Result<Served> {
     let namespace = resource.kind().namespace();
-    let params = &world.params[world.market().slot(resource)];
+    let params = &world.params[slot];
     let load = LoadContext {
         world,
         cache,
@@ -212,6 +261,7 @@ impl LoadContext<'_> {
                 node,
                 started,
                 finished: world.now_ns(),
+                origin: Origin::Load,
             };
             Ok::<_, Infallible>(Loaded { value, load })
         };
@@ -226,20 +276,87 @@ impl LoadContext<'_> {
     }
 }
 
-/// The writer: change the market, then announce the change through a random node; repeat every
-/// [`WRITE_EVERY`] until stopped. Returns how many notifications failed.
-pub(super) async fn write_loop(world: Arc<World>, nodes: Vec<EdgeCache>, mut rng: Rng) -> u64 {
+/// What the writer did, for the report.
+pub(super) struct Writes {
+    /// Changes announced by a notification that returned `Ok`.
+    pub(super) notified: u64,
+    pub(super) notify_errors: u64,
+    /// `set_key` calls made.
+    pub(super) sets: u64,
+    pub(super) set_errors: u64,
+    /// `set_key` calls that returned `Ok`, by the node they went through: each published one
+    /// event, which every other node applies.
+    pub(super) sets_ok_by_node: Vec<u64>,
+}
+
+/// The writer: every [`WRITE_EVERY`], make [`CHANGES_PER_TICK`] changes to the market, each
+/// announced through a random node, either by a notification or by writing the new value of
+/// every resource it touched with `set_key`; repeat until stopped.
+pub(super) async fn write_loop(world: Arc<World>, nodes: Vec<EdgeCache>, mut rng: Rng) -> Writes {
     let mut ticker = tokio::time::interval(WRITE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failures = 0;
+    let mut writes = Writes {
+        notified: 0,
+        notify_errors: 0,
+        sets: 0,
+        set_errors: 0,
+        sets_ok_by_node: vec![0; nodes.len()],
+    };
     while !world.stopped() {
         ticker.tick().await;
-        // The market changes first; `version` is the global version after the change.
-        let (change, version) = world.market().step(&mut rng);
-        world.writes.fetch_add(1, Ordering::Relaxed);
-        let node = &nodes[rng.below(nodes.len())];
-        if let Err(e) = node.notify(change.notification(version)).await {
-            failures += 1;
+        for _ in 0..CHANGES_PER_TICK {
+            let index = rng.below(nodes.len());
+            let node = &nodes[index];
+            let by_set = rng.below(2) == 0;
+            // The market changes first, and the values to write are taken with the change, so
+            // they carry its version.
+            let (step, values) = {
+                let mut market = world.market();
+                let step = market.step(&mut rng);
+                let mut values: Vec<(Resource, Snapshot)> = if by_set {
+                    step.touched
+                        .iter()
+                        .map(|&r| (r, market.snapshot(r)))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                // In no particular order: the order book (the hottest key) is written first as
+                // often as last.
+                if values.len() > 1 && rng.below(2) == 0 {
+                    values.reverse();
+                }
+                (step, values)
+            };
+            world.writes.fetch_add(1, Ordering::Relaxed);
+            if by_set {
+                for (resource, value) in values {
+                    write(
+                        &world,
+                        node,
+                        index,
+                        resource,
+                        value,
+                        step.version,
+                        &mut writes,
+                    )
+                    .await;
+                }
+            } else {
+                notify(&world, node, &step, &mut writes).await;
+            }
+        }
+    }
+    writes
+}
+
+/// Announces `step` through `node` with a notification carrying its version.
+async fn notify(world: &World, node: &EdgeCache, step: &Step, writes: &mut Writes) {
+    let version = step.version;
+    match node.notify(step.change.notification(version)).await {
+        Ok(_) => writes.notified += 1,
+        Err(e) => {
+            writes.notify_errors += 1;
             if world.errors_shown.fetch_add(1, Ordering::Relaxed) < DETAILS_SHOWN {
                 println!(
                     "ERROR on {}: notifying change {version}: {e}",
@@ -248,5 +365,78 @@ pub(super) async fn write_loop(world: Arc<World>, nodes: Vec<EdgeCache>, mut rng
             }
         }
     }
-    failures
+}
+
+/// Writes `value`, the value of `resource` at `version`, with `set_key` through `node` (number
+/// `index`), and records it in the market's log once the call returned `Ok`: only then does
+/// the writer know it landed. A call that failed is not recorded, whatever it did.
+async fn write(
+    world: &World,
+    node: &EdgeCache,
+    index: usize,
+    resource: Resource,
+    value: Snapshot,
+    version: u64,
+    writes: &mut Writes,
+) {
+    writes.sets += 1;
+    let slot = world.market().slot(resource);
+    let key = match node.key(resource.kind().namespace(), &world.params[slot]) {
+        Ok(key) => key,
+        Err(e) => return write_failed(world, node, resource, version, &e, writes),
+    };
+    // The event set_key publishes is stamped after this instant (same clock, same rounding).
+    let issued_at = SystemClock.now().as_secs_f64();
+    let started = world.now_ns();
+    let load = LoadStamp {
+        node: index,
+        started,
+        finished: started,
+        origin: Origin::Set,
+    };
+    let options = SetOptions::new();
+    let result = match value {
+        Snapshot::Availability(value) => node.set_key(&key, &Loaded { value, load }, options).await,
+        Snapshot::Price(value) => node.set_key(&key, &Loaded { value, load }, options).await,
+        Snapshot::OrderBook(value) => node.set_key(&key, &Loaded { value, load }, options).await,
+    };
+    match result {
+        Ok(()) => {
+            writes.sets_ok_by_node[index] += 1;
+            // The market stays locked from reading the clock to recording: a reader that
+            // started after `landed` computes its requirement after this and finds it.
+            let mut market = world.market();
+            let landed = world.now_ns();
+            market.record_set(
+                resource,
+                LandedSet {
+                    version,
+                    node: index,
+                    issued_at,
+                    landed,
+                },
+            );
+        }
+        Err(e) => write_failed(world, node, resource, version, &e, writes),
+    }
+}
+
+/// Counts a failed `set_key` and prints the first few errors.
+fn write_failed(
+    world: &World,
+    node: &EdgeCache,
+    resource: Resource,
+    version: u64,
+    e: &cache_edge::Error,
+    writes: &mut Writes,
+) {
+    writes.set_errors += 1;
+    if world.errors_shown.fetch_add(1, Ordering::Relaxed) < DETAILS_SHOWN {
+        println!(
+            "ERROR on {}: writing {} {} at version {version}: {e}",
+            node.node_id(),
+            resource.kind().namespace(),
+            resource.label()
+        );
+    }
 }
