@@ -66,6 +66,7 @@
 //! [`LoadStamp`]: market::LoadStamp
 
 mod audit;
+mod lagging;
 mod market;
 mod workload;
 
@@ -77,10 +78,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use cache_core::{CacheKey, EventBus, L2Store, Namespaces};
 use cache_edge::{EdgeCache, Observer, Stats};
+use cache_memory::MemoryBus;
 use cache_redis::{redact, RedisBus, RedisConfig, RedisL2};
 use test_support::RedisServer;
 
 use audit::NodeAudit;
+use lagging::LaggingBus;
 use market::{lock, Kind, Market, Rng};
 use workload::{read_loop, write_loop, World, Writes, CHANGES_PER_TICK, WRITE_EVERY};
 
@@ -92,8 +95,8 @@ Runs a simulated GPU marketplace (bookings, cancellations, price changes) agains
 edge nodes, announcing each change by a notification or by writing the new values with set_key,
 and audits every read: a read is stale if it returned a value older than an invalidation its
 node had applied, or than a write that had landed and that its node had issued or seen
-announced, before the read started. Exits non-zero on any stale read or any error. By default the nodes share the embedded in-process L2 and event bus; with --redis
-they run on real Redis.
+announced, before the read started. Exits non-zero on any stale read or any error. By default
+the nodes share the embedded in-process L2 and event bus; with --redis they run on real Redis.
 
 Options:
       --duration SECS  how long the workload runs [default: 5]
@@ -101,6 +104,8 @@ Options:
       --gpus N         GPUs in the market [default: 200]
       --readers N      reader tasks per node [default: 4]
       --seed N         seed of the workload's random choices [default: 42]
+      --lag MS         the last node hears every event MS milliseconds late, as a node in a
+                       distant region does; 0 for none [default: 3]
       --redis [URL]    run on Redis: every node connects its own RedisL2 and RedisBus.
                        Without URL, starts a private redis-server on a free loopback port
                        for the run and stops it afterwards (needs redis-server on PATH).
@@ -136,6 +141,8 @@ pub struct DemoArgs {
     pub readers: usize,
     /// Seed of every random choice the workload makes.
     pub seed: u64,
+    /// How late the last node hears events (with more than one node); zero for not at all.
+    pub lag: Duration,
     /// Where L2 and the bus live: `--redis [URL]`, embedded without it.
     pub backend: Backend,
     /// `--help` was given: the usage was printed and [`run`] does nothing.
@@ -150,6 +157,7 @@ impl Default for DemoArgs {
             gpus: 200,
             readers: 4,
             seed: 42,
+            lag: Duration::from_millis(3),
             backend: Backend::Embedded,
             help: false,
         }
@@ -192,7 +200,7 @@ pub fn parse(args: &[String]) -> anyhow::Result<DemoArgs> {
         }
         if !matches!(
             flag,
-            "--duration" | "--nodes" | "--gpus" | "--readers" | "--seed"
+            "--duration" | "--nodes" | "--gpus" | "--readers" | "--seed" | "--lag"
         ) {
             bail!(
                 "unknown argument `{arg}` for `cargo xtask demo` (see `cargo xtask demo --help`)"
@@ -210,6 +218,7 @@ pub fn parse(args: &[String]) -> anyhow::Result<DemoArgs> {
             "--nodes" => parsed.nodes = count(flag, text)?,
             "--gpus" => parsed.gpus = count(flag, text)?,
             "--readers" => parsed.readers = count(flag, text)?,
+            "--lag" => parsed.lag = Duration::from_millis(number(flag, text, 0)?),
             _ => parsed.seed = number(flag, text, 0)?,
         }
     }
@@ -394,6 +403,13 @@ async fn demo(args: DemoArgs, redis: Option<&RedisSetup>) -> anyhow::Result<()> 
     if let Some(RedisSetup { origin, .. }) = redis {
         println!("redis: {origin}");
     }
+    if let Some(lagging) = lagging_node(&args) {
+        println!(
+            "edge-{} hears every event {} ms late, as a node in a distant region does",
+            lagging + 1,
+            args.lag.as_millis()
+        );
+    }
     println!(
         "writer: {CHANGES_PER_TICK} changes (bookings, cancellations, price or maintenance \
          changes) every {} ms, each announced through a random node by a notification or by \
@@ -401,7 +417,13 @@ async fn demo(args: DemoArgs, redis: Option<&RedisSetup>) -> anyhow::Result<()> 
         WRITE_EVERY.as_millis()
     );
 
-    let nodes = start_nodes(args.nodes, redis.map(|r| &r.config), &world).await?;
+    let nodes = start_nodes(
+        args.nodes,
+        redis.map(|r| &r.config),
+        lagging_node(&args).map(|i| (i, args.lag)),
+        &world,
+    )
+    .await?;
     let outcome = workload(&world, &nodes, &args).await;
     for node in &nodes {
         node.cache.shutdown().await;
@@ -467,6 +489,7 @@ async fn clean_up(config: &RedisConfig) -> String {
 async fn start_nodes(
     count: usize,
     redis: Option<&RedisConfig>,
+    lagging: Option<(usize, Duration)>,
     world: &World,
 ) -> anyhow::Result<Vec<Node>> {
     let namespaces = Namespaces::defaults();
@@ -501,15 +524,19 @@ async fn start_nodes(
             .region(REGIONS[i % REGIONS.len()])
             .observer(observer);
         let built = async {
-            let builder = match redis {
-                None => builder,
+            let (builder, bus) = match redis {
+                None => (builder, MemoryBus::global() as Arc<dyn EventBus>),
                 Some(config) => {
                     let l2: Arc<dyn L2Store> = Arc::new(RedisL2::connect(config).await?);
                     let bus: Arc<dyn EventBus> = Arc::new(RedisBus::connect(config).await?);
-                    builder.l2(l2).bus(bus)
+                    (builder.l2(l2), bus)
                 }
             };
-            builder.build().await
+            let bus = match lagging {
+                Some((node, delay)) if node == i => Arc::new(LaggingBus::new(bus, delay)),
+                _ => bus,
+            };
+            builder.bus(bus).build().await
         };
         match built.await {
             Ok(cache) => nodes.push(Node { cache, audit }),
@@ -522,6 +549,12 @@ async fn start_nodes(
         }
     }
     Ok(nodes)
+}
+
+/// The node that hears events late (the last one), if `--lag` is set and there is more than one
+/// node.
+fn lagging_node(args: &DemoArgs) -> Option<usize> {
+    (args.nodes > 1 && !args.lag.is_zero()).then(|| args.nodes - 1)
 }
 
 /// One edge node and its audit.
@@ -792,6 +825,7 @@ mod tests {
             "2",
             "--seed",
             "0",
+            "--lag=0",
         ]))
         .unwrap();
         assert_eq!(
@@ -802,10 +836,16 @@ mod tests {
                 gpus: 10,
                 readers: 2,
                 seed: 0,
+                lag: Duration::ZERO,
                 backend: Backend::Embedded,
                 help: false
             }
         );
+        assert_eq!(lagging_node(&parsed), None, "one node cannot lag the fleet");
+        let lagging = |list: &[&str]| lagging_node(&parse(&args(list)).unwrap());
+        assert_eq!(lagging(&[]), Some(2), "the last of the default three");
+        assert_eq!(lagging(&["--nodes", "5", "--lag", "10"]), Some(4));
+        assert_eq!(lagging(&["--lag", "0"]), None);
         assert!(parse(&args(&["--help"])).unwrap().help);
         assert!(parse(&args(&["--nodes", "2", "-h"])).unwrap().help);
     }
