@@ -261,6 +261,18 @@ async fn setup(url: &str) -> anyhow::Result<Stores> {
         })
         .await?;
     nodes::settle(&node).await?;
+    // Every engine read directly holds the very values the node decoded (the same `Arc`s), so
+    // all of them touch the same value memory in the same places: the offers made above were
+    // allocated back to back, the node's copies among its other allocations, and reading
+    // values laid out so differently would time the heap's layout, not the hit path.
+    let mut offers = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let offer = node
+            .get_key::<Offer>(key)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{key} is not in the node's L1 after its write"))?;
+        offers.push(offer);
+    }
     let digests = data::digests(&keys);
     let quick = quick_cache::sync::Cache::new(KEYS * 2);
     let floor_ttl = quick_cache::sync::Cache::new(KEYS * 2);
