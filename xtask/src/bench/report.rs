@@ -274,9 +274,15 @@ derived once outside the timed loops (`EdgeCache::key`, then the `*_key` methods
 1. **L1 hit.** The 10,000 offers in each store; reads in one fixed pseudo-random order, batches
    of reads timed on 1 and on 2 threads, implementations taking turns, the median batch
    reported; allocations counted by a counting global allocator during the timed loop.
-   quick_cache and moka are keyed by the same 32-byte digest as edge-cache's L1; amalgam-cache
-   by the key string, both with its Redis L2 and backplane and as a memory-only cache (the
-   target is judged against the faster of the two).
+   quick_cache and moka are keyed by the same 32-byte digest as edge-cache's L1 and hold the
+   very values the edge node decoded (the same `Arc`s); amalgam-cache by the key string, both
+   with its Redis L2 and backplane and as a memory-only cache (the target is judged against the
+   faster of the two). Two floors run beside them, on quick_cache: each offer in a 32-byte slot
+   whose expiry is checked against the coarse clock on every read (what a cache that never
+   serves an entry past its TTL must add), and the same with the value type-erased and
+   downcast (what an L1 serving many value types from one store must add);
+   [performance.md](performance.md#the-floor-what-any-l1-with-edge-caches-guarantees-pays)
+   explains them.
 2. **L2 hit.** edge-cache reads `provider_status` (event-driven, not critical: no L1, so every
    read goes to Redis); the baseline is a redis-rs `GET` on a multiplexed connection plus
    `serde_json` decoding; amalgam-cache reads with its memory level skipped. One task reading
