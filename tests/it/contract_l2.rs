@@ -177,6 +177,39 @@ async fn redis_rejects_oversized_values_before_sending_and_keeps_prefixes_apart(
     let info = small.info().await.unwrap();
     assert!(info.used_memory_bytes.unwrap() > 0);
     assert!(info.connected_clients.unwrap() >= 2);
+    assert_eq!(
+        info.evicts_keys,
+        Some(false),
+        "no maxmemory: nothing is evicted"
+    );
+}
+
+/// A Redis that may evict keys when full is reported: eviction of a generation counter or a tag
+/// set would make invalidations miss entries. Only a `maxmemory` with `noeviction` is safe.
+#[tokio::test]
+async fn redis_reports_whether_it_may_evict_keys() {
+    let server =
+        RedisServer::start_with_args(&["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]);
+    let l2 = RedisL2::connect(&RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    assert_eq!(l2.info().await.unwrap().evicts_keys, Some(true));
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for (policy, evicts) in [("volatile-lru", true), ("noeviction", false)] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            l2.info().await.unwrap().evicts_keys,
+            Some(evicts),
+            "{policy}"
+        );
+    }
 }
 
 #[tokio::test]

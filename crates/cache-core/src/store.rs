@@ -327,15 +327,27 @@ pub struct L2Info {
     pub used_memory_bytes: Option<u64>,
     /// Clients connected to the store (Redis `INFO clients` `connected_clients`).
     pub connected_clients: Option<u64>,
+    /// Whether the store may evict keys when full (Redis: a `maxmemory` with any policy but
+    /// `noeviction`). Eviction is unsafe for edge-cache's bookkeeping: an evicted generation
+    /// counter starts again from 0 and can expose entries written before later invalidations,
+    /// and an evicted tag set makes an invalidation of that tag miss its entries.
+    pub evicts_keys: Option<bool>,
 }
 
 impl L2Info {
-    /// Figures as reported.
+    /// Figures as reported; [`L2Info::evicts_keys`] unknown.
     pub fn new(used_memory_bytes: Option<u64>, connected_clients: Option<u64>) -> Self {
         Self {
             used_memory_bytes,
             connected_clients,
+            evicts_keys: None,
         }
+    }
+
+    /// The same figures, with whether the store may evict keys.
+    pub fn with_evicts_keys(mut self, evicts_keys: Option<bool>) -> Self {
+        self.evicts_keys = evicts_keys;
+        self
     }
 }
 

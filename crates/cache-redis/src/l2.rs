@@ -126,7 +126,8 @@ pub struct RedisL2 {
 }
 
 impl RedisL2 {
-    /// Connects (once; reconnection afterwards is automatic).
+    /// Connects (once; reconnection afterwards is automatic). Logs a warning when the server
+    /// may evict keys (see [`L2Info::evicts_keys`]).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] for a URL that does not parse; [`ErrorKind::L2`] when Redis
@@ -134,7 +135,7 @@ impl RedisL2 {
     pub async fn connect(config: &RedisConfig) -> Result<RedisL2> {
         let client = config.client()?;
         let conn = config.connection_manager(&client, ErrorKind::L2).await?;
-        Ok(RedisL2 {
+        let l2 = RedisL2 {
             conn,
             prefix: config.prefix().to_owned(),
             max_value_bytes: config.max_value(),
@@ -147,7 +148,19 @@ impl RedisL2 {
             generations: Arc::default(),
             channel: config.channel_name().to_owned(),
             route: config.route(&client),
-        })
+        };
+        match l2.info().await {
+            Ok(info) if info.evicts_keys == Some(true) => tracing::warn!(
+                url = %l2.url,
+                "Redis may evict keys when full (maxmemory is set and maxmemory-policy is not \
+                 noeviction): an evicted generation counter or tag set can make invalidations \
+                 miss entries; set maxmemory-policy noeviction (see docs/operations.md)"
+            ),
+            Ok(_) => {}
+            // Not worth failing the connection over: some proxies refuse INFO.
+            Err(e) => tracing::debug!(url = %l2.url, error = %e, "INFO memory could not be read"),
+        }
+        Ok(l2)
     }
 
     /// `ec:{ns}:` — the start of every key of the namespace.
@@ -560,8 +573,19 @@ impl L2Store for RedisL2 {
         Ok(L2Info::new(
             info_field(&text, "used_memory"),
             info_field(&text, "connected_clients"),
-        ))
+        )
+        .with_evicts_keys(evicts_keys(&text)))
     }
+}
+
+/// Whether a Redis whose `INFO memory` reads `info` may evict keys: a `maxmemory` is set and its
+/// policy is not `noeviction`. `None` when `INFO` does not tell (a proxy that hides it).
+fn evicts_keys(info: &str) -> Option<bool> {
+    let maxmemory = info_field(info, "maxmemory")?;
+    let policy = info
+        .lines()
+        .find_map(|line| line.strip_prefix("maxmemory_policy:").map(str::trim))?;
+    Some(maxmemory > 0 && policy != "noeviction")
 }
 
 fn info_field(info: &str, name: &str) -> Option<u64> {

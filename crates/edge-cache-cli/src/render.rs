@@ -77,6 +77,7 @@ fn l2_json(target: &Target, info: cache_core::Result<L2Info>) -> Value {
         Ok(info) => {
             out.insert("used_memory_bytes".into(), json!(info.used_memory_bytes));
             out.insert("connected_clients".into(), json!(info.connected_clients));
+            out.insert("evicts_keys".into(), json!(info.evicts_keys));
         }
         Err(e) => {
             let error = crate::fail::scrub(&e.to_string(), &target.url);

@@ -20,6 +20,7 @@ fn stats_reports_redis_memory_clients_and_health() {
         .as_u64()
         .expect("clients");
     assert!(clients >= 1, "{report}");
+    assert_eq!(report["redis"]["evicts_keys"], false, "{report}");
     assert_eq!(report["redis"]["url"], redis.url());
     assert_eq!(report["redis"]["channel"], "cache_invalidation_events");
 
