@@ -285,12 +285,17 @@ impl L2Store for RedisL2 {
     async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>> {
         let namespace = key.key_namespace();
         if let Some(generation) = self.trusted_generation(namespace) {
-            // The common read: one plain GET, its reply's bytes handed on as they are.
-            let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
-            self.push_entry_key(&mut entry_key, namespace, generation, key);
+            // The common read: one plain GET, its reply's bytes handed on as they are. The key
+            // is spelled in a per-thread scratch buffer (the command copies it), so a read
+            // allocates no string of its own.
+            let mut get = redis::cmd("GET");
+            SCRATCH_KEY.with_borrow_mut(|entry_key| {
+                entry_key.clear();
+                self.push_entry_key(entry_key, namespace, generation, key);
+                get.arg(entry_key.as_str());
+            });
             let mut conn = self.conn.clone();
-            let reply: Value = redis::cmd("GET")
-                .arg(entry_key.as_str())
+            let reply: Value = get
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.fail("GET", e))?;
@@ -586,6 +591,11 @@ fn evicts_keys(info: &str) -> Option<bool> {
         .lines()
         .find_map(|line| line.strip_prefix("maxmemory_policy:").map(str::trim))?;
     Some(maxmemory > 0 && policy != "noeviction")
+}
+
+thread_local! {
+    /// Where the hot paths spell an entry's key before a command copies it.
+    static SCRATCH_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 fn info_field(info: &str, name: &str) -> Option<u64> {
