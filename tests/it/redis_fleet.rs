@@ -282,7 +282,8 @@ async fn multi_key_reads_writes_and_notifications_take_one_command_each() {
 
     // A write and its announcement are one round trip too: the first after the notification
     // (which made the node forget the namespace's generation) is a script, which tells the
-    // node the generation; the next is a plain pipelined SET + PUBLISH under it.
+    // node the generation; the next is a plain SET under it, pipelined with a small script that
+    // publishes only if that generation is still current.
     let key = a
         .key("gpu_availability", &json!({"gpu_id": "g-9"}))
         .unwrap();
@@ -305,8 +306,12 @@ async fn multi_key_reads_writes_and_notifications_take_one_command_each() {
     a.set_key(&key, &"booked".to_string(), SetOptions::new())
         .await
         .unwrap();
-    assert_eq!(calls(&server, "evalsha").await - scripts, 0);
-    assert_eq!(calls(&server, "set").await - sets, 1);
+    assert_eq!(
+        calls(&server, "evalsha").await - scripts,
+        1,
+        "publish if current"
+    );
+    assert_eq!(calls(&server, "set").await - sets, 1, "a plain SET");
     assert_eq!(calls(&server, "publish").await - publishes, 1);
     let b = node(&config, "b").await;
     assert_eq!(
@@ -483,9 +488,10 @@ async fn the_generation_is_trusted_only_when_invalidations_reach_the_node() {
 
 /// A write that races an invalidation of its namespace: the writer still knows the old
 /// generation (the invalidation's event has not reached it), so its plain SET lands under the
-/// dead generation. The GET in the same round trip shows the invalidation came first, so the
-/// write must land after it: the dead entry is deleted, the generation forgotten, and the write
-/// made again under the current generation, where readers see it.
+/// dead generation. The generation read back in the same round trip shows the invalidation came
+/// first, so the write must land after it: the dead entry is deleted, the generation forgotten,
+/// and the write made again under the current generation, where readers see it. It is
+/// announced once, after its value landed: never for the copy no reader can see.
 #[tokio::test]
 async fn a_write_racing_a_namespace_invalidation_lands_after_it() {
     use cache_core::{CacheKey, L2Write};
@@ -496,7 +502,11 @@ async fn a_write_racing_a_namespace_invalidation_lands_after_it() {
     // The writer hears every invalidation (so it trusts the generation it remembers)...
     writer.invalidation_feed(1, 0);
     let key = CacheKey::derive("gpu_avail", &json!({"gpu_id": "g-1"})).unwrap();
-    let write = |value: &str| L2Write::new(key.clone(), value.as_bytes().to_vec(), DEADLINE);
+    // Every write is announced, as a node's are when its bus shares L2's route.
+    let write = |value: &str| {
+        L2Write::new(key.clone(), value.as_bytes().to_vec(), DEADLINE)
+            .announce(format!("wrote {value}").into_bytes())
+    };
     // ...and learns it from its first write (a script).
     assert!(writer.set(write("old")).await.unwrap());
     // Another node invalidates the namespace, then writes the key under the new generation; the
@@ -506,24 +516,23 @@ async fn a_write_racing_a_namespace_invalidation_lands_after_it() {
         .set(write("older than the racing write"))
         .await
         .unwrap());
-    let (sets, scripts, dels) = (
-        calls(&server, "set").await,
-        calls(&server, "evalsha").await,
-        calls(&server, "del").await,
-    );
+    let before = commands(&server).await;
     assert!(
         writer.set(write("racing")).await.unwrap(),
         "the write lands"
     );
     assert_eq!(
-        (
-            calls(&server, "set").await - sets,
-            calls(&server, "evalsha").await - scripts,
-            calls(&server, "del").await - dels,
-        ),
-        (2, 1, 1),
-        "the plain SET under the generation the writer remembered, its deletion, and the write \
-         again by the script (whose own SET Redis counts too) under the current generation"
+        commands(&server).await.since(&before),
+        Commands {
+            set: 2,
+            evalsha: 2,
+            del: 1,
+            publish: 1
+        },
+        "the plain SET under the generation the writer remembered and the publish-if-current \
+         script (which finds the generation moved and publishes nothing); the SET's deletion; \
+         the write again by the SET script under the current generation (its own SET and \
+         PUBLISH counted too): one announcement, after the value landed"
     );
     assert_eq!(
         other.get(&key).await.unwrap().map(|e| e.bytes),
@@ -531,19 +540,91 @@ async fn a_write_racing_a_namespace_invalidation_lands_after_it() {
         "the later write is served, not the one it raced"
     );
     // The script told the writer the current generation: its next write is plain again.
-    let (sets, scripts) = (calls(&server, "set").await, calls(&server, "evalsha").await);
+    let before = commands(&server).await;
     assert!(writer.set(write("after")).await.unwrap());
     assert_eq!(
-        (
-            calls(&server, "set").await - sets,
-            calls(&server, "evalsha").await - scripts
-        ),
-        (1, 0)
+        commands(&server).await.since(&before),
+        Commands {
+            set: 1,
+            evalsha: 1,
+            del: 0,
+            publish: 1
+        },
+        "a plain SET, and the publish-if-current script publishing"
     );
     assert_eq!(
         other.get(&key).await.unwrap().map(|e| e.bytes),
         Some(b"after".to_vec())
     );
+}
+
+/// A Redis that has lost its scripts (restarted, or `SCRIPT FLUSH`) answers the pipelined
+/// publish-if-current script with `NOSCRIPT`: the write loads it and goes through, announced.
+#[tokio::test]
+async fn a_plain_write_reloads_its_script_when_redis_lost_it() {
+    use cache_core::{CacheKey, L2Write};
+    let server = RedisServer::start();
+    let config = config(&server);
+    let writer = RedisL2::connect(&config).await.unwrap();
+    writer.invalidation_feed(1, 0);
+    let key = CacheKey::derive("gpu_avail", &json!({"gpu_id": "g-1"})).unwrap();
+    let write = |value: &str| {
+        L2Write::new(key.clone(), value.as_bytes().to_vec(), DEADLINE)
+            .announce(value.as_bytes().to_vec())
+    };
+    assert!(writer.set(write("first")).await.unwrap());
+    assert!(
+        writer.set(write("second")).await.unwrap(),
+        "plain, script loaded"
+    );
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let before = commands(&server).await;
+    assert!(writer.set(write("third")).await.unwrap());
+    let done = commands(&server).await.since(&before);
+    assert_eq!(
+        (done.set, done.publish),
+        (2, 1),
+        "the SET sent twice (the pipeline again once the script was loaded), announced once"
+    );
+    assert_eq!(
+        writer.get(&key).await.unwrap().map(|e| e.bytes),
+        Some(b"third".to_vec())
+    );
+}
+
+/// Calls of the commands a write makes, from `INFO commandstats`.
+#[derive(Debug, PartialEq, Eq)]
+struct Commands {
+    set: u64,
+    evalsha: u64,
+    del: u64,
+    publish: u64,
+}
+
+impl Commands {
+    fn since(&self, before: &Commands) -> Commands {
+        Commands {
+            set: self.set - before.set,
+            evalsha: self.evalsha - before.evalsha,
+            del: self.del - before.del,
+            publish: self.publish - before.publish,
+        }
+    }
+}
+
+async fn commands(server: &RedisServer) -> Commands {
+    Commands {
+        set: calls(server, "set").await,
+        evalsha: calls(server, "evalsha").await,
+        del: calls(server, "del").await,
+        publish: calls(server, "publish").await,
+    }
 }
 
 /// A Redis that restarts empty starts every generation again from 0. A node that has not yet
@@ -688,20 +769,20 @@ async fn a_write_from_a_node_behind_an_invalidation_is_not_lost() {
         .unwrap();
     assert_eq!(*loaded, "old");
 
-    // The source changes again, and the writer writes the new value: the pipelined write under
-    // the dead generation, its announcement, then the write again under the current one, with
-    // an announcement of its own.
+    // The source changes again, and the writer writes the new value: the plain write under the
+    // dead generation (not announced: the generation moved), then the write again under the
+    // current one, announced.
     writer
         .set_key(&key, &"new".to_owned(), SetOptions::new())
         .await
         .unwrap();
-    applied(&reader, 4).await;
+    applied(&reader, 3).await;
     let on_reader = avail(&reader, "g-1").await;
 
     // The writer catches up with the invalidation, which drops its own copy of "new", and with
-    // its own two announcements.
+    // its own announcement.
     gate.send_replace(true);
-    received(&writer, 4).await;
+    received(&writer, 3).await;
     assert_eq!(
         writer.stats().events_applied,
         1,

@@ -19,12 +19,14 @@
 //! plain `GET`/`MGET` of the entries while the generation it remembers is trusted (the node hears
 //! every invalidation). Fills, tagged writes, deletes and tag invalidations are Lua scripts, so
 //! checking and writing is atomic and one round trip. An untagged write under a trusted
-//! generation is a pipelined `GET` of the generation, `SET` and `PUBLISH`, much as a hand-rolled
-//! cache would send it. Should the `GET` show another generation (an invalidation of the
-//! namespace this node has not applied yet, or a Redis that restarted empty), the write went
-//! where no reader looks, or where one would look once the generation climbs back to it: the
-//! entry is deleted at once and the write made again by the script, under the current
-//! generation, since it came after that invalidation and must outlive it. An entry's envelope
+//! generation is a plain `SET`, pipelined with a small script that reads the generation and
+//! publishes the write's event only if it is still the one written under, much as a
+//! hand-rolled cache would send `SET` + `PUBLISH`. Should the generation have moved (an
+//! invalidation of the namespace this node has not applied yet, or a Redis that restarted
+//! empty), the write went where no reader looks, or where one would look once the generation
+//! climbs back to it, and nothing was announced: the entry is deleted at once and the write made
+//! again by the SET script, under the current generation and announced, since it came after
+//! that invalidation and must outlive it. An entry's envelope
 //! carries its tags and its writer's expiry time, from which a reader computes the remaining
 //! lifetime less [`CLOCK_SKEW_MARGIN`].
 
@@ -70,6 +72,16 @@ for i = 9, #ARGV do
 end
 if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
 return {1, g}
+";
+
+/// The announcement of a plain `SET` made under a remembered generation: publishes only if that
+/// generation is still the namespace's, so an event never goes out for a write made where no
+/// reader looks. ARGV: the generation written under, channel, event. Returns the namespace's
+/// generation.
+const PUBLISH_IF_CURRENT: &str = r"
+local g = redis.call('GET', KEYS[1] .. 'g') or '0'
+if g == ARGV[1] then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return g
 ";
 
 /// KEYS: the namespaces' prefixes; ARGV: channel ('' for none), event.
@@ -118,6 +130,7 @@ pub struct RedisL2 {
     delete: Script,
     invalidate_tag: Script,
     invalidate_namespaces: Script,
+    publish_if_current: Script,
     /// The last generation seen per namespace, the assumption reads start from.
     generations: Arc<Generations>,
     /// The channel events are announced on, and its route (server address + channel).
@@ -145,10 +158,17 @@ impl RedisL2 {
             delete: Script::new(DELETE),
             invalidate_tag: Script::new(INVALIDATE_TAG),
             invalidate_namespaces: Script::new(INVALIDATE_NAMESPACES),
+            publish_if_current: Script::new(PUBLISH_IF_CURRENT),
             generations: Arc::default(),
             channel: config.channel_name().to_owned(),
             route: config.route(&client),
         };
+        // Loaded now so the first plain write does not meet NOSCRIPT (which it survives: it
+        // loads the script then, as after a Redis restart).
+        let mut conn = l2.conn.clone();
+        if let Err(e) = l2.publish_if_current.load_async(&mut conn).await {
+            tracing::debug!(url = %l2.url, error = %e, "SCRIPT LOAD failed; loaded on first use");
+        }
         match l2.info().await {
             Ok(info) if info.evicts_keys == Some(true) => tracing::warn!(
                 url = %l2.url,
@@ -195,6 +215,55 @@ impl RedisL2 {
         self.push_ns_prefix(out, key_namespace);
         let _ = write!(out, "{generation}:");
         key.digest().push_hex(out);
+    }
+
+    /// The fast write: a plain `SET` of `entry_key` (under `generation`) and, pipelined after it,
+    /// the namespace's generation read back, by the publish-if-current script when there is an
+    /// announcement (loaded first if Redis does not have it). Returns the generation read.
+    #[allow(clippy::too_many_arguments)]
+    async fn plain_set(
+        &self,
+        conn: &mut ConnectionManager,
+        namespace: &str,
+        generation: u64,
+        entry_key: &str,
+        envelope: &[u8],
+        ttl_ms: u64,
+        announce: &Option<Vec<u8>>,
+    ) -> Result<u64> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(entry_key)
+            .arg(envelope)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore();
+        let mut invocation;
+        match announce {
+            Some(event) => {
+                invocation = self.publish_if_current.key(self.ns_prefix(namespace));
+                invocation.arg(generation).arg(&self.channel).arg(event);
+                pipe.invoke_script(&invocation);
+            }
+            None => {
+                pipe.cmd("GET").arg(self.generation_key(namespace));
+            }
+        }
+        let reply: redis::RedisResult<(Option<u64>,)> = pipe.query_async(conn).await;
+        let (current,) = match reply {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // A Redis that restarted (or flushed its scripts) since the script was last
+                // loaded: load it and send the pipeline again (the SET is idempotent).
+                self.publish_if_current
+                    .load_async(conn)
+                    .await
+                    .map_err(|e| self.fail("SCRIPT LOAD", e))?;
+                pipe.query_async(conn).await
+            }
+            other => other,
+        }
+        .map_err(|e| self.fail("SET", e))?;
+        Ok(current.unwrap_or(0))
     }
 
     /// The channel and event to pass a script: empty for none.
@@ -398,41 +467,36 @@ impl L2Store for RedisL2 {
         let mut conn = self.conn.clone();
         if write.fence.is_none() && write.tags.is_empty() {
             if let Some(generation) = self.trusted_generation(namespace) {
-                // The common write, as a raw client would send it: SET, then PUBLISH, pipelined
-                // (one round trip; the event still follows the change), with a GET of the
-                // generation in front. No script, so Redis does little more than for a
-                // hand-rolled cache.
+                // The common write, much as a raw client would send it: a plain SET, then its
+                // announcement, pipelined (one round trip; the event follows the change). No
+                // script writes, so Redis does little more than for a hand-rolled cache.
                 //
                 // The generation is current unless something moved it that this node has not
                 // applied yet: an invalidation of the namespace on its way here, or a Redis that
-                // restarted empty (its generations start again from 0). The GET tells. On a
-                // mismatch the write went under a generation no reader uses (or one the
-                // namespace would reach again one day and expose it): it is deleted at once, the
-                // generation forgotten, and the write made again by the script below, under the
-                // current generation. It must not be dropped: the GET proves the invalidation
-                // came first, and other nodes may have written or filled the key under the new
-                // generation since, with values older than this one. The script announces the
-                // write again, so a node that re-read the key after the first announcement
-                // drops that copy too.
+                // restarted empty (its generations start again from 0). The pipeline reads the
+                // generation after the SET: with an announcement, a small script publishes it
+                // only if the generation is still the one written under (an event must never
+                // go out before its value can be read); without, a plain GET. On a mismatch the
+                // write went under a generation no reader uses (or one the namespace would
+                // reach again one day and expose it): it is deleted at once, the generation
+                // forgotten, and the write made again by the SET script below, under the
+                // current generation, with its announcement. It must not be dropped: the
+                // mismatch proves the invalidation came first, and other nodes may have written
+                // or filled the key under the new generation since, with older values.
                 let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
                 self.push_entry_key(&mut entry_key, namespace, generation, &write.key);
-                let generation_key = self.generation_key(namespace);
-                let mut pipe = redis::pipe();
-                pipe.cmd("GET").arg(generation_key.as_str());
-                pipe.cmd("SET")
-                    .arg(entry_key.as_str())
-                    .arg(envelope.as_slice())
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .ignore();
-                if let Some(event) = &write.announce {
-                    pipe.cmd("PUBLISH").arg(&self.channel).arg(event).ignore();
-                }
-                let (current,): (Option<u64>,) = pipe
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.fail("SET", e))?;
-                if current.unwrap_or(0) == generation {
+                let current = self
+                    .plain_set(
+                        &mut conn,
+                        namespace,
+                        generation,
+                        &entry_key,
+                        &envelope,
+                        ttl_ms,
+                        &write.announce,
+                    )
+                    .await?;
+                if current == generation {
                     return Ok(true);
                 }
                 self.generations.forget(Some(namespace));
