@@ -444,19 +444,28 @@ impl<C: Codec> EdgeCache<C> {
         if announced_by_l2 {
             inner.counters.events_published.add(1);
         }
-        if let Some((l1, copy)) = l1_copy {
-            // Bumping the epoch keeps any fill that started before this write from landing
-            // on top of it.
-            let _gate = ns
-                .gate
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            ns.epoch.fetch_add(1, SeqCst);
-            l1.insert(
-                *key.digest(),
-                L1Entry::new(copy, inner.clock.now().saturating_add(ttl), len64(&bytes)),
-                &tags,
-            );
+        match l1_copy {
+            Some((l1, copy)) => {
+                // Bumping the epoch keeps any fill that started before this write from landing
+                // on top of it.
+                let _gate = ns
+                    .gate
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                ns.epoch.fetch_add(1, SeqCst);
+                l1.insert(
+                    *key.digest(),
+                    L1Entry::new(copy, inner.clock.now().saturating_add(ttl), len64(&bytes)),
+                    &tags,
+                );
+            }
+            // No copy (L1 was bypassed when the write began: the bus was down). The bus may
+            // be back by now, and a read since may have found the previous value in L2 and be
+            // about to back-fill it: fence it and drop whatever it left, as the copy would.
+            None if ns.l1.is_some() => inner.drop_l1(ns, |l1| {
+                l1.remove(key.digest());
+            }),
+            None => {}
         }
         inner.counters.sets.add(1);
         match event {
@@ -1115,19 +1124,28 @@ impl<C: Codec> Inner<C> {
             return self.issue(event, l2).await;
         }
         let result = change(Some(event.encode())).await;
-        self.apply(event);
         match result {
             Ok(()) => {
+                self.apply(event);
                 self.counters.events_published.add(1);
                 Ok(())
             }
-            Err(e) => Err(self.l2_failed(what, e)),
+            Err(e) => {
+                self.apply_to_l1(event);
+                Err(self.l2_failed(what, e))
+            }
         }
     }
 
-    /// Applies an event this node issued, then publishes it; reports the first failure.
+    /// Applies an event this node issued, then publishes it; reports the first failure. After
+    /// a failed L2 change the event is applied to L1 but not reported as applied (see
+    /// [`Inner::apply_to_l1`]).
     async fn issue(&self, event: &Event, l2_result: Result<()>) -> Result<()> {
-        self.apply(event);
+        if l2_result.is_ok() {
+            self.apply(event);
+        } else {
+            self.apply_to_l1(event);
+        }
         let published = self.publish(event).await;
         l2_result.and(published)
     }
@@ -1148,6 +1166,23 @@ impl<C: Codec> Inner<C> {
 
     /// Applies an event to L1 (never to L2: the issuer did that once).
     pub(crate) fn apply(&self, event: &Event) {
+        self.apply_to_l1(event);
+        let now = self.clock.now();
+        self.counters.events_applied.add(1);
+        self.counters
+            .last_event_nanos
+            .store(now.as_nanos().max(1), Relaxed);
+        let lag = now.saturating_since(cache_core::Timestamp::from_secs_f64(event.timestamp));
+        self.observer.on_event_applied(event, lag);
+    }
+
+    /// What [`Inner::apply`] does to this node's L1 and remembered generations, without
+    /// counting the event as applied or telling the observer: for an event this node issued
+    /// whose L2 change failed. The node still drops what the event names (it must not go on
+    /// serving copies the failed invalidation meant to remove), but the invalidation is not in
+    /// effect (L2 may still hold older values, and reads here may return them), so it is not
+    /// reported as applied.
+    fn apply_to_l1(&self, event: &Event) {
         // A newer format than ours may mean things we cannot interpret: drop whole namespaces.
         let conservative = event.version > cache_core::FORMAT_VERSION;
         for name in &event.affected_namespaces {
@@ -1184,13 +1219,6 @@ impl<C: Codec> Inner<C> {
                 }
             }
         }
-        let now = self.clock.now();
-        self.counters.events_applied.add(1);
-        self.counters
-            .last_event_nanos
-            .store(now.as_nanos().max(1), Relaxed);
-        let lag = now.saturating_since(cache_core::Timestamp::from_secs_f64(event.timestamp));
-        self.observer.on_event_applied(event, lag);
     }
 
     fn drop_l1(&self, ns: &NsState, remove: impl FnOnce(&dyn L1Store)) {

@@ -12,6 +12,10 @@ pub trait Observer: Send + Sync {
     /// An event was applied to this node's L1: either one received from another node, or one
     /// this node issued (applied before it is published). `lag` is how long after the event's
     /// timestamp it was applied.
+    ///
+    /// An event this node issued whose L2 change failed (the call returned an error) is not
+    /// reported: the node still drops what it names from its L1, but the invalidation is not in
+    /// effect, and reads here may return what L2 still holds.
     fn on_event_applied(&self, event: &Event, lag: Duration) {
         let _ = (event, lag);
     }

@@ -89,6 +89,68 @@ async fn an_unfenced_write_that_l2_did_not_store_is_an_error() {
     node.shutdown().await;
 }
 
+/// Records every event reported as applied.
+#[derive(Default)]
+struct Applied(std::sync::Mutex<Vec<String>>);
+
+impl cache_edge::Observer for Applied {
+    fn on_event_applied(&self, event: &cache_core::Event, _lag: std::time::Duration) {
+        self.0.lock().unwrap().push(event.event_id.clone());
+    }
+}
+
+/// A notification whose L2 invalidation fails: the call reports it, the node drops the copies
+/// the invalidation meant to remove (it must not go on serving them), but does not count or
+/// report the event as applied, since the invalidation is not in effect (L2 still holds what it
+/// held).
+#[tokio::test]
+async fn a_notification_whose_l2_invalidation_fails_drops_l1_but_is_not_applied() {
+    let fleet = Fleet::new();
+    let mut l2 = MockL2Store::new();
+    l2.expect_set().returning(|_| Ok(true));
+    l2.expect_invalidate_namespaces()
+        .times(1)
+        .returning(|_, _| Err(l2_down()));
+    l2.expect_get().times(1).returning(|_| Ok(None));
+    l2.expect_namespace_invalidated().return_const(());
+    l2.expect_announce_route().return_const(None);
+    l2.expect_invalidation_feed().return_const(());
+    let applied = Arc::new(Applied::default());
+    let observer: Arc<dyn cache_edge::Observer> = applied.clone();
+    let node = fleet
+        .builder("a")
+        .l2(Arc::new(l2))
+        .observer(observer)
+        .build()
+        .await
+        .unwrap();
+    let key = node
+        .key("gpu_availability", &json!({"gpu_id": "g"}))
+        .unwrap();
+    node.set_key(&key, &"held".to_string(), cache_edge::SetOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        node.get_key::<String>(&key).await.unwrap().as_deref(),
+        Some(&"held".to_string()),
+        "from L1"
+    );
+
+    let err = node
+        .notify(Notification::gpu_availability_changed("g", "booked"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::L2);
+    assert_eq!(
+        node.get_key::<String>(&key).await.unwrap(),
+        None,
+        "L1 dropped its copy: the read went to L2"
+    );
+    assert_eq!(node.stats().events_applied, 0);
+    assert!(applied.0.lock().unwrap().is_empty(), "nothing reported");
+    node.shutdown().await;
+}
+
 /// A subscription that yields `Connected` and then whatever the test sends.
 struct Scripted(mpsc::UnboundedReceiver<BusItem>);
 
@@ -148,26 +210,61 @@ async fn a_bus_that_cannot_publish_is_reported_and_the_write_still_lands() {
     node.shutdown().await;
 }
 
-/// An L2 whose next `get` waits until the test opens the gate, to force an interleaving.
+/// An L2 whose first `get` or `set` waits until the test opens the gate, to force an
+/// interleaving.
 struct GatedL2 {
     inner: Arc<MemoryL2>,
+    /// Which call waits at the gate: the first `get` (after reading), or the first `set`
+    /// (before writing).
+    gated: Gated,
     reached: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     gate: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
-#[async_trait]
-impl L2Store for GatedL2 {
-    async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>> {
-        let read = self.inner.get(key).await;
+#[derive(PartialEq, Eq)]
+enum Gated {
+    Get,
+    Set,
+}
+
+impl GatedL2 {
+    /// The store over `inner` whose first `gated` call signals `reached` and waits for `gate`.
+    fn new(
+        inner: Arc<MemoryL2>,
+        gated: Gated,
+        reached: tokio::sync::oneshot::Sender<()>,
+        gate: tokio::sync::oneshot::Receiver<()>,
+    ) -> Self {
+        Self {
+            inner,
+            gated,
+            reached: Mutex::new(Some(reached)),
+            gate: Mutex::new(Some(gate)),
+        }
+    }
+
+    async fn wait_at_gate(&self, call: Gated) {
+        if call != self.gated {
+            return;
+        }
         if let Some(reached) = self.reached.lock().await.take() {
             let _ = reached.send(());
             if let Some(gate) = self.gate.lock().await.take() {
                 let _ = gate.await;
             }
         }
+    }
+}
+
+#[async_trait]
+impl L2Store for GatedL2 {
+    async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>> {
+        let read = self.inner.get(key).await;
+        self.wait_at_gate(Gated::Get).await;
         read
     }
     async fn set(&self, write: L2Write) -> Result<bool> {
+        self.wait_at_gate(Gated::Set).await;
         self.inner.set(write).await
     }
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
@@ -195,11 +292,12 @@ async fn a_backfill_that_raced_an_invalidation_is_not_kept() {
 
     let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
     let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
-    let gated = Arc::new(GatedL2 {
-        inner: fleet.l2.clone(),
-        reached: Mutex::new(Some(reached_tx)),
-        gate: Mutex::new(Some(gate_rx)),
-    });
+    let gated = Arc::new(GatedL2::new(
+        fleet.l2.clone(),
+        Gated::Get,
+        reached_tx,
+        gate_rx,
+    ));
     let b: EdgeCache = fleet.builder("b").l2(gated).build().await.unwrap();
     let read = b.get::<String, _>("gpu_availability", &p);
     let booking = async {
@@ -224,6 +322,64 @@ async fn a_backfill_that_raced_an_invalidation_is_not_kept() {
         .unwrap()
         .is_none());
     assert_eq!(b.stats().l1_hits, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A write made while the bus is down keeps no L1 copy (L1 is bypassed then). If the bus comes
+/// back while the write is on its way to L2, a read that starts then may still find the old
+/// value in L2 and back-fill it; the write must fence that fill as a write with a copy does, or
+/// the node would go on serving the old value from L1 after its own write returned.
+#[tokio::test]
+async fn a_write_made_while_the_bus_was_down_fences_fills_racing_it() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let p = json!({"gpu_id": "g-1"});
+    a.set("gpu_availability", &p, &"old".to_string())
+        .await
+        .unwrap();
+    let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
+    let gated = Arc::new(GatedL2::new(
+        fleet.l2.clone(),
+        Gated::Set,
+        reached_tx,
+        gate_rx,
+    ));
+    let b: EdgeCache = fleet.builder("b").l2(gated).build().await.unwrap();
+    crate::support::eventually("b is subscribed", || {
+        b.stats().resyncs == 0 && fleet.bus.subscriber_count() == 2
+    })
+    .await;
+    fleet.bus.disconnect();
+    crate::support::eventually("b sees the disconnect", || b.stats().resyncs == 1).await;
+
+    let new = "new".to_string();
+    let write = b.set("gpu_availability", &p, &new);
+    let race = async {
+        reached_rx.await.unwrap(); // b's write is on its way to L2
+        fleet.bus.reconnect();
+        crate::support::eventually("b resubscribes", || b.stats().resyncs == 2).await;
+        let read = b.get::<String, _>("gpu_availability", &p).await.unwrap();
+        gate_tx.send(()).unwrap();
+        read
+    };
+    let (written, raced) = within(async { tokio::join!(write, race) }).await;
+    written.unwrap();
+    assert_eq!(
+        raced.as_deref().map(String::as_str),
+        Some("old"),
+        "the racing read itself may return the old value"
+    );
+    assert_eq!(
+        b.get::<String, _>("gpu_availability", &p)
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some("new"),
+        "a read after the write returned sees it"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
