@@ -594,8 +594,10 @@ impl<C: Codec> EdgeCache<C> {
     /// Drops every entry of `namespace` from this node's L1 and from L2, and tells the fleet.
     ///
     /// # Errors
-    /// [`ErrorKind::UnknownNamespace`]; [`ErrorKind::L2`] or [`ErrorKind::Bus`] when that step
-    /// failed (the other steps were still done).
+    /// [`ErrorKind::UnknownNamespace`]; [`ErrorKind::L2`] when L2 could not be changed: this
+    /// node's L1 is still dropped, but nothing is announced (other nodes would otherwise count
+    /// an invalidation as done and read back what L2 still holds), so issue it again;
+    /// [`ErrorKind::Bus`] when L2 changed but the announcement failed.
     pub async fn invalidate_namespace(&self, namespace: &str, reason: &str) -> Result<()> {
         let inner = &*self.inner;
         inner.check_open()?;
@@ -672,8 +674,8 @@ impl<C: Codec> EdgeCache<C> {
     /// event as published.
     ///
     /// # Errors
-    /// [`ErrorKind::L2`] or [`ErrorKind::Bus`] when that step failed (the other steps were still
-    /// done; this node's L1 is always cleared).
+    /// As [`EdgeCache::invalidate_namespace`]: on [`ErrorKind::L2`] nothing is announced (this
+    /// node's L1 is still cleared); issue the notification again.
     pub async fn notify(&self, notification: Notification) -> Result<Event> {
         let inner = &*self.inner;
         inner.check_open()?;
@@ -1137,17 +1139,19 @@ impl<C: Codec> Inner<C> {
         }
     }
 
-    /// Applies an event this node issued, then publishes it; reports the first failure. After
-    /// a failed L2 change the event is applied to L1 but not reported as applied (see
-    /// [`Inner::apply_to_l1`]).
+    /// Applies an event this node issued, then publishes it; reports the first failure.
+    ///
+    /// After a failed L2 change the event is applied to this node's L1 only (see
+    /// [`Inner::apply_to_l1`]) and not published: L2 may still hold what the event says is
+    /// gone, and a node that applied it would read that back while counting the invalidation
+    /// as done. The caller has the error and can issue it again.
     async fn issue(&self, event: &Event, l2_result: Result<()>) -> Result<()> {
-        if l2_result.is_ok() {
-            self.apply(event);
-        } else {
+        if let Err(e) = l2_result {
             self.apply_to_l1(event);
+            return Err(e);
         }
-        let published = self.publish(event).await;
-        l2_result.and(published)
+        self.apply(event);
+        self.publish(event).await
     }
 
     async fn publish(&self, event: &Event) -> Result<()> {

@@ -100,9 +100,9 @@ impl cache_edge::Observer for Applied {
 }
 
 /// A notification whose L2 invalidation fails: the call reports it, the node drops the copies
-/// the invalidation meant to remove (it must not go on serving them), but does not count or
-/// report the event as applied, since the invalidation is not in effect (L2 still holds what it
-/// held).
+/// the invalidation meant to remove (it must not go on serving them), but neither counts nor
+/// reports the event as applied, nor announces it, since the invalidation is not in effect (L2
+/// still holds what it held).
 #[tokio::test]
 async fn a_notification_whose_l2_invalidation_fails_drops_l1_but_is_not_applied() {
     let fleet = Fleet::new();
@@ -136,11 +136,17 @@ async fn a_notification_whose_l2_invalidation_fails_drops_l1_but_is_not_applied(
         "from L1"
     );
 
+    let published = fleet.bus.published();
     let err = node
         .notify(Notification::gpu_availability_changed("g", "booked"))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::L2);
+    assert_eq!(
+        fleet.bus.published(),
+        published,
+        "not announced: other nodes would count it as done and read back what L2 still holds"
+    );
     assert_eq!(
         node.get_key::<String>(&key).await.unwrap(),
         None,
