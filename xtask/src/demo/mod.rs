@@ -66,6 +66,7 @@
 //! [`LoadStamp`]: market::LoadStamp
 
 mod audit;
+mod chaos;
 mod lagging;
 mod market;
 mod workload;
@@ -106,6 +107,11 @@ Options:
       --seed N         seed of the workload's random choices [default: 42]
       --lag MS         the last node hears every event MS milliseconds late, as a node in a
                        distant region does; 0 for none [default: 3]
+      --chaos          inject faults every 250 ms: on the private redis-server, kill its
+                       subscriber and command connections by turns (CLIENT KILL); embedded,
+                       take the bus and L2 away for 20 ms by turns. Failed calls are then
+                       expected and reported; only stale reads fail the run. Not with
+                       --redis URL (it would kill other clients of that server)
       --redis [URL]    run on Redis: every node connects its own RedisL2 and RedisBus.
                        Without URL, starts a private redis-server on a free loopback port
                        for the run and stops it afterwards (needs redis-server on PATH).
@@ -143,6 +149,8 @@ pub struct DemoArgs {
     pub seed: u64,
     /// How late the last node hears events (with more than one node); zero for not at all.
     pub lag: Duration,
+    /// Inject faults while the workload runs (see [`chaos`]).
+    pub chaos: bool,
     /// Where L2 and the bus live: `--redis [URL]`, embedded without it.
     pub backend: Backend,
     /// `--help` was given: the usage was printed and [`run`] does nothing.
@@ -158,6 +166,7 @@ impl Default for DemoArgs {
             readers: 4,
             seed: 42,
             lag: Duration::from_millis(3),
+            chaos: false,
             backend: Backend::Embedded,
             help: false,
         }
@@ -184,6 +193,10 @@ pub fn parse(args: &[String]) -> anyhow::Result<DemoArgs> {
             print!("{USAGE}");
             parsed.help = true;
             return Ok(parsed);
+        }
+        if flag == "--chaos" && inline.is_none() {
+            parsed.chaos = true;
+            continue;
         }
         if flag == "--redis" {
             let url = match inline {
@@ -221,6 +234,12 @@ pub fn parse(args: &[String]) -> anyhow::Result<DemoArgs> {
             "--lag" => parsed.lag = Duration::from_millis(number(flag, text, 0)?),
             _ => parsed.seed = number(flag, text, 0)?,
         }
+    }
+    if parsed.chaos && matches!(parsed.backend, Backend::Redis(_)) {
+        bail!(
+            "`--chaos` kills the server's client connections: use it with the private server \
+             (`--redis` without a URL) or the embedded backends, not with `--redis URL`"
+        );
     }
     Ok(parsed)
 }
@@ -403,6 +422,17 @@ async fn demo(args: DemoArgs, redis: Option<&RedisSetup>) -> anyhow::Result<()> 
     if let Some(RedisSetup { origin, .. }) = redis {
         println!("redis: {origin}");
     }
+    if args.chaos {
+        println!(
+            "chaos: a fault every {} ms ({})",
+            chaos::EVERY.as_millis(),
+            if redis.is_some() {
+                "CLIENT KILL of the subscribers, then of the command connections"
+            } else {
+                "the bus, then L2, away for 20 ms"
+            }
+        );
+    }
     if let Some(lagging) = lagging_node(&args) {
         println!(
             "edge-{} hears every event {} ms late, as a node in a distant region does",
@@ -424,7 +454,20 @@ async fn demo(args: DemoArgs, redis: Option<&RedisSetup>) -> anyhow::Result<()> 
         &world,
     )
     .await?;
-    let outcome = workload(&world, &nodes, &args).await;
+    let chaos = match (args.chaos, redis) {
+        (false, _) => None,
+        (true, None) => Some(chaos::Target::Embedded),
+        (true, Some(setup)) => {
+            let client =
+                redis::Client::open(setup.config.url()).context("the chaos task's connection")?;
+            let conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .context("the chaos task cannot connect to Redis")?;
+            Some(chaos::Target::Redis(conn))
+        }
+    };
+    let outcome = workload(&world, &nodes, &args, chaos).await;
     for node in &nodes {
         node.cache.shutdown().await;
     }
@@ -578,12 +621,26 @@ struct Outcome {
     stale_finished: u64,
     /// Stale reads served by a value the writer wrote.
     stale_written: u64,
+    /// What `--chaos` injected, and whether on Redis.
+    chaos: Option<(chaos::Injected, bool)>,
 }
 
 /// Runs the readers and the writer for `args.duration`, printing progress once per second, then
 /// waits (bounded) for every node to apply every event.
-async fn workload(world: &Arc<World>, nodes: &[Node], args: &DemoArgs) -> anyhow::Result<Outcome> {
+async fn workload(
+    world: &Arc<World>,
+    nodes: &[Node],
+    args: &DemoArgs,
+    chaos: Option<chaos::Target>,
+) -> anyhow::Result<Outcome> {
     let started = Instant::now();
+    let chaos = chaos.map(|target| {
+        let on_redis = matches!(target, chaos::Target::Redis(_));
+        (
+            on_redis,
+            tokio::spawn(chaos::chaos_loop(Arc::clone(world), target)),
+        )
+    });
     let mut readers = Vec::with_capacity(nodes.len() * args.readers);
     for (n, node) in nodes.iter().enumerate() {
         for r in 0..args.readers {
@@ -620,6 +677,10 @@ async fn workload(world: &Arc<World>, nodes: &[Node], args: &DemoArgs) -> anyhow
         reader.await.context("a reader task panicked")?;
     }
     let writer = writer.await.context("the writer task panicked")?;
+    let chaos = match chaos {
+        Some((on_redis, task)) => Some((task.await.context("the chaos task panicked")?, on_redis)),
+        None => None,
+    };
     let elapsed = started.elapsed();
     let writes = world.writes.load(Ordering::SeqCst);
     // Every node applies every notification (its issuer included) and the announcement of
@@ -639,6 +700,7 @@ async fn workload(world: &Arc<World>, nodes: &[Node], args: &DemoArgs) -> anyhow
         stale_in_flight: world.stale_in_flight.load(Ordering::SeqCst),
         stale_finished: world.stale_finished.load(Ordering::SeqCst),
         stale_written: world.stale_written.load(Ordering::SeqCst),
+        chaos,
     })
 }
 
@@ -737,6 +799,9 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
         w.set_errors,
         w.notified + w.notify_errors,
     );
+    if let Some((injected, on_redis)) = &outcome.chaos {
+        println!("{}", injected.describe(*on_redis));
+    }
     if !outcome.unsettled.is_empty() {
         println!(
             "warning: {} had not applied every event {} ms after the workload stopped",
@@ -772,10 +837,13 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
         );
         bail!("freshness audit failed: {stale} stale reads{also}");
     }
-    if !problems.is_empty() {
+    if !problems.is_empty() && outcome.chaos.is_none() {
         let problems = problems.join(", ");
         println!("demo FAILED: {problems} (0 stale reads)");
         bail!("demo failed: {problems}");
+    }
+    if !problems.is_empty() {
+        println!("under --chaos, as expected: {}", problems.join(", "));
     }
     println!(
         "freshness audit passed: 0 stale reads in {reads} reads across {}",
@@ -837,6 +905,7 @@ mod tests {
                 readers: 2,
                 seed: 0,
                 lag: Duration::ZERO,
+                chaos: false,
                 backend: Backend::Embedded,
                 help: false
             }
@@ -848,6 +917,15 @@ mod tests {
         assert_eq!(lagging(&["--lag", "0"]), None);
         assert!(parse(&args(&["--help"])).unwrap().help);
         assert!(parse(&args(&["--nodes", "2", "-h"])).unwrap().help);
+    }
+
+    #[test]
+    fn parse_chaos_only_where_it_harms_no_one_else() {
+        assert!(parse(&args(&["--chaos"])).unwrap().chaos);
+        assert!(parse(&args(&["--redis", "--chaos"])).unwrap().chaos);
+        let err = parse(&args(&["--chaos", "--redis", "redis://10.0.0.5:6379"])).unwrap_err();
+        assert!(err.to_string().contains("--redis URL"), "{err}");
+        assert!(parse(&args(&["--chaos=1"])).is_err(), "takes no value");
     }
 
     #[test]
