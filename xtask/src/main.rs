@@ -1,7 +1,8 @@
 //! Project automation, reached as `cargo xtask <command>` (alias in `.cargo/config.toml`).
 //!
 //! - `cargo xtask test`: installs `redis-server` if it is missing, then runs the format check,
-//!   clippy with warnings denied and every test of the workspace. CI runs exactly this.
+//!   clippy with warnings denied, every test of the workspace, and the demo's freshness audit
+//!   under `--chaos` for 3 s on each backend. CI runs exactly this.
 //! - `cargo xtask demo [--duration SECS] [--nodes N] ...`: the simulated GPU marketplace on the
 //!   embedded (in-process) backends, with a freshness audit that must find no stale read.
 //! - `cargo xtask bench [--quick] [--only ROWS] [--keys N] [--write PATH]`: edge-cache side by
@@ -111,6 +112,19 @@ fn test(extra: &[String]) -> Result<()> {
             "--doc",
         ],
     )?;
+    // The freshness audit under injected faults, a short run on each backend: the demo's
+    // workload against lost subscriptions and failed commands, judged read by read.
+    for backend in [&[][..], &["--redis"][..]] {
+        let mut args: Vec<String> = ["--chaos", "--duration", "3"]
+            .iter()
+            .chain(backend)
+            .map(|a| (*a).to_owned())
+            .collect();
+        args.extend(["--seed".to_owned(), std::process::id().to_string()]);
+        println!("xtask: $ cargo xtask demo {}", args.join(" "));
+        demo::run(demo::parse(&args)?)
+            .with_context(|| format!("the freshness audit under `demo {}`", args.join(" ")))?;
+    }
     Ok(())
 }
 
