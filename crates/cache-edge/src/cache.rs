@@ -1115,7 +1115,9 @@ impl<C: Codec> Inner<C> {
     /// publishes it, in that order: no receiver can see the event before L2 changed. Where L2
     /// publishes for the bus, `change` is given the encoded event and the change and the publish
     /// are one step (one round trip on Redis); otherwise it is given `None` and the event goes
-    /// out on the bus afterwards. This node's L1 is cleared whatever happened.
+    /// out on the bus afterwards. This node's L1 is cleared whatever happened; a failed change
+    /// is neither announced (beyond what Redis's script did before failing to reply) nor
+    /// counted as applied.
     async fn change_l2_and_issue<F, Fut>(&self, event: &Event, what: &str, change: F) -> Result<()>
     where
         F: FnOnce(Option<Vec<u8>>) -> Fut,
