@@ -287,24 +287,42 @@ impl L2Store for GatedL2 {
     }
 }
 
+/// Node `a`, which wrote "old" under `p`, and node `b`, whose L2 (the same store) holds its first
+/// `gated` call at a gate: `reached` fires when the call gets there, sending on `open` lets it on.
+struct GatedPair {
+    a: EdgeCache,
+    b: EdgeCache,
+    reached: tokio::sync::oneshot::Receiver<()>,
+    open: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn gated_pair(fleet: &Fleet, p: &serde_json::Value, gated: Gated) -> GatedPair {
+    let a = fleet.node("a").await;
+    a.set("gpu_availability", p, &"old".to_string())
+        .await
+        .unwrap();
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (open, gate_rx) = tokio::sync::oneshot::channel();
+    let l2 = Arc::new(GatedL2::new(fleet.l2.clone(), gated, reached_tx, gate_rx));
+    let b = fleet.builder("b").l2(l2).build().await.unwrap();
+    GatedPair {
+        a,
+        b,
+        reached,
+        open,
+    }
+}
+
 #[tokio::test]
 async fn a_backfill_that_raced_an_invalidation_is_not_kept() {
     let fleet = Fleet::new();
-    let a = fleet.node("a").await;
     let p = json!({"gpu_id": "g-1"});
-    a.set("gpu_availability", &p, &"old".to_string())
-        .await
-        .unwrap();
-
-    let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
-    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
-    let gated = Arc::new(GatedL2::new(
-        fleet.l2.clone(),
-        Gated::Get,
-        reached_tx,
-        gate_rx,
-    ));
-    let b: EdgeCache = fleet.builder("b").l2(gated).build().await.unwrap();
+    let GatedPair {
+        a,
+        b,
+        reached: reached_rx,
+        open: gate_tx,
+    } = gated_pair(&fleet, &p, Gated::Get).await;
     let read = b.get::<String, _>("gpu_availability", &p);
     let booking = async {
         reached_rx.await.unwrap(); // B has read "old" from L2 and not yet back-filled it
@@ -339,20 +357,13 @@ async fn a_backfill_that_raced_an_invalidation_is_not_kept() {
 #[tokio::test]
 async fn a_write_made_while_the_bus_was_down_fences_fills_racing_it() {
     let fleet = Fleet::new();
-    let a = fleet.node("a").await;
     let p = json!({"gpu_id": "g-1"});
-    a.set("gpu_availability", &p, &"old".to_string())
-        .await
-        .unwrap();
-    let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
-    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
-    let gated = Arc::new(GatedL2::new(
-        fleet.l2.clone(),
-        Gated::Set,
-        reached_tx,
-        gate_rx,
-    ));
-    let b: EdgeCache = fleet.builder("b").l2(gated).build().await.unwrap();
+    let GatedPair {
+        a,
+        b,
+        reached: reached_rx,
+        open: gate_tx,
+    } = gated_pair(&fleet, &p, Gated::Set).await;
     crate::support::eventually("b is subscribed", || {
         b.stats().resyncs == 0 && fleet.bus.subscriber_count() == 2
     })
