@@ -206,19 +206,29 @@ async fn nodes_survive_a_redis_restart_and_never_serve_what_was_invalidated_mean
     b.shutdown().await;
 }
 
-/// How many times Redis ran `command`, from `INFO commandstats`.
-async fn calls(server: &RedisServer, command: &str) -> u64 {
+/// One section of `INFO`, on a connection of its own.
+async fn info(server: &RedisServer, section: &str) -> String {
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
+    redis::cmd("INFO")
+        .arg(section)
         .query_async(&mut conn)
         .await
-        .unwrap();
-    info.lines()
+        .unwrap()
+}
+
+/// How many times `INFO commandstats` text says Redis ran `command`.
+fn calls_in(commandstats: &str, command: &str) -> u64 {
+    commandstats
+        .lines()
         .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
         .and_then(|rest| rest.split(',').next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// How many times Redis ran `command`, from `INFO commandstats`.
+async fn calls(server: &RedisServer, command: &str) -> u64 {
+    calls_in(&info(server, "commandstats").await, command)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,14 +429,9 @@ async fn a_stampede_over_redis_reads_l2_once_and_loads_once() {
 
 /// `keyspace_hits` from `INFO stats`: how many key lookups found their key.
 async fn keyspace_hits(server: &RedisServer) -> u64 {
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut conn)
+    info(server, "stats")
         .await
-        .unwrap();
-    info.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("keyspace_hits:")?.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -619,11 +624,12 @@ impl Commands {
 }
 
 async fn commands(server: &RedisServer) -> Commands {
+    let stats = info(server, "commandstats").await;
     Commands {
-        set: calls(server, "set").await,
-        evalsha: calls(server, "evalsha").await,
-        del: calls(server, "del").await,
-        publish: calls(server, "publish").await,
+        set: calls_in(&stats, "set"),
+        evalsha: calls_in(&stats, "evalsha"),
+        del: calls_in(&stats, "del"),
+        publish: calls_in(&stats, "publish"),
     }
 }
 

@@ -394,14 +394,14 @@ impl<C: Codec> EdgeCache<C> {
         // L1 holds a copy decoded from the stored bytes, so this node's readers get exactly what
         // other nodes read from L2 (same type, no shared reference to the caller's object).
         let l1_copy = match inner.usable_l1(ns) {
-            Some(l1) => {
+            Some(_) => {
                 let copy: T = inner.codec.decode(&bytes).map_err(|e| {
                     Error::new(
                         ErrorKind::Encode,
                         format!("{key}: value does not decode back from its encoding: {e}"),
                     )
                 })?;
-                Some((l1, Arc::new(copy)))
+                Some(Arc::new(copy))
             }
             None => None,
         };
@@ -444,28 +444,21 @@ impl<C: Codec> EdgeCache<C> {
         if announced_by_l2 {
             inner.counters.events_published.add(1);
         }
-        match l1_copy {
-            Some((l1, copy)) => {
-                // Bumping the epoch keeps any fill that started before this write from landing
-                // on top of it.
-                let _gate = ns
-                    .gate
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                ns.epoch.fetch_add(1, SeqCst);
-                l1.insert(
+        if ns.l1.is_some() {
+            // Moving the epoch keeps any back-fill that started before this write from landing
+            // on top of it. Without a copy (L1 was bypassed when the write began: the bus was
+            // down) the key is dropped instead: the bus may be back by now, and a read since
+            // may have found the previous value in L2.
+            inner.change_l1(ns, |l1| match l1_copy {
+                Some(copy) => l1.insert(
                     *key.digest(),
                     L1Entry::new(copy, inner.clock.now().saturating_add(ttl), len64(&bytes)),
                     &tags,
-                );
-            }
-            // No copy (L1 was bypassed when the write began: the bus was down). The bus may
-            // be back by now, and a read since may have found the previous value in L2 and be
-            // about to back-fill it: fence it and drop whatever it left, as the copy would.
-            None if ns.l1.is_some() => inner.drop_l1(ns, |l1| {
-                l1.remove(key.digest());
-            }),
-            None => {}
+                ),
+                None => {
+                    l1.remove(key.digest());
+                }
+            });
         }
         inner.counters.sets.add(1);
         match event {
@@ -1201,10 +1194,10 @@ impl<C: Codec> Inner<C> {
                 self.l2.namespace_invalidated(name);
             }
             match (&event.scope, conservative) {
-                (Scope::Resource, false) => self.drop_l1(ns, |l1| {
+                (Scope::Resource, false) => self.change_l1(ns, |l1| {
                     l1.invalidate_tag(&event.resource_id);
                 }),
-                _ => self.drop_l1(ns, |l1| {
+                _ => self.change_l1(ns, |l1| {
                     l1.clear();
                 }),
             }
@@ -1215,11 +1208,11 @@ impl<C: Codec> Inner<C> {
                     continue;
                 };
                 if conservative {
-                    self.drop_l1(ns, |l1| {
+                    self.change_l1(ns, |l1| {
                         l1.clear();
                     });
                 } else {
-                    self.drop_l1(ns, |l1| {
+                    self.change_l1(ns, |l1| {
                         l1.remove(key.digest());
                     });
                 }
@@ -1227,14 +1220,16 @@ impl<C: Codec> Inner<C> {
         }
     }
 
-    fn drop_l1(&self, ns: &NsState, remove: impl FnOnce(&dyn L1Store)) {
+    /// Changes `ns`'s L1 (if it has one) under the namespace's gate, moving its epoch first, so
+    /// that no back-fill which started before the change lands after it.
+    fn change_l1(&self, ns: &NsState, change: impl FnOnce(&dyn L1Store)) {
         let _gate = ns
             .gate
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         ns.epoch.fetch_add(1, SeqCst);
         if let Some(l1) = ns.l1.as_deref() {
-            remove(l1);
+            change(l1);
         }
     }
 
@@ -1307,7 +1302,7 @@ impl<C: Codec> Inner<C> {
 
     fn drop_event_driven_l1(&self) {
         for ns in self.namespaces.iter().filter(|ns| ns.config.event_driven) {
-            self.drop_l1(ns, |l1| {
+            self.change_l1(ns, |l1| {
                 l1.clear();
             });
         }

@@ -217,29 +217,30 @@ impl RedisL2 {
         key.digest().push_hex(out);
     }
 
-    /// The fast write: a plain `SET` of `entry_key` (under `generation`) and, pipelined after it,
-    /// the namespace's generation read back, by the publish-if-current script when there is an
-    /// announcement (loaded first if Redis does not have it). Returns the generation read.
-    #[allow(clippy::too_many_arguments)]
+    /// The fast write: a plain `SET` of `write`'s `envelope` under `generation` and, pipelined
+    /// after it, the namespace's generation read back, by the publish-if-current script when
+    /// there is an announcement (loaded first if Redis does not have it). Returns the generation
+    /// read and the key written.
     async fn plain_set(
         &self,
         conn: &mut ConnectionManager,
-        namespace: &str,
+        write: &L2Write,
         generation: u64,
-        entry_key: &str,
         envelope: &[u8],
         ttl_ms: u64,
-        announce: &Option<Vec<u8>>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, String)> {
+        let namespace = write.key.key_namespace();
+        let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
+        self.push_entry_key(&mut entry_key, namespace, generation, &write.key);
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
-            .arg(entry_key)
+            .arg(entry_key.as_str())
             .arg(envelope)
             .arg("PX")
             .arg(ttl_ms)
             .ignore();
         let mut invocation;
-        match announce {
+        match &write.announce {
             Some(event) => {
                 invocation = self.publish_if_current.key(self.ns_prefix(namespace));
                 invocation.arg(generation).arg(&self.channel).arg(event);
@@ -263,7 +264,7 @@ impl RedisL2 {
             other => other,
         }
         .map_err(|e| self.fail("SET", e))?;
-        Ok(current.unwrap_or(0))
+        Ok((current.unwrap_or(0), entry_key))
     }
 
     /// The channel and event to pass a script: empty for none.
@@ -483,18 +484,8 @@ impl L2Store for RedisL2 {
                 // current generation, with its announcement. It must not be dropped: the
                 // mismatch proves the invalidation came first, and other nodes may have written
                 // or filled the key under the new generation since, with older values.
-                let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
-                self.push_entry_key(&mut entry_key, namespace, generation, &write.key);
-                let current = self
-                    .plain_set(
-                        &mut conn,
-                        namespace,
-                        generation,
-                        &entry_key,
-                        &envelope,
-                        ttl_ms,
-                        &write.announce,
-                    )
+                let (current, entry_key) = self
+                    .plain_set(&mut conn, &write, generation, &envelope, ttl_ms)
                     .await?;
                 if current == generation {
                     return Ok(true);
@@ -651,9 +642,7 @@ impl L2Store for RedisL2 {
 /// policy is not `noeviction`. `None` when `INFO` does not tell (a proxy that hides it).
 fn evicts_keys(info: &str) -> Option<bool> {
     let maxmemory = info_field(info, "maxmemory")?;
-    let policy = info
-        .lines()
-        .find_map(|line| line.strip_prefix("maxmemory_policy:").map(str::trim))?;
+    let policy = info_value(info, "maxmemory_policy")?;
     Some(maxmemory > 0 && policy != "noeviction")
 }
 
@@ -662,14 +651,16 @@ thread_local! {
     static SCRATCH_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
+/// The value of `name` in `INFO` text (`name:value` lines).
+fn info_value<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// A whole-number `INFO` field.
 fn info_field(info: &str, name: &str) -> Option<u64> {
-    info.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .strip_prefix(':')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    info_value(info, name)?.parse().ok()
 }
 
 /// The generation this client last saw per namespace, and whether it may be used without
