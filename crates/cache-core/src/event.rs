@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -159,27 +159,77 @@ impl Event {
     }
 
     /// Encodes the event as its JSON wire form.
+    ///
+    /// Written field by field rather than through a serde struct: every write announces itself
+    /// with an event, and most of an event's strings (keys, digests, ids) need no escaping, which
+    /// serde_json checks byte by byte. The output is byte for byte what serde_json writes for the
+    /// same fields (a test holds it to that), with `source_node` first ([`Event::own_prefix`]).
     pub fn encode(&self) -> Vec<u8> {
         let (scope, keys) = match &self.scope {
             Scope::Namespace => ("namespace", None),
             Scope::Resource => ("resource", None),
             Scope::Keys(keys) => ("keys", Some(keys.as_slice())),
         };
-        let wire = WireOut {
-            event_type: self.event_type.as_str(),
-            resource_id: &self.resource_id,
-            data: &self.data,
-            timestamp: self.timestamp,
-            source_node: &self.source_node,
-            event_id: &self.event_id,
-            affected_namespaces: &self.affected_namespaces,
-            version: self.version,
-            scope,
-            keys,
-        };
-        // Serialising these plain fields to a Vec cannot fail: every map key is a string and
-        // a non-finite timestamp is written as null by serde_json.
-        serde_json::to_vec(&wire).unwrap_or_default()
+        let strings = self.resource_id.len()
+            + self.source_node.len()
+            + self.event_id.len()
+            + self
+                .affected_namespaces
+                .iter()
+                .map(String::len)
+                .sum::<usize>()
+            + keys.map_or(0, |keys| keys.iter().map(String::len).sum());
+        let mut out = Vec::with_capacity(strings + 64 * self.data.len() + 256);
+        out.extend_from_slice(b"{\"source_node\":");
+        push_json_str(&mut out, &self.source_node);
+        out.extend_from_slice(b",\"event_type\":");
+        push_json_str(&mut out, self.event_type.as_str());
+        out.extend_from_slice(b",\"resource_id\":");
+        push_json_str(&mut out, &self.resource_id);
+        out.extend_from_slice(b",\"data\":");
+        // Writing a map with string keys to a Vec cannot fail.
+        serde_json::to_writer(&mut out, &self.data).unwrap_or_default();
+        out.extend_from_slice(b",\"timestamp\":");
+        // A non-finite timestamp is written as null, as serde_json does.
+        serde_json::to_writer(&mut out, &self.timestamp).unwrap_or_default();
+        out.extend_from_slice(b",\"event_id\":");
+        push_json_str(&mut out, &self.event_id);
+        out.extend_from_slice(b",\"affected_namespaces\":");
+        push_json_strs(&mut out, &self.affected_namespaces);
+        out.extend_from_slice(b",\"version\":");
+        out.extend_from_slice(self.version.to_string().as_bytes());
+        out.extend_from_slice(b",\"scope\":");
+        push_json_str(&mut out, scope);
+        if let Some(keys) = keys {
+            out.extend_from_slice(b",\"keys\":");
+            push_json_strs(&mut out, keys);
+        }
+        out.push(b'}');
+        out
+    }
+
+    /// The first bytes of every event [`Event::encode`] writes for `source_node`.
+    ///
+    /// Receivers ignore their own events, and a node hears back every event it publishes: a
+    /// message that starts with its own prefix can be counted as its own without being decoded.
+    /// The prefix ends the top-level `source_node` field (the first one written), so a field of
+    /// that name nested in `data` never matches; an event written by another encoder (the seed's
+    /// Python nodes, with spaces) does not match either and is decoded as usual.
+    ///
+    /// ```
+    /// use cache_core::{Event, EventType};
+    ///
+    /// let event = Event::new(EventType::BookingCreated, "booking_1", "node-a", "id-1", 0.0);
+    /// let prefix = Event::own_prefix("node-a");
+    /// assert!(event.encode().starts_with(&prefix));
+    /// assert!(!event.encode().starts_with(&Event::own_prefix("node")));
+    /// ```
+    pub fn own_prefix(source_node: &str) -> Vec<u8> {
+        let mut prefix = b"{\"source_node\":".to_vec();
+        // Writing a string to a Vec cannot fail.
+        serde_json::to_writer(&mut prefix, source_node).unwrap_or_default();
+        prefix.push(b',');
+        prefix
     }
 
     /// Decodes an event from its JSON wire form.
@@ -249,13 +299,46 @@ fn legacy_scope(
     }
 }
 
-#[derive(Serialize)]
+/// Appends `s` as a JSON string, as serde_json writes it: only control characters, `"` and `\\`
+/// are escaped, which most strings of an event (keys, hex digests, ids) do not contain.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // A fold rather than `any`, so the check has no early exit and compiles to vector code.
+    let needs_escape = s.bytes().fold(false, |found, b| {
+        found | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string to a Vec cannot fail.
+        serde_json::to_writer(&mut *out, s).unwrap_or_default();
+    }
+}
+
+/// Appends `strings` as a JSON array of strings.
+fn push_json_strs(out: &mut Vec<u8>, strings: &[String]) {
+    out.push(b'[');
+    for (i, s) in strings.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json_str(out, s);
+    }
+    out.push(b']');
+}
+
+/// What [`Event::encode`] writes, as serde_json would write it: the reference its output is
+/// checked against. `source_node` comes first, so that a node can recognise its own events by
+/// their first bytes ([`Event::own_prefix`]) without decoding them.
+#[cfg(test)]
+#[derive(serde::Serialize)]
 struct WireOut<'a> {
+    source_node: &'a str,
     event_type: &'a str,
     resource_id: &'a str,
     data: &'a Map<String, Value>,
     timestamp: f64,
-    source_node: &'a str,
     event_id: &'a str,
     affected_namespaces: &'a [String],
     version: u32,
@@ -403,5 +486,93 @@ mod tests {
             "nope".parse::<EventType>().unwrap_err().kind(),
             ErrorKind::UnknownEventType
         );
+    }
+
+    #[test]
+    fn only_a_nodes_own_encoded_events_start_with_its_prefix() {
+        let own = |node: &str| Event::new(EventType::PricingUpdated, "gpu_1", node, "id", 1.0);
+        for node in ["node-a", "edge \"quoted\" \\ node\n", "ünïcode-節点"] {
+            let prefix = Event::own_prefix(node);
+            let bytes = own(node).encode();
+            assert!(bytes.starts_with(&prefix), "{node:?}");
+            assert_eq!(Event::decode(&bytes).unwrap().source_node, node);
+        }
+        let me = Event::own_prefix("node-a");
+        // Another node whose id starts like this one's.
+        assert!(!own("node-a-2").encode().starts_with(&me));
+        // Another node's event naming this one inside its data.
+        let mut foreign = own("node-b");
+        foreign.data.insert("source_node".into(), json!("node-a"));
+        assert!(!foreign.encode().starts_with(&me));
+        // The seed's encoder (spaces after separators) never matches: decoded as usual.
+        let seed = br#"{"source_node": "node-a", "event_type": "pricing_updated", "affected_namespaces": []}"#;
+        assert!(!seed.starts_with(&me));
+    }
+
+    #[test]
+    fn encodes_byte_for_byte_what_serde_json_writes() {
+        let odd = "quote \" backslash \\ tab \t nul \u{0} del \u{7f} ünï 節点 \u{1F680}";
+        let mut events = Vec::new();
+        for (i, scope) in [
+            Scope::Namespace,
+            Scope::Resource,
+            Scope::Keys(vec![]),
+            Scope::Keys(vec!["gpu_avail:00ff".into(), odd.into()]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut event = Event::new(EventType::ALL[i * 2], "gpu_1", "node-a", "id-1", 1.5);
+            event.scope = scope;
+            events.push(event);
+        }
+        let mut odd_event = Event::new(EventType::BookingCancelled, odd, odd, odd, f64::NAN);
+        odd_event.affected_namespaces = vec![odd.into(), "gpu_avail".into()];
+        odd_event
+            .data
+            .insert(odd.into(), json!({"nested": [1, 2.5, null, odd]}));
+        odd_event.data.insert("region".into(), json!("eu"));
+        odd_event.version = 0;
+        events.push(odd_event);
+        let mut huge = Event::new(EventType::PricingUpdated, "", "", "", 1e300);
+        huge.version = u32::MAX;
+        events.push(huge);
+        events.push(Event::new(EventType::ALL[7], "r", "n", "e", -0.0));
+        // Each character that needs escaping, alone in an otherwise plain string.
+        for lone in [
+            "back\\slash",
+            "tab\there",
+            "nul\u{0}",
+            "unit\u{1f}",
+            "del\u{7f} ünï",
+        ] {
+            let mut event = Event::new(EventType::ALL[3], lone, lone, lone, 2.0);
+            event.scope = Scope::Keys(vec![lone.into()]);
+            events.push(event);
+        }
+        for event in events {
+            let (scope, keys) = match &event.scope {
+                Scope::Namespace => ("namespace", None),
+                Scope::Resource => ("resource", None),
+                Scope::Keys(keys) => ("keys", Some(keys.as_slice())),
+            };
+            let reference = serde_json::to_vec(&WireOut {
+                source_node: &event.source_node,
+                event_type: event.event_type.as_str(),
+                resource_id: &event.resource_id,
+                data: &event.data,
+                timestamp: event.timestamp,
+                event_id: &event.event_id,
+                affected_namespaces: &event.affected_namespaces,
+                version: event.version,
+                scope,
+                keys,
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&event.encode()),
+                String::from_utf8_lossy(&reference)
+            );
+        }
     }
 }
