@@ -51,6 +51,9 @@ impl<C: Codec> Clone for EdgeCache<C> {
 pub(crate) struct Inner<C> {
     codec: C,
     node_id: String,
+    /// [`Event::own_prefix`] of `node_id`: how the listener tells this node's own events (which
+    /// it hears back and ignores) without decoding them.
+    own_prefix: Box<[u8]>,
     region: String,
     namespaces: Vec<NsState>,
     routing: Routing,
@@ -139,9 +142,11 @@ impl<C: Codec> EdgeCache<C> {
             })
             .collect();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let node_id = b.node_id.unwrap_or_else(default_node_id);
         let inner = Arc::new(Inner {
             codec: b.codec,
-            node_id: b.node_id.unwrap_or_else(default_node_id),
+            own_prefix: Event::own_prefix(&node_id).into(),
+            node_id,
             region: b.region,
             namespaces,
             routing: b.routing,
@@ -378,9 +383,13 @@ impl<C: Codec> EdgeCache<C> {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidTtl`] for a zero TTL, [`ErrorKind::ValueTooLarge`] over the configured
-    /// limit (nothing written), [`ErrorKind::Encode`]; [`ErrorKind::L2`] when L2 refused the
-    /// write (L1 and the fleet untouched); [`ErrorKind::Bus`] when the write landed but the
-    /// announcement failed (other nodes may keep their old copy until its TTL).
+    /// limit (nothing written), [`ErrorKind::Encode`] when `value` cannot be encoded (nothing
+    /// written); [`ErrorKind::L2`] when L2 refused the write (L1 and the fleet untouched);
+    /// [`ErrorKind::Bus`] when the write landed but the announcement failed (other nodes may
+    /// keep their old copy until its TTL); [`ErrorKind::Encode`] too when `T`'s encoding does
+    /// not decode back as a `T` (a `Serialize` and `Deserialize` that disagree): the write
+    /// landed and was announced, but this node keeps no L1 copy, and readers will count it as a
+    /// decode error.
     pub async fn set_key<T>(&self, key: &CacheKey, value: &T, options: SetOptions) -> Result<()>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -393,18 +402,7 @@ impl<C: Codec> EdgeCache<C> {
         let tags = options.resource_tags().to_vec();
         // L1 holds a copy decoded from the stored bytes, so this node's readers get exactly what
         // other nodes read from L2 (same type, no shared reference to the caller's object).
-        let l1_copy = match inner.usable_l1(ns) {
-            Some(_) => {
-                let copy: T = inner.codec.decode(&bytes).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Encode,
-                        format!("{key}: value does not decode back from its encoding: {e}"),
-                    )
-                })?;
-                Some(Arc::new(copy))
-            }
-            None => None,
-        };
+        let wants_copy = inner.usable_l1(ns).is_some();
         let event = ns.config.event_driven.then(|| {
             let mut data = Map::new();
             data.insert("cache_key".into(), json!(key.as_str()));
@@ -425,11 +423,12 @@ impl<C: Codec> EdgeCache<C> {
             }
             _ => false,
         };
-        let written = inner
-            .l2
-            .set(write)
-            .await
-            .map_err(|e| inner.l2_failed("set", e))?;
+        // The copy is decoded while the write is on its way: `biased` polls the write first, so
+        // its request is sent before the decoding starts.
+        let (written, decoded) = tokio::join!(biased; inner.l2.set(write), async {
+            wants_copy.then(|| inner.codec.decode::<T>(&bytes))
+        });
+        let written = written.map_err(|e| inner.l2_failed("set", e))?;
         if !written {
             // The `L2Store` contract rules this out for an unfenced write; an implementation
             // that breaks it must not make this call look like a landed write.
@@ -444,6 +443,11 @@ impl<C: Codec> EdgeCache<C> {
         if announced_by_l2 {
             inner.counters.events_published.add(1);
         }
+        let (l1_copy, undecodable) = match decoded {
+            Some(Ok(copy)) => (Some(Arc::new(copy)), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
         if ns.l1.is_some() {
             // Moving the epoch keeps any back-fill that started before this write from landing
             // on top of it. Without a copy (L1 was bypassed when the write began: the bus was
@@ -461,9 +465,20 @@ impl<C: Codec> EdgeCache<C> {
             });
         }
         inner.counters.sets.add(1);
-        match event {
-            Some(event) if !announced_by_l2 => inner.publish(&event).await,
-            _ => Ok(()),
+        if let Some(event) = event.filter(|_| !announced_by_l2) {
+            inner.publish(&event).await?;
+        }
+        match undecodable {
+            // The write landed and was announced like any other; only this node's copy is
+            // missing (its L1 dropped the key above), and every reader will fail the same way.
+            Some(e) => Err(Error::new(
+                ErrorKind::Encode,
+                format!(
+                    "{key}: the value was written, but its encoding does not decode back as the \
+                     same type ({e}); no L1 copy is kept, and readers will count decode errors"
+                ),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -1084,7 +1099,10 @@ impl<C: Codec> Inner<C> {
             event_type,
             resource_id,
             self.node_id.clone(),
-            uuid::Uuid::new_v4().to_string(),
+            uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .to_owned(),
             self.clock.now().as_secs_f64(),
         );
         event.data = data;
@@ -1236,6 +1254,12 @@ impl<C: Codec> Inner<C> {
     /// Handles one raw message from the bus.
     pub(crate) async fn receive(&self, bytes: &[u8]) {
         self.counters.events_received.add(1);
+        if bytes.starts_with(&self.own_prefix) {
+            // One of this node's own events, heard back: nothing to decode or apply.
+            self.counters.own_events_ignored.add(1);
+            self.events_handled.fetch_add(1, Relaxed);
+            return;
+        }
         match Event::decode(bytes) {
             Ok(event) if event.source_node == self.node_id => {
                 self.counters.own_events_ignored.add(1);

@@ -218,6 +218,60 @@ async fn the_writer_keeps_a_decoded_copy_not_the_callers_object() {
     a.shutdown().await;
 }
 
+/// Written as a string, read as a number: a `Serialize` and `Deserialize` that disagree.
+#[derive(Debug)]
+struct Lopsided;
+
+impl Serialize for Lopsided {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("lopsided")
+    }
+}
+
+impl<'de> Deserialize<'de> for Lopsided {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u32::deserialize(d).map(|_| Lopsided)
+    }
+}
+
+#[tokio::test]
+async fn a_value_that_does_not_decode_back_is_written_and_announced_but_not_kept() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let b = fleet.node("b").await;
+    let p = json!({"gpu_id": "g-1"});
+    a.set("gpu_availability", &p, &avail("g-1", true))
+        .await
+        .unwrap();
+    applied(&b, 1).await;
+    b.get::<Availability, _>("gpu_availability", &p)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let err = a.set("gpu_availability", &p, &Lopsided).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Encode);
+    assert!(err.to_string().contains("the value was written"), "{err}");
+    // Like any landed write: in L2, announced, and the old copy gone from every L1.
+    applied(&b, 2).await;
+    assert_eq!(a.stats().sets, 2);
+    for node in [&a, &b] {
+        let before = node.stats().decode_errors;
+        assert!(node
+            .get::<Availability, _>("gpu_availability", &p)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            node.stats().decode_errors,
+            before + 1,
+            "read from L2, not L1"
+        );
+    }
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_cached_none_is_not_a_miss() {
     let fleet = Fleet::new();
