@@ -76,10 +76,10 @@ return {1, g}
 
 /// The announcement of a plain `SET` made under a remembered generation: publishes only if that
 /// generation is still the namespace's, so an event never goes out for a write made where no
-/// reader looks. ARGV: the generation written under, channel, event. Returns the namespace's
-/// generation.
+/// reader looks. KEYS: the namespace's generation key; ARGV: the generation written under,
+/// channel, event. Returns the namespace's generation.
 const PUBLISH_IF_CURRENT: &str = r"
-local g = redis.call('GET', KEYS[1] .. 'g') or '0'
+local g = redis.call('GET', KEYS[1]) or '0'
 if g == ARGV[1] then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return g
 ";
@@ -242,7 +242,7 @@ impl RedisL2 {
         let mut invocation;
         match &write.announce {
             Some(event) => {
-                invocation = self.publish_if_current.key(self.ns_prefix(namespace));
+                invocation = self.publish_if_current.key(self.generation_key(namespace));
                 invocation.arg(generation).arg(&self.channel).arg(event);
                 pipe.invoke_script(&invocation);
             }
