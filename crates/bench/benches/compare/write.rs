@@ -5,6 +5,11 @@
 //! and backplane, the backplane publish awaited rather than left to the background (its default)
 //! so that the call covers the same work.
 //!
+//! A second raw line, the floor, sends the `SET` with the script edge-cache's writes need in place
+//! of the `PUBLISH`: it publishes only if the namespace's generation is still the one written
+//! under (see `docs/performance.md`, "Writes"). What that check costs shows as the floor's ratio;
+//! what edge-cache adds to it, as the distance from the floor to edge-cache.
+//!
 //! Each implementation has one subscriber on its channel, as a fleet would: edge-cache's node
 //! hears its own events back, amalgam-cache's backplane its own, and the raw channel has a
 //! subscriber that drains it.
@@ -26,20 +31,41 @@ use crate::nodes::{self, Amalgam, ServerWork};
 /// The channel the raw writer publishes on.
 const RAW_CHANNEL: &str = "bench:raw:writes";
 
+/// The generation key the floor's script reads; never set, so it reads as generation 0.
+const RAW_GENERATION: &str = "bench:raw:g";
+
+/// The check of edge-cache's plain writes, as `cache-redis` sends it: publish only if the
+/// generation is still the one written under.
+const PUBLISH_IF_CURRENT: &str = r"
+local g = redis.call('GET', KEYS[1]) or '0'
+if g == ARGV[1] then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return g
+";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Imp {
     Raw,
+    RawChecked,
     Edge,
     EdgeL2Only,
     Amalgam,
 }
 
 impl Imp {
-    const ALL: [Imp; 4] = [Imp::Raw, Imp::Edge, Imp::EdgeL2Only, Imp::Amalgam];
+    const ALL: [Imp; 5] = [
+        Imp::Raw,
+        Imp::RawChecked,
+        Imp::Edge,
+        Imp::EdgeL2Only,
+        Imp::Amalgam,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Imp::Raw => "raw pipelined `SET` + `PUBLISH`, value serialised (baseline)",
+            Imp::RawChecked => {
+                "floor: raw pipelined `SET` + the publish-if-current script, value serialised"
+            }
             Imp::Edge => "edge-cache `set_key` (`gpu_availability`: L2 + L1 copy + event)",
             Imp::EdgeL2Only => "edge-cache `set_key` (`provider_status`: L2 + event)",
             Imp::Amalgam => "amalgam-cache `set`, backplane publish awaited (L1 + L2 + backplane)",
@@ -52,6 +78,7 @@ struct Stores {
     critical: Vec<CacheKey>,
     l2_only: Vec<CacheKey>,
     raw: MultiplexedConnection,
+    publish_if_current: redis::Script,
     raw_keys: Vec<String>,
     amalgam: Amalgam,
     names: Vec<String>,
@@ -79,6 +106,23 @@ impl Stores {
                     .arg(key)
                     .ignore()
                     .query_async::<()>(&mut conn)
+                    .await?;
+            }
+            Imp::RawChecked => {
+                let mut conn = self.raw.clone();
+                let ttl_ms = u64::try_from(TTL.as_millis()).unwrap_or(u64::MAX);
+                let key = &self.raw_keys[i];
+                let mut check = self.publish_if_current.key(RAW_GENERATION);
+                check.arg(0).arg(RAW_CHANNEL).arg(key.as_str());
+                let (_generation,): (Option<u64>,) = redis::pipe()
+                    .cmd("SET")
+                    .arg(key)
+                    .arg(serde_json::to_vec(&self.offers[i])?)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore()
+                    .invoke_script(&check)
+                    .query_async(&mut conn)
                     .await?;
             }
             Imp::Edge => {
@@ -234,11 +278,15 @@ async fn setup(url: &str) -> anyhow::Result<Stores> {
     .await?;
     let offers: Vec<Offer> = (0..KEYS).map(Offer::new).collect();
     let shared = offers.iter().cloned().map(Arc::new).collect();
+    let mut raw = nodes::raw(url).await?;
+    let publish_if_current = redis::Script::new(PUBLISH_IF_CURRENT);
+    publish_if_current.load_async(&mut raw).await?;
     Ok(Stores {
         node,
         critical,
         l2_only,
-        raw: nodes::raw(url).await?,
+        raw,
+        publish_if_current,
         raw_keys,
         amalgam,
         names,
