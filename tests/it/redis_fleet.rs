@@ -292,8 +292,8 @@ async fn multi_key_reads_writes_and_notifications_take_one_command_each() {
 
     // A write and its announcement are one round trip too: the first after the notification
     // (which made the node forget the namespace's generation) is a script, which tells the
-    // node the generation; the next is a plain SET under it, pipelined with a small script that
-    // publishes only if that generation is still current.
+    // node the generation; the next is a smaller script that writes and publishes only if that
+    // generation is still current.
     let key = a
         .key("gpu_availability", &json!({"gpu_id": "g-9"}))
         .unwrap();
@@ -319,9 +319,9 @@ async fn multi_key_reads_writes_and_notifications_take_one_command_each() {
     assert_eq!(
         calls(&server, "evalsha").await - scripts,
         1,
-        "publish if current"
+        "set if current"
     );
-    assert_eq!(calls(&server, "set").await - sets, 1, "a plain SET");
+    assert_eq!(calls(&server, "set").await - sets, 1, "its SET");
     assert_eq!(calls(&server, "publish").await - publishes, 1);
     let b = node(&config, "b").await;
     assert_eq!(
@@ -331,7 +331,7 @@ async fn multi_key_reads_writes_and_notifications_take_one_command_each() {
             .as_deref()
             .map(String::as_str),
         Some("booked"),
-        "another node reads the pipelined write"
+        "another node reads the write"
     );
     b.shutdown().await;
     assert_eq!(
@@ -493,10 +493,10 @@ async fn the_generation_is_trusted_only_when_invalidations_reach_the_node() {
 
 /// A write that races an invalidation of its namespace: the writer still knows the old
 /// generation (the invalidation's event has not reached it), so its plain SET lands under the
-/// dead generation. The generation read back in the same round trip shows the invalidation came
-/// first, so the write must land after it: the dead entry is deleted, the generation forgotten,
-/// and the write made again under the current generation, where readers see it. It is
-/// announced once, after its value landed: never for the copy no reader can see.
+/// dead generation. The set-if-current script finds the generation moved, so it writes and
+/// announces nothing; the invalidation came first, so the write must land after it: the
+/// generation is forgotten and the write made again under the current generation, where
+/// readers see it. It is announced once, after its value landed.
 #[tokio::test]
 async fn a_write_racing_a_namespace_invalidation_lands_after_it() {
     use cache_core::{CacheKey, L2Write};
@@ -529,15 +529,14 @@ async fn a_write_racing_a_namespace_invalidation_lands_after_it() {
     assert_eq!(
         commands(&server).await.since(&before),
         Commands {
-            set: 2,
+            set: 1,
             evalsha: 2,
-            del: 1,
+            del: 0,
             publish: 1
         },
-        "the plain SET under the generation the writer remembered and the publish-if-current \
-         script (which finds the generation moved and publishes nothing); the SET's deletion; \
-         the write again by the SET script under the current generation (its own SET and \
-         PUBLISH counted too): one announcement, after the value landed"
+        "the set-if-current script under the generation the writer remembered (which finds the \
+         generation moved and writes nothing), then the write again by the SET script under the \
+         current generation (its SET and PUBLISH counted): one write, one announcement"
     );
     assert_eq!(
         other.get(&key).await.unwrap().map(|e| e.bytes),
@@ -555,7 +554,7 @@ async fn a_write_racing_a_namespace_invalidation_lands_after_it() {
             del: 0,
             publish: 1
         },
-        "a plain SET, and the publish-if-current script publishing"
+        "the set-if-current script, writing and publishing"
     );
     assert_eq!(
         other.get(&key).await.unwrap().map(|e| e.bytes),
@@ -563,8 +562,8 @@ async fn a_write_racing_a_namespace_invalidation_lands_after_it() {
     );
 }
 
-/// A Redis that has lost its scripts (restarted, or `SCRIPT FLUSH`) answers the pipelined
-/// publish-if-current script with `NOSCRIPT`: the write loads it and goes through, announced.
+/// A Redis that has lost its scripts (restarted, or `SCRIPT FLUSH`) answers the set-if-current
+/// script with `NOSCRIPT`: the write loads it and goes through, announced.
 #[tokio::test]
 async fn a_plain_write_reloads_its_script_when_redis_lost_it() {
     use cache_core::{CacheKey, L2Write};
@@ -593,9 +592,9 @@ async fn a_plain_write_reloads_its_script_when_redis_lost_it() {
     assert!(writer.set(write("third")).await.unwrap());
     let done = commands(&server).await.since(&before);
     assert_eq!(
-        (done.set, done.publish),
-        (2, 1),
-        "the SET sent twice (the pipeline again once the script was loaded), announced once"
+        (done.evalsha, done.set, done.publish),
+        (2, 1, 1),
+        "the script sent again once loaded (NOSCRIPT ran nothing): written once, announced once"
     );
     assert_eq!(
         writer.get(&key).await.unwrap().map(|e| e.bytes),
@@ -724,8 +723,8 @@ impl cache_core::Subscription for HeldSubscription {
 
 /// Found by the demo's freshness audit once it wrote through `set_key`. The writer still trusts
 /// the namespace's old generation when another node invalidates it and fills the key from its
-/// source ("old", the value of that time). The source changes and the writer writes "new": its
-/// pipelined write lands under the dead generation. That write must not be dropped (it came
+/// source ("old", the value of that time). The source changes and the writer writes "new" under
+/// the dead generation. That write must not be dropped (it came
 /// after the invalidation and the fill): every node serves "new" once it has applied the
 /// write's announcements, the writer too once it catches up with the invalidation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -775,9 +774,9 @@ async fn a_write_from_a_node_behind_an_invalidation_is_not_lost() {
         .unwrap();
     assert_eq!(*loaded, "old");
 
-    // The source changes again, and the writer writes the new value: the plain write under the
-    // dead generation (not announced: the generation moved), then the write again under the
-    // current one, announced.
+    // The source changes again, and the writer writes the new value: the set-if-current script
+    // under the dead generation finds it moved (nothing written or announced), then the write
+    // again under the current one, announced.
     writer
         .set_key(&key, &"new".to_owned(), SetOptions::new())
         .await

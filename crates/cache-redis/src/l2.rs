@@ -74,13 +74,17 @@ if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
 return {1, g}
 ";
 
-/// The announcement of a plain `SET` made under a remembered generation: publishes only if that
-/// generation is still the namespace's, so an event never goes out for a write made where no
-/// reader looks. KEYS: the namespace's generation key; ARGV: the generation written under,
-/// channel, event. Returns the namespace's generation.
-const PUBLISH_IF_CURRENT: &str = r"
+/// The announced write under a remembered generation: `SET` and `PUBLISH` only if that
+/// generation is still the namespace's, so a write never lands where no reader looks and an
+/// event never goes out before its value can be read. One command, so one Lua call and one reply
+/// where a pipelined `SET` and check took two. KEYS: the namespace's generation key, the entry's
+/// key (under the remembered generation); ARGV: that generation, envelope, TTL in ms, channel,
+/// event. Returns the namespace's generation: the write was made if and only if it is ARGV[1].
+const SET_IF_CURRENT: &str = r"
 local g = redis.call('GET', KEYS[1]) or '0'
-if g == ARGV[1] then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+if g ~= ARGV[1] then return g end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return g
 ";
 
@@ -130,7 +134,7 @@ pub struct RedisL2 {
     delete: Script,
     invalidate_tag: Script,
     invalidate_namespaces: Script,
-    publish_if_current: Script,
+    set_if_current: Script,
     /// The last generation seen per namespace, the assumption reads start from.
     generations: Arc<Generations>,
     /// The channel events are announced on, and its route (server address + channel).
@@ -158,7 +162,7 @@ impl RedisL2 {
             delete: Script::new(DELETE),
             invalidate_tag: Script::new(INVALIDATE_TAG),
             invalidate_namespaces: Script::new(INVALIDATE_NAMESPACES),
-            publish_if_current: Script::new(PUBLISH_IF_CURRENT),
+            set_if_current: Script::new(SET_IF_CURRENT),
             generations: Arc::default(),
             channel: config.channel_name().to_owned(),
             route: config.route(&client),
@@ -166,7 +170,7 @@ impl RedisL2 {
         // Loaded now so the first plain write does not meet NOSCRIPT (which it survives: it
         // loads the script then, as after a Redis restart).
         let mut conn = l2.conn.clone();
-        if let Err(e) = l2.publish_if_current.load_async(&mut conn).await {
+        if let Err(e) = l2.set_if_current.load_async(&mut conn).await {
             tracing::debug!(url = %l2.url, error = %e, "SCRIPT LOAD failed; loaded on first use");
         }
         match l2.info().await {
@@ -217,10 +221,12 @@ impl RedisL2 {
         key.digest().push_hex(out);
     }
 
-    /// The fast write: a plain `SET` of `write`'s `envelope` under `generation` and, pipelined
-    /// after it, the namespace's generation read back, by the publish-if-current script when
-    /// there is an announcement (loaded first if Redis does not have it). Returns the generation
-    /// read and the key written.
+    /// The fast write of `write`'s `envelope` under `generation`, in one round trip: with an
+    /// announcement, the set-if-current script (loaded first if Redis does not have it), which
+    /// writes and publishes only if `generation` is still current; without, a plain `SET` and,
+    /// pipelined after it, the namespace's generation read back. Returns the generation read and
+    /// the key written if the write was made under a generation that turned out not to be
+    /// current (to be deleted).
     async fn plain_set(
         &self,
         conn: &mut ConnectionManager,
@@ -228,43 +234,42 @@ impl RedisL2 {
         generation: u64,
         envelope: &[u8],
         ttl_ms: u64,
-    ) -> Result<(u64, String)> {
+    ) -> Result<(u64, Option<String>)> {
         let namespace = write.key.key_namespace();
         let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
         self.push_entry_key(&mut entry_key, namespace, generation, &write.key);
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(entry_key.as_str())
+        let Some(event) = &write.announce else {
+            let (current,): (Option<u64>,) = redis::pipe()
+                .cmd("SET")
+                .arg(entry_key.as_str())
+                .arg(envelope)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore()
+                .cmd("GET")
+                .arg(self.generation_key(namespace))
+                .query_async(conn)
+                .await
+                .map_err(|e| self.fail("SET", e))?;
+            let current = current.unwrap_or(0);
+            return Ok((current, (current != generation).then_some(entry_key)));
+        };
+        let mut invocation = self.set_if_current.key(self.generation_key(namespace));
+        invocation
+            .key(entry_key.as_str())
+            .arg(generation)
             .arg(envelope)
-            .arg("PX")
             .arg(ttl_ms)
-            .ignore();
-        let mut invocation;
-        match &write.announce {
-            Some(event) => {
-                invocation = self.publish_if_current.key(self.generation_key(namespace));
-                invocation.arg(generation).arg(&self.channel).arg(event);
-                pipe.invoke_script(&invocation);
-            }
-            None => {
-                pipe.cmd("GET").arg(self.generation_key(namespace));
-            }
-        }
-        let reply: redis::RedisResult<(Option<u64>,)> = pipe.query_async(conn).await;
-        let (current,) = match reply {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // A Redis that restarted (or flushed its scripts) since the script was last
-                // loaded: load it and send the pipeline again (the SET is idempotent).
-                self.publish_if_current
-                    .load_async(conn)
-                    .await
-                    .map_err(|e| self.fail("SCRIPT LOAD", e))?;
-                pipe.query_async(conn).await
-            }
-            other => other,
-        }
-        .map_err(|e| self.fail("SET", e))?;
-        Ok((current.unwrap_or(0), entry_key))
+            .arg(&self.channel)
+            .arg(event.as_slice());
+        // `invoke_async` sends EVALSHA and, on NOSCRIPT (a Redis that restarted or flushed its
+        // scripts since it was loaded), loads the script and sends it again; nothing ran the
+        // first time.
+        let current: Option<u64> = invocation
+            .invoke_async(conn)
+            .await
+            .map_err(|e| self.fail("SET", e))?;
+        Ok((current.unwrap_or(0), None))
     }
 
     /// The channel and event to pass a script: empty for none.
@@ -468,33 +473,34 @@ impl L2Store for RedisL2 {
         let mut conn = self.conn.clone();
         if write.fence.is_none() && write.tags.is_empty() {
             if let Some(generation) = self.trusted_generation(namespace) {
-                // The common write, much as a raw client would send it: a plain SET, then its
-                // announcement, pipelined (one round trip; the event follows the change). No
-                // script writes, so Redis does little more than for a hand-rolled cache.
+                // The common write, in one round trip: with an announcement, one small script
+                // that checks the generation, SETs and PUBLISHes (the event follows the change);
+                // without, a plain SET with the generation read back after it.
                 //
                 // The generation is current unless something moved it that this node has not
                 // applied yet: an invalidation of the namespace on its way here, or a Redis that
-                // restarted empty (its generations start again from 0). The pipeline reads the
-                // generation after the SET: with an announcement, a small script publishes it
-                // only if the generation is still the one written under (an event must never
-                // go out before its value can be read); without, a plain GET. On a mismatch the
-                // write went under a generation no reader uses (or one the namespace would
-                // reach again one day and expose it): it is deleted at once, the generation
-                // forgotten, and the write made again by the SET script below, under the
-                // current generation, with its announcement. It must not be dropped: the
-                // mismatch proves the invalidation came first, and other nodes may have written
-                // or filled the key under the new generation since, with older values.
-                let (current, entry_key) = self
+                // restarted empty (its generations start again from 0). On a mismatch the script
+                // writes and announces nothing (a write under that generation would land where no
+                // reader looks, or where the namespace would one day climb back to and expose
+                // it, and an event for it would go out before its value could be read); a plain
+                // SET already made is deleted at once. The generation is forgotten, and the
+                // write made again by the SET script below, under the current generation, with
+                // its announcement. It must not be dropped: the mismatch proves the invalidation
+                // came first, and other nodes may have written or filled the key under the new
+                // generation since, with older values.
+                let (current, dead_entry) = self
                     .plain_set(&mut conn, &write, generation, &envelope, ttl_ms)
                     .await?;
                 if current == generation {
                     return Ok(true);
                 }
                 self.generations.forget(Some(namespace));
-                let _: i64 = conn
-                    .del(entry_key.as_str())
-                    .await
-                    .map_err(|e| self.fail("DEL", e))?;
+                if let Some(entry_key) = dead_entry {
+                    let _: i64 = conn
+                        .del(entry_key.as_str())
+                        .await
+                        .map_err(|e| self.fail("DEL", e))?;
+                }
             }
         }
         let epoch = self.generations.epoch();
