@@ -19,13 +19,15 @@
 //! plain `GET`/`MGET` of the entries while the generation it remembers is trusted (the node hears
 //! every invalidation). Fills, tagged writes, deletes and tag invalidations are Lua scripts, so
 //! checking and writing is atomic and one round trip. An untagged write under a trusted
-//! generation is a plain `SET`, pipelined with a small script that reads the generation and
-//! publishes the write's event only if it is still the one written under, much as a
-//! hand-rolled cache would send `SET` + `PUBLISH`. Should the generation have moved (an
-//! invalidation of the namespace this node has not applied yet, or a Redis that restarted
-//! empty), the write went where no reader looks, or where one would look once the generation
-//! climbs back to it, and nothing was announced: the entry is deleted at once and the write made
-//! again by the SET script, under the current generation and announced, since it came after
+//! generation is one small script that reads the generation and, only if it is still the one
+//! written under, `SET`s the entry and publishes the write's event: one command, as close as
+//! Redis allows to the `SET` + `PUBLISH` a hand-rolled cache would send (a write with nothing to
+//! announce is a plain `SET` pipelined with a `GET` of the generation). Should the generation
+//! have moved (an invalidation of the namespace this node has not applied yet, or a Redis that
+//! restarted empty), a write under it would go where no reader looks, or where one would look
+//! once the generation climbs back to it: the script writes and announces nothing (a plain `SET`
+//! already made is deleted at once), and the write is made again by the SET script, under the
+//! current generation and announced, since it came after
 //! that invalidation and must outlive it. An entry's envelope
 //! carries its tags and its writer's expiry time, from which a reader computes the remaining
 //! lifetime less [`CLOCK_SKEW_MARGIN`].

@@ -294,6 +294,8 @@ derived once outside the timed loops (`EdgeCache::key`, then the `*_key` methods
 3. **Write to an event-driven namespace.** edge-cache `set_key` on `gpu_availability`
    (critical: L2, an L1 copy and the event) and on `provider_status` (L2 and the event); the
    baseline is a pipelined `SET` + `PUBLISH` with the value serialised in the timed call;
+   the floor is the same write sent as edge-cache's set-if-current script (`SET` and `PUBLISH`
+   only if the namespace's generation is the one written under), to show what that check costs;
    amalgam-cache `set` with its backplane publish awaited (not its default, the background) so
    that the call covers the same work. One task, the implementations taking turns write by
    write in an order shuffled each turn (a write leaves work behind, a subscriber woken by its
