@@ -36,6 +36,21 @@ async fn contract(a: Arc<dyn EventBus>, b: Arc<dyn EventBus>) {
     }
     // Bytes are carried as they are, malformed or not: decoding is the receiver's job.
     b.publish(vec![0xff, 0x00, b'{']).await.unwrap();
+    // Nothing taken yet: each subscription's gauge counts all 101 once they have arrived (a
+    // node's health reports it as the events waiting to be applied).
+    for sub in [&sub_a, &sub_b] {
+        let gauge = sub.queue_gauge().expect("both buses count what they hold");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while gauge.len() < 101 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queued: {}",
+                gauge.len()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(gauge.len(), 101, "no more than what was published");
+    }
     for sub in [&mut sub_a, &mut sub_b] {
         for p in &payloads {
             assert_eq!(
@@ -45,6 +60,7 @@ async fn contract(a: Arc<dyn EventBus>, b: Arc<dyn EventBus>) {
             );
         }
         assert_eq!(next(sub).await, BusItem::Message(vec![0xff, 0x00, b'{']));
+        assert_eq!(sub.queue_gauge().map(|g| g.len()), Some(0), "all taken");
     }
 }
 

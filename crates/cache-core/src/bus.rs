@@ -1,5 +1,6 @@
 //! The event bus trait: how invalidation events travel between nodes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -37,6 +38,59 @@ pub trait Subscription: Send {
     /// # Cancel safety
     /// Implementations must be cancel safe: dropping the future loses no item.
     async fn next(&mut self) -> Option<BusItem>;
+
+    /// How many items this subscription holds that [`Subscription::next`] has not returned yet,
+    /// readable from anywhere while the subscription is read elsewhere (a node reports it in its
+    /// health as the events waiting to be applied). Default: `None`, for a transport that keeps
+    /// no queue of its own or cannot tell.
+    fn queue_gauge(&self) -> Option<QueueGauge> {
+        None
+    }
+}
+
+/// A count of items queued for a subscriber and not yet taken, shared between the side that
+/// queues them and the [`Subscription`] that hands them out (see
+/// [`Subscription::queue_gauge`]). Clones share the count.
+///
+/// ```
+/// use cache_core::bus::QueueGauge;
+///
+/// let gauge = QueueGauge::default();
+/// gauge.queued();
+/// gauge.queued();
+/// gauge.taken();
+/// assert_eq!(gauge.clone().len(), 1);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct QueueGauge(Arc<AtomicU64>);
+
+impl QueueGauge {
+    /// Counts one item queued. Call it before handing the item over, so that the gauge never
+    /// reads less than what is queued (a receiver may take the item at once).
+    pub fn queued(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one item taken, or one counted by [`QueueGauge::queued`] that could not be handed
+    /// over after all. Never goes below zero.
+    pub fn taken(&self) {
+        // A closure that always returns `Some` cannot fail.
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// Items queued and not taken.
+    pub fn len(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Carries encoded events to every subscriber, the publisher's own subscription included.

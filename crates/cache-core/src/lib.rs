@@ -27,7 +27,7 @@ pub mod routing;
 pub mod store;
 pub mod time;
 
-pub use bus::{BusItem, ConnectionState, EventBus, Subscription};
+pub use bus::{BusItem, ConnectionState, EventBus, QueueGauge, Subscription};
 pub use codec::{Codec, JsonCodec};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventType, Scope, FORMAT_VERSION, MAX_EVENT_BYTES};

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use cache_core::{
     CacheKey, Clock, Codec, ConnectionState, Digest, Error, ErrorKind, Event, EventBus, EventType,
-    Fence, JsonCodec, L1Entry, L1Store, L2Store, L2Write, NamespaceConfig, Result, Routing, Scope,
-    SharedValue,
+    Fence, JsonCodec, L1Entry, L1Store, L2Store, L2Write, NamespaceConfig, QueueGauge, Result,
+    Routing, Scope, SharedValue,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -67,6 +67,8 @@ pub(crate) struct Inner<C> {
     flights: Mutex<HashMap<(usize, Digest), Arc<Flight>>>,
     /// True while the bus reports a lost subscription: L1 of event-driven namespaces is bypassed.
     bus_down: AtomicBool,
+    /// What the subscription holds that the listener has not taken yet, if the bus can tell.
+    queued_events: Option<QueueGauge>,
     /// Whether L2 publishes on the bus's route, so writes and invalidations carry their event.
     announce_via_l2: bool,
     /// Whether this node last told L2 it hears every invalidation (see `feed_complete`).
@@ -128,6 +130,7 @@ impl<C: Codec> EdgeCache<C> {
             }
         };
         let subscription = bus.subscribe().await?;
+        let queued_events = subscription.queue_gauge();
         let announce_via_l2 =
             matches!((l2.announce_route(), bus.route()), (Some(a), Some(b)) if a == b);
         let namespaces = b
@@ -161,6 +164,7 @@ impl<C: Codec> EdgeCache<C> {
             announce_via_l2,
             feed_complete: AtomicBool::new(false),
             bus_down: AtomicBool::new(false),
+            queued_events,
             closed: AtomicBool::new(false),
             listener_running: AtomicBool::new(true),
             events_handled: AtomicU64::new(0),
@@ -768,7 +772,11 @@ impl<C: Codec> EdgeCache<C> {
             status,
             l2_connected: l2.is_ok(),
             bus_connected,
-            event_queue_size: received.saturating_sub(inner.events_handled.load(Relaxed)),
+            // Taken by the listener and not handled yet (at most the one in hand), plus what
+            // the subscription still holds.
+            event_queue_size: received
+                .saturating_sub(inner.events_handled.load(Relaxed))
+                .saturating_add(inner.queued_events.as_ref().map_or(0, QueueGauge::len)),
             last_event_age: (last != 0).then(|| {
                 inner
                     .clock

@@ -226,8 +226,11 @@ pub struct Health {
     pub l2_connected: bool,
     /// Whether the event subscription is up (the seed's `pubsub_active`).
     pub bus_connected: bool,
-    /// Events received but not yet applied. Events are applied as they are received, so this is
-    /// 0 unless the listener is behind.
+    /// Events (and connection changes) the bus has delivered to this node and the listener has
+    /// not finished handling: the one in hand plus those queued behind it (the seed's
+    /// `event_queue_size`). 0 unless the listener is behind. A bus whose subscription cannot
+    /// tell what it holds ([`cache_core::Subscription::queue_gauge`]) contributes only the one in
+    /// hand.
     pub event_queue_size: u64,
     /// Time since the last applied event.
     pub last_event_age: Option<Duration>,

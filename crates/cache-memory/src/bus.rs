@@ -4,7 +4,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use async_trait::async_trait;
-use cache_core::{BusItem, ConnectionState, Error, ErrorKind, EventBus, Result, Subscription};
+use cache_core::{
+    BusItem, ConnectionState, Error, ErrorKind, EventBus, QueueGauge, Result, Subscription,
+};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// Delivers every published payload to every subscriber in the process, in publish order, like
@@ -63,6 +65,19 @@ struct BusState {
 struct Subscriber {
     tx: UnboundedSender<BusItem>,
     connected: bool,
+    gauge: QueueGauge,
+}
+
+impl Subscriber {
+    /// Queues `item`; false once the subscription is gone.
+    fn send(&self, item: BusItem) -> bool {
+        self.gauge.queued();
+        let sent = self.tx.send(item).is_ok();
+        if !sent {
+            self.gauge.taken();
+        }
+        sent
+    }
 }
 
 impl BusState {
@@ -73,7 +88,7 @@ impl BusState {
                 // Like Redis pub/sub: what is published while a subscriber is away is lost.
                 return !sub.tx.is_closed();
             }
-            (0..copies).all(|_| sub.tx.send(BusItem::Message(payload.to_vec())).is_ok())
+            (0..copies).all(|_| sub.send(BusItem::Message(payload.to_vec())))
         });
     }
 
@@ -85,7 +100,7 @@ impl BusState {
                 return !sub.tx.is_closed();
             }
             sub.connected = connected;
-            sub.tx.send(BusItem::State(item)).is_ok()
+            sub.send(BusItem::State(item))
         });
     }
 
@@ -223,14 +238,17 @@ impl EventBus for MemoryBus {
 
     async fn subscribe(&self) -> Result<Box<dyn Subscription>> {
         let (tx, rx) = unbounded_channel();
-        // Queued before the subscriber is visible to publishers, so it always comes first.
-        tx.send(BusItem::State(ConnectionState::Connected))
-            .expect("the receiver is alive");
-        self.lock().subscribers.push(Subscriber {
+        let subscriber = Subscriber {
             tx,
             connected: true,
-        });
-        Ok(Box::new(MemorySubscription { rx }))
+            gauge: QueueGauge::default(),
+        };
+        let gauge = subscriber.gauge.clone();
+        // Queued before the subscriber is visible to publishers, so it always comes first.
+        let sent = subscriber.send(BusItem::State(ConnectionState::Connected));
+        debug_assert!(sent, "the receiver is alive");
+        self.lock().subscribers.push(subscriber);
+        Ok(Box::new(MemorySubscription { rx, gauge }))
     }
 }
 
@@ -249,13 +267,23 @@ impl fmt::Debug for MemoryBus {
 /// One subscriber's queue of [`BusItem`]s.
 struct MemorySubscription {
     rx: UnboundedReceiver<BusItem>,
+    gauge: QueueGauge,
 }
 
 #[async_trait]
 impl Subscription for MemorySubscription {
     /// # Cancel safety
-    /// Cancel safe: `UnboundedReceiver::recv` loses nothing when its future is dropped.
+    /// Cancel safe: `UnboundedReceiver::recv` loses nothing when its future is dropped, and the
+    /// gauge is counted down in the same poll that returns the item.
     async fn next(&mut self) -> Option<BusItem> {
-        self.rx.recv().await
+        let item = self.rx.recv().await;
+        if item.is_some() {
+            self.gauge.taken();
+        }
+        item
+    }
+
+    fn queue_gauge(&self) -> Option<QueueGauge> {
+        Some(self.gauge.clone())
     }
 }

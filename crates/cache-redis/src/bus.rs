@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use cache_core::{BusItem, ConnectionState, Error, ErrorKind, EventBus, Result, Subscription};
+use cache_core::{
+    BusItem, ConnectionState, Error, ErrorKind, EventBus, QueueGauge, Result, Subscription,
+};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
@@ -90,25 +92,62 @@ impl EventBus for RedisBus {
                 .with_source(e)
             })?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(BusItem::State(ConnectionState::Connected));
+        let feed = Feed {
+            tx,
+            gauge: QueueGauge::default(),
+        };
+        let gauge = feed.gauge.clone();
+        let _ = feed.send(BusItem::State(ConnectionState::Connected));
         tokio::spawn(run(
             self.client.clone(),
             Arc::clone(&self.config),
             first,
-            tx,
+            feed,
         ));
-        Ok(Box::new(RedisSubscription { rx }))
+        Ok(Box::new(RedisSubscription { rx, gauge }))
     }
 }
 
 struct RedisSubscription {
     rx: mpsc::UnboundedReceiver<BusItem>,
+    gauge: QueueGauge,
 }
 
 #[async_trait]
 impl Subscription for RedisSubscription {
     async fn next(&mut self) -> Option<BusItem> {
-        self.rx.recv().await
+        let item = self.rx.recv().await;
+        if item.is_some() {
+            self.gauge.taken();
+        }
+        item
+    }
+
+    fn queue_gauge(&self) -> Option<QueueGauge> {
+        Some(self.gauge.clone())
+    }
+}
+
+/// The forwarding task's end of a subscription: its channel, and the count of what it queued
+/// that the subscriber has not taken yet.
+struct Feed {
+    tx: mpsc::UnboundedSender<BusItem>,
+    gauge: QueueGauge,
+}
+
+impl Feed {
+    /// Queues `item`; an error once the subscriber is gone.
+    fn send(&self, item: BusItem) -> std::result::Result<(), ()> {
+        self.gauge.queued();
+        self.tx.send(item).map_err(|_| self.gauge.taken())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    async fn closed(&self) {
+        self.tx.closed().await;
     }
 }
 
@@ -126,12 +165,7 @@ async fn subscribe_once(
 
 /// Forwards messages until the connection is lost, then reconnects with backoff; ends when the
 /// subscriber is dropped.
-async fn run(
-    client: redis::Client,
-    config: Arc<RedisConfig>,
-    first: redis::aio::PubSub,
-    tx: mpsc::UnboundedSender<BusItem>,
-) {
+async fn run(client: redis::Client, config: Arc<RedisConfig>, first: redis::aio::PubSub, tx: Feed) {
     let mut pubsub = Some(first);
     let (min, max) = config.backoff();
     let mut delay = min;
@@ -177,11 +211,7 @@ async fn run(
 }
 
 /// Forwards one connection's messages; returns when it is lost or the subscriber is gone.
-async fn forward(
-    pubsub: redis::aio::PubSub,
-    config: &RedisConfig,
-    tx: &mpsc::UnboundedSender<BusItem>,
-) {
+async fn forward(pubsub: redis::aio::PubSub, config: &RedisConfig, tx: &Feed) {
     let (mut sink, mut stream) = pubsub.split();
     let mut ping = tokio::time::interval(config.ping_every());
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

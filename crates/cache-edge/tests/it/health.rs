@@ -1,10 +1,10 @@
 //! Health, stats and shutdown.
 
-use cache_core::ErrorKind;
+use cache_core::{ErrorKind, Event, EventBus, EventType};
 use cache_edge::{HealthStatus, Notification};
 use serde_json::json;
 
-use crate::support::Fleet;
+use crate::support::{applied, Fleet};
 
 #[tokio::test]
 async fn health_follows_l2_and_shutdown() {
@@ -124,4 +124,40 @@ async fn the_default_node_id_has_the_seed_form() {
     assert!(id.starts_with("edge_node_") && id.len() == 18, "{id}");
     assert!(id[10..].chars().all(|c| c.is_ascii_hexdigit()), "{id}");
     node.shutdown().await;
+}
+
+/// The seed reports its event queue's length; so does a node: the events the bus has delivered
+/// that its listener has not applied yet. On a current-thread runtime the listener only runs
+/// when the test yields, so the events published here wait in the node's subscription.
+#[tokio::test]
+async fn health_counts_the_events_waiting_to_be_applied() {
+    let fleet = Fleet::new();
+    let b = fleet.node("b").await;
+    // The subscription's first item (connected) is taken once the listener has run.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while b.health().await.event_queue_size != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    for i in 0..3 {
+        let event = Event::new(
+            EventType::PricingUpdated,
+            format!("gpu_{i}"),
+            "a",
+            format!("id-{i}"),
+            0.0,
+        );
+        fleet.bus.publish(event.encode()).await.unwrap();
+    }
+    assert_eq!(
+        b.health().await.event_queue_size,
+        3,
+        "three events wait in the subscription"
+    );
+    applied(&b, 3).await;
+    assert_eq!(b.health().await.event_queue_size, 0, "all applied");
+    b.shutdown().await;
 }
