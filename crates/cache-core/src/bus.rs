@@ -82,6 +82,15 @@ impl QueueGauge {
             });
     }
 
+    /// Passes on what a subscription's queue returned, counting it taken if it is an item: the
+    /// body of a [`Subscription::next`] is `gauge.pass(queue.recv().await)`.
+    pub fn pass(&self, item: Option<BusItem>) -> Option<BusItem> {
+        if item.is_some() {
+            self.taken();
+        }
+        item
+    }
+
     /// Items queued and not taken.
     pub fn len(&self) -> u64 {
         self.0.load(Ordering::Relaxed)

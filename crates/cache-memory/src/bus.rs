@@ -276,11 +276,7 @@ impl Subscription for MemorySubscription {
     /// Cancel safe: `UnboundedReceiver::recv` loses nothing when its future is dropped, and the
     /// gauge is counted down in the same poll that returns the item.
     async fn next(&mut self) -> Option<BusItem> {
-        let item = self.rx.recv().await;
-        if item.is_some() {
-            self.gauge.taken();
-        }
-        item
+        self.gauge.pass(self.rx.recv().await)
     }
 
     fn queue_gauge(&self) -> Option<QueueGauge> {

@@ -116,11 +116,7 @@ struct RedisSubscription {
 #[async_trait]
 impl Subscription for RedisSubscription {
     async fn next(&mut self) -> Option<BusItem> {
-        let item = self.rx.recv().await;
-        if item.is_some() {
-            self.gauge.taken();
-        }
-        item
+        self.gauge.pass(self.rx.recv().await)
     }
 
     fn queue_gauge(&self) -> Option<QueueGauge> {

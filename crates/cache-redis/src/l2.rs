@@ -82,7 +82,10 @@ return {1, g}
 /// where a pipelined `SET` and check took two. KEYS: the namespace's generation key, the entry's
 /// key (under the remembered generation); ARGV: that generation, envelope, TTL in ms, channel,
 /// event. Returns the namespace's generation: the write was made if and only if it is ARGV[1].
-const SET_IF_CURRENT: &str = r"
+///
+/// Public so that tools can send exactly what a node sends: `cargo xtask bench` times it raw as
+/// row 3's floor.
+pub const SET_IF_CURRENT_SCRIPT: &str = r"
 local g = redis.call('GET', KEYS[1]) or '0'
 if g ~= ARGV[1] then return g end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
@@ -164,7 +167,7 @@ impl RedisL2 {
             delete: Script::new(DELETE),
             invalidate_tag: Script::new(INVALIDATE_TAG),
             invalidate_namespaces: Script::new(INVALIDATE_NAMESPACES),
-            set_if_current: Script::new(SET_IF_CURRENT),
+            set_if_current: Script::new(SET_IF_CURRENT_SCRIPT),
             generations: Arc::default(),
             channel: config.channel_name().to_owned(),
             route: config.route(&client),

@@ -34,15 +34,6 @@ const RAW_CHANNEL: &str = "bench:raw:writes";
 /// The generation key the floor's script reads; never set, so it reads as generation 0.
 const RAW_GENERATION: &str = "bench:raw:g";
 
-/// The check of edge-cache's announced writes, as `cache-redis` sends it: `SET` and `PUBLISH`
-/// only if the generation is still the one written under.
-const SET_IF_CURRENT: &str = r"
-local g = redis.call('GET', KEYS[1]) or '0'
-if g ~= ARGV[1] then return g end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return g
-";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Imp {
     Raw,
@@ -279,7 +270,7 @@ async fn setup(url: &str) -> anyhow::Result<Stores> {
     let offers: Vec<Offer> = (0..KEYS).map(Offer::new).collect();
     let shared = offers.iter().cloned().map(Arc::new).collect();
     let mut raw = nodes::raw(url).await?;
-    let set_if_current = redis::Script::new(SET_IF_CURRENT);
+    let set_if_current = redis::Script::new(cache_redis::SET_IF_CURRENT_SCRIPT);
     set_if_current.load_async(&mut raw).await?;
     Ok(Stores {
         node,
