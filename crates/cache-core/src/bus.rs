@@ -134,3 +134,28 @@ impl<T: EventBus + ?Sized> EventBus for Arc<T> {
         (**self).route()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_gauge_counts_what_is_queued_and_never_goes_below_zero() {
+        let gauge = QueueGauge::default();
+        let shared = gauge.clone();
+        assert!(gauge.is_empty());
+        gauge.queued();
+        gauge.queued();
+        assert_eq!(shared.len(), 2, "clones share the count");
+        let item = BusItem::Message(b"e".to_vec());
+        assert_eq!(shared.pass(Some(item.clone())), Some(item));
+        assert_eq!(gauge.len(), 1);
+        assert_eq!(shared.pass(None), None, "an ended subscription takes nothing");
+        assert_eq!(gauge.len(), 1);
+        gauge.taken();
+        gauge.taken();
+        assert_eq!(gauge.len(), 0, "an extra count-down is absorbed");
+        gauge.queued();
+        assert_eq!(gauge.len(), 1);
+    }
+}
