@@ -150,7 +150,11 @@ mod tests {
         let item = BusItem::Message(b"e".to_vec());
         assert_eq!(shared.pass(Some(item.clone())), Some(item));
         assert_eq!(gauge.len(), 1);
-        assert_eq!(shared.pass(None), None, "an ended subscription takes nothing");
+        assert_eq!(
+            shared.pass(None),
+            None,
+            "an ended subscription takes nothing"
+        );
         assert_eq!(gauge.len(), 1);
         gauge.taken();
         gauge.taken();
