@@ -639,13 +639,45 @@ async fn commands(server: &RedisServer) -> Commands {
 /// made again under the generation Redis has now.
 #[tokio::test]
 async fn a_write_into_a_restarted_redis_never_resurfaces_under_a_later_generation() {
+    let done = write_across_a_restart(false).await;
+    assert_eq!(
+        (done.set, done.del, done.publish),
+        (2, 1, 0),
+        "the plain SET under generation 3, deleted; then the SET script's own SET under 0"
+    );
+}
+
+/// The same with an announced write: the set-if-current script finds generation 0, not the 3
+/// the writer remembers, and writes and announces nothing; the SET script then writes under 0
+/// and announces once.
+#[tokio::test]
+async fn an_announced_write_into_a_restarted_redis_is_made_and_announced_once() {
+    let done = write_across_a_restart(true).await;
+    assert_eq!(
+        (done.set, done.del, done.publish),
+        (1, 0, 1),
+        "nothing written under generation 3; one write and one announcement under 0"
+    );
+}
+
+/// A writer trusting generation 3 writes before and after Redis restarts empty; returns the
+/// commands the write after the restart made (its `EVALSHA` calls include those the restarted
+/// Redis refused with `NOSCRIPT`).
+async fn write_across_a_restart(announce: bool) -> Commands {
     use cache_core::{CacheKey, L2Write};
     let mut server = RedisServer::start();
     let config = config(&server);
     let writer = RedisL2::connect(&config).await.unwrap();
     writer.invalidation_feed(1, 0);
     let key = CacheKey::derive("gpu_avail", &json!({"gpu_id": "g-1"})).unwrap();
-    let write = |value: &str| L2Write::new(key.clone(), value.as_bytes().to_vec(), DEADLINE);
+    let write = |value: &str| {
+        let write = L2Write::new(key.clone(), value.as_bytes().to_vec(), DEADLINE);
+        if announce {
+            write.announce(format!("wrote {value}").into_bytes())
+        } else {
+            write
+        }
+    };
     // The writer learns generation 3.
     for _ in 0..3 {
         writer.invalidate_namespace("gpu_avail").await.unwrap();
@@ -660,7 +692,9 @@ async fn a_write_into_a_restarted_redis_never_resurfaces_under_a_later_generatio
         writer.ping().await.is_ok()
     })
     .await;
+    let before = commands(&server).await;
     assert!(writer.set(write("after the restart")).await.unwrap());
+    let after_restart = commands(&server).await.since(&before);
     assert_eq!(
         other.get(&key).await.unwrap().map(|e| e.bytes),
         Some(b"after the restart".to_vec()),
@@ -672,6 +706,7 @@ async fn a_write_into_a_restarted_redis_never_resurfaces_under_a_later_generatio
     }
     assert_eq!(other.generation("gpu_avail").await.unwrap(), 3);
     assert_eq!(other.get(&key).await.unwrap(), None);
+    after_restart
 }
 
 /// A bus whose subscription hands on nothing while the gate is closed: its node falls behind
