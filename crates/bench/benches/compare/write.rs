@@ -1,14 +1,16 @@
 //! Row 3: a write to an event-driven namespace (the L2 write and the event announcing it), one
 //! task's latency. edge-cache `set_key` on `gpu_availability` (critical: the node also keeps an
-//! L1 copy) and on `provider_status` (L2 only), against a raw pipelined `SET` + `PUBLISH` (one
+//! L1 copy, decoded from the encoding), `set_key_shared` there (the L1 keeps the caller's `Arc`,
+//! as amalgam-cache's does) and `set_key` on `provider_status` (L2 only), against a raw pipelined `SET` + `PUBLISH` (one
 //! round trip, the value serialised in the timed call) and amalgam-cache `set` with its Redis L2
 //! and backplane, the backplane publish awaited rather than left to the background (its default)
 //! so that the call covers the same work.
 //!
 //! A second raw line, the floor, sends the write as the script edge-cache's writes need: `SET`
 //! and `PUBLISH` only if the namespace's generation is still the one written under (see
-//! `docs/performance.md`, "Writes"), the value serialised in the timed call. What that check costs shows as the floor's ratio;
-//! what edge-cache adds to it, as the distance from the floor to edge-cache.
+//! `docs/performance.md`, "Writes"), the value serialised in the timed call. What that check
+//! costs shows as the floor's ratio; what edge-cache adds to it, as the distance from the floor
+//! to edge-cache.
 //!
 //! Each implementation has one subscriber on its channel, as a fleet would: edge-cache's node
 //! hears its own events back, amalgam-cache's backplane its own, and the raw channel has a
@@ -39,15 +41,17 @@ enum Imp {
     Raw,
     RawChecked,
     Edge,
+    EdgeShared,
     EdgeL2Only,
     Amalgam,
 }
 
 impl Imp {
-    const ALL: [Imp; 5] = [
+    const ALL: [Imp; 6] = [
         Imp::Raw,
         Imp::RawChecked,
         Imp::Edge,
+        Imp::EdgeShared,
         Imp::EdgeL2Only,
         Imp::Amalgam,
     ];
@@ -59,6 +63,9 @@ impl Imp {
                 "floor: raw set-if-current script (`SET` + `PUBLISH` if the generation is current)"
             }
             Imp::Edge => "edge-cache `set_key` (`gpu_availability`: L2 + L1 copy + event)",
+            Imp::EdgeShared => {
+                "edge-cache `set_key_shared` (`gpu_availability`: L2 + the caller's `Arc` in L1 + event)"
+            }
             Imp::EdgeL2Only => "edge-cache `set_key` (`provider_status`: L2 + event)",
             Imp::Amalgam => "amalgam-cache `set`, backplane publish awaited (L1 + L2 + backplane)",
         }
@@ -119,6 +126,11 @@ impl Stores {
             Imp::Edge => {
                 self.node
                     .set_key(&self.critical[i], &self.offers[i], options())
+                    .await?;
+            }
+            Imp::EdgeShared => {
+                self.node
+                    .set_key_shared(&self.critical[i], Arc::clone(&self.shared[i]), options())
                     .await?;
             }
             Imp::EdgeL2Only => {
@@ -188,7 +200,7 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
     let p50 = percentiles(&mut samples, 50);
     let p99 = percentiles(&mut samples, 99);
     for (slot, imp) in Imp::ALL.into_iter().enumerate() {
-        let target = if matches!(imp, Imp::Edge | Imp::EdgeL2Only) {
+        let target = if matches!(imp, Imp::Edge | Imp::EdgeShared | Imp::EdgeL2Only) {
             let r = ratio(p50[slot], p50[0]);
             format!("≤ 1.2× raw: {} ({})", verdict(r <= 1.2), times(r))
         } else {

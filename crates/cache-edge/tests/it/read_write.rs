@@ -266,6 +266,46 @@ async fn a_value_that_does_not_decode_back_is_refused_with_nothing_written() {
 }
 
 #[tokio::test]
+async fn a_shared_write_keeps_the_callers_arc_and_reaches_other_nodes() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let b = fleet.node("b").await;
+    let key = a
+        .key("gpu_availability", &json!({"gpu_id": "g-1"}))
+        .unwrap();
+    a.set_key(&key, &avail("g-1", true), SetOptions::new())
+        .await
+        .unwrap();
+    applied(&b, 1).await;
+    // B keeps the first value in its L1.
+    b.get_key::<Availability>(&key).await.unwrap().unwrap();
+
+    let shared = Arc::new(avail("g-1", false));
+    a.set_key_shared(&key, Arc::clone(&shared), SetOptions::new())
+        .await
+        .unwrap();
+    let on_a = a.get_key::<Availability>(&key).await.unwrap().unwrap();
+    assert!(
+        Arc::ptr_eq(&on_a, &shared),
+        "the writer's L1 holds the caller's Arc"
+    );
+    assert_eq!(a.stats().l1_hits, 1);
+    // Written to L2 and announced like any write: B drops its copy and reads the new value.
+    applied(&b, 2).await;
+    let before = b.stats();
+    let on_b = b.get_key::<Availability>(&key).await.unwrap().unwrap();
+    assert_eq!(*on_b, avail("g-1", false));
+    assert_eq!(
+        b.stats().l2_hits - before.l2_hits,
+        1,
+        "read from L2, not B's old copy"
+    );
+    assert_eq!(a.stats().sets, 2);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_cached_none_is_not_a_miss() {
     let fleet = Fleet::new();
     let a = fleet.node("a").await;
