@@ -1,8 +1,9 @@
 //! Project automation, reached as `cargo xtask <command>` (alias in `.cargo/config.toml`).
 //!
 //! - `cargo xtask test`: installs `redis-server` if it is missing, then runs the format check,
-//!   clippy with warnings denied, every test of the workspace, and the demo's freshness audit
-//!   under `--chaos` for 3 s on each backend. CI runs exactly this.
+//!   clippy with warnings denied, every test of the workspace, the API docs with warnings denied,
+//!   and the demo's freshness audit under `--chaos` for 3 s on each backend. CI runs exactly
+//!   this.
 //! - `cargo xtask demo [--duration SECS] [--nodes N] ...`: the simulated GPU marketplace on the
 //!   embedded (in-process) backends, with a freshness audit that must find no stale read.
 //! - `cargo xtask bench [--quick] [--only ROWS] [--keys N] [--write PATH]`: edge-cache side by
@@ -20,7 +21,8 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test    install redis-server and openssl if missing, then fmt check, clippy -D warnings, every test
+  test    install redis-server and openssl if missing, then fmt check, clippy -D warnings, every test,
+          docs with warnings denied, and the demo's chaos audit
   demo    run the simulated GPU marketplace on the embedded backends (demo --help for options)
   bench   edge-cache vs amalgam-cache, moka, quick_cache, raw redis-rs and the seed, on a
           private redis-server, in release builds; one table (bench --help for options)";
@@ -112,6 +114,18 @@ fn test(extra: &[String]) -> Result<()> {
             "--doc",
         ],
     )?;
+    // The API docs build without a warning: a broken intra-doc link is a broken promise.
+    run_with_env(
+        "cargo",
+        &[
+            "doc",
+            "--workspace",
+            "--exclude",
+            "edge-cache-bench",
+            "--no-deps",
+        ],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
     // The freshness audit under injected faults, a short run on each backend: the demo's
     // workload against lost subscriptions and failed commands, judged read by read.
     for backend in [&[][..], &["--redis"][..]] {
@@ -175,9 +189,16 @@ fn ensure_tools() -> Result<()> {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<()> {
-    eprintln!("xtask: $ {program} {}", args.join(" "));
+    run_with_env(program, args, &[])
+}
+
+/// [`run`] with `env` set for the program.
+fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v:?} ")).collect();
+    eprintln!("xtask: $ {}{program} {}", shown.concat(), args.join(" "));
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("starting {program}"))?;
     if !status.success() {

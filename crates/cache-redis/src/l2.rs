@@ -81,7 +81,7 @@ return {1, g}
 /// event never goes out before its value can be read. One command, so one Lua call and one reply
 /// where a pipelined `SET` and check took two. KEYS: the namespace's generation key, the entry's
 /// key (under the remembered generation); ARGV: that generation, envelope, TTL in ms, channel,
-/// event. Returns the namespace's generation: the write was made if and only if it is ARGV[1].
+/// event. Returns the namespace's generation: the write was made if and only if it is `ARGV[1]`.
 ///
 /// Public so that tools can send exactly what a node sends: `cargo xtask bench` times it raw as
 /// row 3's floor.
