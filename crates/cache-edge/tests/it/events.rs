@@ -61,6 +61,62 @@ async fn own_events_are_ignored_and_others_applied() {
     b.shutdown().await;
 }
 
+/// A node skips its own events by their first bytes; an event from a node whose id merely
+/// starts like this one's, or that names this node inside its data, is still applied.
+#[tokio::test]
+async fn only_events_this_node_wrote_are_skipped_unread() {
+    let fleet = Fleet::new();
+    let b = fleet.node("b").await;
+    let mut lookalike = Event::new(
+        cache_core::EventType::GpuAvailabilityChanged,
+        "gpu_g-1",
+        "b-2",
+        "id-1",
+        0.0,
+    );
+    lookalike.affected_namespaces = vec!["gpu_avail".into()];
+    lookalike.data.insert("source_node".into(), json!("b"));
+    let mut naming_b = lookalike.clone();
+    naming_b.source_node = "c".into();
+    naming_b.event_id = "id-2".into();
+    for event in [&lookalike, &naming_b] {
+        // b's own write keeps a copy in its L1.
+        b.set(
+            "gpu_availability",
+            &json!({"id": "g-1"}),
+            &"g-1".to_string(),
+        )
+        .await
+        .unwrap();
+        assert!(cached(&b, "g-1").await);
+        let applied_before = b.stats().events_applied;
+        fleet.bus.publish(event.encode()).await.unwrap();
+        applied(&b, applied_before + 1).await;
+        let l1_hits = b.stats().l1_hits;
+        assert!(cached(&b, "g-1").await, "still in L2");
+        assert_eq!(
+            b.stats().l1_hits,
+            l1_hits,
+            "{}'s event dropped b's L1 copy",
+            event.source_node
+        );
+    }
+    let own = Event::new(
+        cache_core::EventType::PricingUpdated,
+        "gpu_g-1",
+        "b",
+        "id-3",
+        0.0,
+    );
+    let ignored_before = b.stats().own_events_ignored;
+    fleet.bus.publish(own.encode()).await.unwrap();
+    eventually("b skips its own event", || {
+        b.stats().own_events_ignored == ignored_before + 1
+    })
+    .await;
+    b.shutdown().await;
+}
+
 #[derive(Default)]
 struct Rejections(Mutex<Vec<ErrorKind>>);
 
