@@ -6,6 +6,7 @@
 //! optional fields without breaking older nodes.
 
 use std::fmt;
+use std::io::Write as _;
 use std::str::FromStr;
 
 use serde::Deserialize;
@@ -197,7 +198,8 @@ impl Event {
         out.extend_from_slice(b",\"affected_namespaces\":");
         push_json_strs(&mut out, &self.affected_namespaces);
         out.extend_from_slice(b",\"version\":");
-        out.extend_from_slice(self.version.to_string().as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{}", self.version);
         out.extend_from_slice(b",\"scope\":");
         push_json_str(&mut out, scope);
         if let Some(keys) = keys {

@@ -13,7 +13,7 @@ use redis::aio::MultiplexedConnection;
 use test_support::RedisServer;
 
 use super::{connect, Line};
-use crate::demo::percentile;
+use edge_cache_bench::percentile;
 
 /// Entries of the unrelated namespace, in each layout.
 pub(super) const UNRELATED_KEYS: u64 = 100_000;

@@ -81,6 +81,7 @@ use cache_core::{CacheKey, EventBus, L2Store, Namespaces};
 use cache_edge::{EdgeCache, Observer, Stats};
 use cache_memory::MemoryBus;
 use cache_redis::{redact, RedisBus, RedisConfig, RedisL2};
+use edge_cache_bench::percentile;
 use test_support::RedisServer;
 
 use audit::NodeAudit;
@@ -855,16 +856,6 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
 /// `1 node`, `3 nodes`.
 fn plural(n: usize, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
-}
-
-/// The `p`th percentile (nearest rank) of `samples`; sorts them.
-pub(crate) fn percentile(samples: &mut [Duration], p: usize) -> Option<Duration> {
-    if samples.is_empty() {
-        return None;
-    }
-    samples.sort_unstable();
-    let rank = (samples.len() * p).div_ceil(100).max(1);
-    Some(samples[rank - 1])
 }
 
 /// A duration in whole microseconds, or `-` when there is none.
