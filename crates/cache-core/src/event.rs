@@ -188,8 +188,7 @@ impl Event {
         out.extend_from_slice(b",\"resource_id\":");
         push_json_str(&mut out, &self.resource_id);
         out.extend_from_slice(b",\"data\":");
-        // Writing a map with string keys to a Vec cannot fail.
-        serde_json::to_writer(&mut out, &self.data).unwrap_or_default();
+        push_json_map(&mut out, &self.data);
         out.extend_from_slice(b",\"timestamp\":");
         // A non-finite timestamp is written as null, as serde_json does.
         serde_json::to_writer(&mut out, &self.timestamp).unwrap_or_default();
@@ -316,6 +315,26 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
         // Writing a string to a Vec cannot fail.
         serde_json::to_writer(&mut *out, s).unwrap_or_default();
     }
+}
+
+/// Appends `map` as serde_json writes it (in the map's order), string values written by
+/// [`push_json_str`]: a write's event carries its key there, which serde_json checks for escapes
+/// a byte at a time.
+fn push_json_map(out: &mut Vec<u8>, map: &Map<String, Value>) {
+    out.push(b'{');
+    for (i, (key, value)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json_str(out, key);
+        out.push(b':');
+        match value {
+            Value::String(s) => push_json_str(out, s),
+            // Writing a JSON value to a Vec cannot fail.
+            other => serde_json::to_writer(&mut *out, other).unwrap_or_default(),
+        }
+    }
+    out.push(b'}');
 }
 
 /// Appends `strings` as a JSON array of strings.
@@ -550,6 +569,10 @@ mod tests {
         ] {
             let mut event = Event::new(EventType::ALL[3], lone, lone, lone, 2.0);
             event.scope = Scope::Keys(vec![lone.into()]);
+            event.data.insert(lone.into(), json!(lone));
+            event
+                .data
+                .insert("cache_key".into(), json!(format!("ns:{lone}")));
             events.push(event);
         }
         for event in events {

@@ -476,7 +476,8 @@ impl<C: Codec> EdgeCache<C> {
             event.scope = Scope::Keys(vec![key.as_str().to_owned()]);
             event
         });
-        let mut write = L2Write::new(key.clone(), bytes.clone(), ttl).tags(tags.clone());
+        let size_bytes = len64(&bytes);
+        let mut write = L2Write::new(key.clone(), bytes, ttl).tags(tags.clone());
         // Where L2 can publish for the bus, the write and its announcement are one step.
         let announced_by_l2 = match &event {
             Some(event) if inner.announce_via_l2 => {
@@ -512,7 +513,7 @@ impl<C: Codec> EdgeCache<C> {
             inner.change_l1(ns, |l1| match l1_copy {
                 Some(copy) => l1.insert(
                     *key.digest(),
-                    L1Entry::new(copy, inner.clock.now().saturating_add(ttl), len64(&bytes)),
+                    L1Entry::new(copy, inner.clock.now().saturating_add(ttl), size_bytes),
                     &tags,
                 ),
                 None => {
