@@ -30,7 +30,7 @@ pub mod time;
 pub use bus::{BusItem, ConnectionState, EventBus, QueueGauge, Subscription};
 pub use codec::{Codec, JsonCodec};
 pub use error::{Error, ErrorKind, Result};
-pub use event::{Event, EventType, Scope, FORMAT_VERSION, MAX_EVENT_BYTES};
+pub use event::{Event, EventType, Scope, WriteAnnouncement, FORMAT_VERSION, MAX_EVENT_BYTES};
 pub use key::{canonical_json, CacheKey, Digest};
 pub use namespace::{NamespaceConfig, Namespaces};
 pub use routing::Routing;

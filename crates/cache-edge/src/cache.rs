@@ -12,7 +12,7 @@ use std::time::Duration;
 use cache_core::{
     CacheKey, Clock, Codec, ConnectionState, Digest, Error, ErrorKind, Event, EventBus, EventType,
     Fence, JsonCodec, L1Entry, L1Store, L2Store, L2Write, NamespaceConfig, QueueGauge, Result,
-    Routing, Scope, SharedValue,
+    Routing, Scope, SharedValue, WriteAnnouncement,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -465,26 +465,32 @@ impl<C: Codec> EdgeCache<C> {
             Some(_) => Some(l1_copy(&bytes)?),
             None => None,
         };
-        let event = ns.config.event_driven.then(|| {
-            let mut data = Map::new();
-            data.insert("cache_key".into(), json!(key.as_str()));
-            data.insert("action".into(), json!("updated"));
-            let mut event =
-                inner.new_event(EventType::ManualInvalidation, ns.config.name.clone(), data);
-            // Seed nodes wipe whatever `affected_namespaces` lists; leaving it empty keeps them
-            // from erasing the value just written. Our nodes read the key from the scope.
-            event.scope = Scope::Keys(vec![key.as_str().to_owned()]);
-            event
+        // The write's announcement, encoded straight away: the event itself is never needed.
+        let mut id_buffer = uuid::Uuid::encode_buffer();
+        let announcement = ns.config.event_driven.then(|| {
+            let event_id = new_event_id(&mut id_buffer);
+            let payload = WriteAnnouncement {
+                namespace: &ns.config.name,
+                cache_key: key.as_str(),
+                region: &inner.region,
+                source_node: &inner.node_id,
+                event_id,
+                timestamp: inner.clock.now().as_secs_f64(),
+            }
+            .encode();
+            (event_id, payload)
         });
         let size_bytes = len64(&bytes);
         let mut write = L2Write::new(key.clone(), bytes, ttl).tags(tags.clone());
-        // Where L2 can publish for the bus, the write and its announcement are one step.
-        let announced_by_l2 = match &event {
-            Some(event) if inner.announce_via_l2 => {
-                write = write.announce(event.encode());
-                true
+        // Where L2 can publish for the bus, the write and its announcement are one step;
+        // otherwise the announcement is published once the write is made.
+        let announced_by_l2 = announcement.is_some() && inner.announce_via_l2;
+        let publish_after = match announcement {
+            Some((_, payload)) if announced_by_l2 => {
+                write = write.announce(payload);
+                None
             }
-            _ => false,
+            other => other,
         };
         let written = inner
             .l2
@@ -522,9 +528,9 @@ impl<C: Codec> EdgeCache<C> {
             });
         }
         inner.counters.sets.add(1);
-        match event {
-            Some(event) if !announced_by_l2 => inner.publish(&event).await,
-            _ => Ok(()),
+        match publish_after {
+            Some((event_id, payload)) => inner.publish_encoded(payload, event_id).await,
+            None => Ok(()),
         }
     }
 
@@ -1149,10 +1155,7 @@ impl<C: Codec> Inner<C> {
             event_type,
             resource_id,
             self.node_id.clone(),
-            uuid::Uuid::new_v4()
-                .hyphenated()
-                .encode_lower(&mut uuid::Uuid::encode_buffer())
-                .to_owned(),
+            new_event_id(&mut uuid::Uuid::encode_buffer()),
             self.clock.now().as_secs_f64(),
         );
         event.data = data;
@@ -1218,14 +1221,19 @@ impl<C: Codec> Inner<C> {
     }
 
     async fn publish(&self, event: &Event) -> Result<()> {
-        match self.bus.publish(event.encode()).await {
+        self.publish_encoded(event.encode(), &event.event_id).await
+    }
+
+    /// Publishes an encoded event (`event_id` names it in the log).
+    async fn publish_encoded(&self, payload: Vec<u8>, event_id: &str) -> Result<()> {
+        match self.bus.publish(payload).await {
             Ok(()) => {
                 self.counters.events_published.add(1);
                 Ok(())
             }
             Err(e) => {
                 self.counters.publish_errors.add(1);
-                tracing::warn!(node_id = %self.node_id, event_id = %event.event_id, error = %e, "publishing an event failed");
+                tracing::warn!(node_id = %self.node_id, event_id, error = %e, "publishing an event failed");
                 Err(e)
             }
         }
@@ -1410,6 +1418,11 @@ impl<C: Codec> Inner<C> {
     pub(crate) fn node_id(&self) -> &str {
         &self.node_id
     }
+}
+
+/// A new event id (UUID v4 text), written into `buffer` (a [`uuid::Uuid::encode_buffer`]).
+fn new_event_id(buffer: &mut [u8]) -> &str {
+    uuid::Uuid::new_v4().hyphenated().encode_lower(buffer)
 }
 
 fn len64(bytes: &[u8]) -> u64 {
