@@ -50,7 +50,7 @@ impl Injected {
         if target_is_redis {
             format!(
                 "chaos: the server dropped its subscribers {} times and its command connections \
-                 {} times ({} connections in all{}); the failed calls below are expected",
+                 {} times ({} connections in all{}); calls failing meanwhile is expected",
                 self.bus,
                 self.l2,
                 self.clients_killed,
@@ -62,8 +62,8 @@ impl Injected {
             )
         } else {
             format!(
-                "chaos: the bus went away {} times and L2 {} times, {} ms each; the failed \
-                 calls below are expected",
+                "chaos: the bus went away {} times and L2 {} times, {} ms each; calls failing \
+                 meanwhile is expected",
                 self.bus,
                 self.l2,
                 OUTAGE.as_millis()

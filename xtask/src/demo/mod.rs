@@ -25,6 +25,10 @@
 //!     the type's price, and the order book), each with [`EdgeCache::set_key`], one after the
 //!     other.
 //!
+//!   A notification or write that fails is issued again, as a caller should, after 10 ms, then
+//!   20, 40, ... up to six times; the writer moves on to the next change only once the call got
+//!   through or it gave up.
+//!
 //! # The freshness audit
 //!
 //! Each node's [`Observer`] records, per key namespace, the highest `source_version` the node has
@@ -41,10 +45,11 @@
 //! counted either, because it is never announced to the order book's namespace.
 //!
 //! Writes are judged by the same rule, "never older than what was already applied", where a
-//! write is applied once the writer knows it landed: when `set_key` returned `Ok` (a call that
-//! failed is never required, whatever it did). The writer records each such write of resource R
-//! (its version, its node, the wall-clock time just before the call, and the audit-clock time it
-//! was recorded). A read of R that started after that record requires at least its version if
+//! write is applied once the writer knows it landed: when a `set_key` call returned `Ok` (a write
+//! given up on is never required, whatever its calls did). The writer records each such write of
+//! resource R (its version, its node, the wall-clock time just before its first call, and the
+//! audit-clock time it was recorded). Every call of one write writes the same value, and the
+//! next write of R begins only after this one is recorded or given up. A read of R that started after that record requires at least its version if
 //! - the read's node issued the write (`set_key` put the value in its L1 before returning), or
 //! - the node had applied, before the read started, an event naming R's key whose timestamp is
 //!   at or after the write began: the write's own announcement, or one of a later write (the
@@ -61,7 +66,8 @@
 //! when), so a stale read is reported with where its value came from: a load still in flight when
 //! the read started, one already finished, or a write.
 //!
-//! The job fails if any read was stale, or if any read, notification or write returned an error.
+//! The job fails if any read was stale, or if any read returned an error or the writer gave up
+//! on a notification or write (with `--chaos`, errors other than stale reads are expected).
 //!
 //! [`LoadStamp`]: market::LoadStamp
 
@@ -794,11 +800,12 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
     );
     let w = &outcome.writer;
     println!(
-        "{} set writes (set_key, across {}), {} failed; {} changes announced by notification",
+        "{} set writes (set_key, across {}){}; {} changes announced by notification{}",
         w.sets,
         plural(nodes.len(), "node"),
-        w.set_errors,
+        retries(w.set_failures, w.set_errors),
         w.notified + w.notify_errors,
+        retries(w.notify_failures, w.notify_errors),
     );
     if let Some((injected, on_redis)) = &outcome.chaos {
         println!("{}", injected.describe(*on_redis));
@@ -815,10 +822,16 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
         problems.push(format!("{errors} reads failed"));
     }
     if w.notify_errors > 0 {
-        problems.push(format!("{} notifications failed", w.notify_errors));
+        problems.push(format!(
+            "{} notifications still failed when the writer gave up",
+            w.notify_errors
+        ));
     }
     if w.set_errors > 0 {
-        problems.push(format!("{} set_key writes failed", w.set_errors));
+        problems.push(format!(
+            "{} set_key writes still failed when the writer gave up",
+            w.set_errors
+        ));
     }
     if stale > 0 {
         let also = if problems.is_empty() {
@@ -851,6 +864,24 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
         plural(nodes.len(), "node")
     );
     Ok(())
+}
+
+/// What became of the calls that failed: `""` if none did, else how many failures there were
+/// and whether issuing the calls again got every change through.
+fn retries(failures: u64, gave_up: u64) -> String {
+    match (failures, gave_up) {
+        (0, _) => String::new(),
+        (f, 0) => format!(", {} (all got through when issued again)", plural_failed(f)),
+        (f, g) => format!(
+            ", {} ({g} still failing when the writer gave up)",
+            plural_failed(f)
+        ),
+    }
+}
+
+/// `1 call failed`, `3 calls failed`.
+fn plural_failed(n: u64) -> String {
+    format!("{n} call{} failed", if n == 1 { "" } else { "s" })
 }
 
 /// `1 node`, `3 nodes`.

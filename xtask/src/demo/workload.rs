@@ -2,6 +2,7 @@
 //! market and announces each change, by a notification or by writing the new values.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -29,6 +30,14 @@ pub(super) const CHANGES_PER_TICK: usize = 2;
 
 /// How many stale reads and errors are printed in full.
 const DETAILS_SHOWN: u64 = 5;
+
+/// How many times the writer issues a failed notification or write again before it gives up,
+/// as a caller should (both calls say so in their errors).
+const RETRIES: u32 = 6;
+
+/// The wait before the first retry, doubled before each next one: 10 + 20 + ... + 320 ms in
+/// all, enough to ride out the chaos's outages and a Redis that restarts within half a second.
+const FIRST_RETRY_AFTER: Duration = Duration::from_millis(10);
 
 /// State shared by every task.
 pub(super) struct World {
@@ -278,15 +287,63 @@ impl LoadContext<'_> {
 
 /// What the writer did, for the report.
 pub(super) struct Writes {
-    /// Changes announced by a notification that returned `Ok`.
+    /// Changes announced by a notification that returned `Ok` (at the first call or a retry).
     pub(super) notified: u64,
+    /// Notification calls that failed, each then issued again unless the writer gave up.
+    pub(super) notify_failures: u64,
+    /// Changes whose notification still failed when the writer gave up on it.
     pub(super) notify_errors: u64,
-    /// `set_key` calls made.
+    /// Values written with `set_key`.
     pub(super) sets: u64,
+    /// `set_key` calls that failed, each then issued again unless the writer gave up.
+    pub(super) set_failures: u64,
+    /// Values whose `set_key` still failed when the writer gave up on it.
     pub(super) set_errors: u64,
-    /// `set_key` calls that returned `Ok`, by the node they went through: each published one
+    /// `set_key` writes that returned `Ok`, by the node they went through: each published one
     /// event, which every other node applies.
     pub(super) sets_ok_by_node: Vec<u64>,
+}
+
+/// Calls `attempt` until it returns `Ok`, waiting [`FIRST_RETRY_AFTER`] before the first retry
+/// and twice as long before each next one; gives up after [`RETRIES`] retries. `failed` hears
+/// of every failed call, and whether it will be made again. The end of the workload does not
+/// cut it short: a caller does not abandon a change because a timer fired.
+async fn retrying<T, Fut>(
+    mut attempt: impl FnMut() -> Fut,
+    mut failed: impl FnMut(&cache_edge::Error, bool),
+) -> Result<T, cache_edge::Error>
+where
+    Fut: Future<Output = Result<T, cache_edge::Error>>,
+{
+    let mut wait = FIRST_RETRY_AFTER;
+    let mut retries = 0;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) => {
+                let again = retries < RETRIES;
+                failed(&e, again);
+                if !again {
+                    return Err(e);
+                }
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                retries += 1;
+            }
+        }
+    }
+}
+
+/// Prints one of the first [`DETAILS_SHOWN`] errors.
+fn show_error(world: &World, node: &EdgeCache, what: &str, e: &cache_edge::Error, again: bool) {
+    if world.errors_shown.fetch_add(1, Ordering::Relaxed) < DETAILS_SHOWN {
+        let then = if again {
+            "issuing it again"
+        } else {
+            "giving up"
+        };
+        println!("ERROR on {}: {what}: {e} ({then})", node.node_id());
+    }
 }
 
 /// The writer: every [`WRITE_EVERY`], make [`CHANGES_PER_TICK`] changes to the market, each
@@ -297,8 +354,10 @@ pub(super) async fn write_loop(world: Arc<World>, nodes: Vec<EdgeCache>, mut rng
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut writes = Writes {
         notified: 0,
+        notify_failures: 0,
         notify_errors: 0,
         sets: 0,
+        set_failures: 0,
         set_errors: 0,
         sets_ok_by_node: vec![0; nodes.len()],
     };
@@ -350,26 +409,31 @@ pub(super) async fn write_loop(world: Arc<World>, nodes: Vec<EdgeCache>, mut rng
     writes
 }
 
-/// Announces `step` through `node` with a notification carrying its version.
+/// Announces `step` through `node` with a notification carrying its version, issuing it again
+/// while it fails (see [`retrying`]).
 async fn notify(world: &World, node: &EdgeCache, step: &Step, writes: &mut Writes) {
     let version = step.version;
-    match node.notify(step.change.notification(version)).await {
+    let what = format!("notifying change {version}");
+    let mut failures = 0;
+    let result = retrying(
+        || node.notify(step.change.notification(version)),
+        |e, again| {
+            failures += 1;
+            show_error(world, node, &what, e, again);
+        },
+    )
+    .await;
+    writes.notify_failures += failures;
+    match result {
         Ok(_) => writes.notified += 1,
-        Err(e) => {
-            writes.notify_errors += 1;
-            if world.errors_shown.fetch_add(1, Ordering::Relaxed) < DETAILS_SHOWN {
-                println!(
-                    "ERROR on {}: notifying change {version}: {e}",
-                    node.node_id()
-                );
-            }
-        }
+        Err(_) => writes.notify_errors += 1,
     }
 }
 
 /// Writes `value`, the value of `resource` at `version`, with `set_key` through `node` (number
-/// `index`), and records it in the market's log once the call returned `Ok`: only then does
-/// the writer know it landed. A call that failed is not recorded, whatever it did.
+/// `index`), issuing it again while it fails (see [`retrying`]), and records it in the market's
+/// log once a call returned `Ok`: only then does the writer know it landed. A write given up on
+/// is not recorded, whatever its calls did.
 async fn write(
     world: &World,
     node: &EdgeCache,
@@ -380,12 +444,23 @@ async fn write(
     writes: &mut Writes,
 ) {
     writes.sets += 1;
+    let what = format!(
+        "writing {} {} at version {version}",
+        resource.kind().namespace(),
+        resource.label()
+    );
     let slot = world.market().slot(resource);
     let key = match node.key(resource.kind().namespace(), &world.params[slot]) {
         Ok(key) => key,
-        Err(e) => return write_failed(world, node, resource, version, &e, writes),
+        Err(e) => {
+            writes.set_failures += 1;
+            writes.set_errors += 1;
+            return show_error(world, node, &what, &e, false);
+        }
     };
-    // The event set_key publishes is stamped after this instant (same clock, same rounding).
+    // The event of every call made below is stamped after this instant (same clock, same
+    // rounding): each call writes the same value, so an event of any of them that a node
+    // applied makes the node drop what it held before this write.
     let issued_at = SystemClock.now().as_secs_f64();
     let started = world.now_ns();
     let load = LoadStamp {
@@ -394,12 +469,32 @@ async fn write(
         finished: started,
         origin: Origin::Set,
     };
-    let options = SetOptions::new();
-    let result = match value {
-        Snapshot::Availability(value) => node.set_key(&key, &Loaded { value, load }, options).await,
-        Snapshot::Price(value) => node.set_key(&key, &Loaded { value, load }, options).await,
-        Snapshot::OrderBook(value) => node.set_key(&key, &Loaded { value, load }, options).await,
-    };
+    let mut failures = 0;
+    let result = retrying(
+        || {
+            let (key, value) = (&key, value.clone());
+            async move {
+                let options = SetOptions::new();
+                match value {
+                    Snapshot::Availability(value) => {
+                        node.set_key(key, &Loaded { value, load }, options).await
+                    }
+                    Snapshot::Price(value) => {
+                        node.set_key(key, &Loaded { value, load }, options).await
+                    }
+                    Snapshot::OrderBook(value) => {
+                        node.set_key(key, &Loaded { value, load }, options).await
+                    }
+                }
+            }
+        },
+        |e, again| {
+            failures += 1;
+            show_error(world, node, &what, e, again);
+        },
+    )
+    .await;
+    writes.set_failures += failures;
     match result {
         Ok(()) => {
             writes.sets_ok_by_node[index] += 1;
@@ -417,26 +512,70 @@ async fn write(
                 },
             );
         }
-        Err(e) => write_failed(world, node, resource, version, &e, writes),
+        Err(_) => writes.set_errors += 1,
     }
 }
 
-/// Counts a failed `set_key` and prints the first few errors.
-fn write_failed(
-    world: &World,
-    node: &EdgeCache,
-    resource: Resource,
-    version: u64,
-    e: &cache_edge::Error,
-    writes: &mut Writes,
-) {
-    writes.set_errors += 1;
-    if world.errors_shown.fetch_add(1, Ordering::Relaxed) < DETAILS_SHOWN {
-        println!(
-            "ERROR on {}: writing {} {} at version {version}: {e}",
-            node.node_id(),
-            resource.kind().namespace(),
-            resource.label()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cache_edge::ErrorKind;
+    use std::cell::Cell;
+
+    fn l2_down() -> cache_edge::Error {
+        cache_edge::Error::new(ErrorKind::L2, "L2 is down")
+    }
+
+    /// Calls `retrying` with an attempt that fails `failing` times before it succeeds; what it
+    /// returned, the `again` of each failure reported, and the time it took (paused clock).
+    async fn run(failing: u32) -> (Result<u32, cache_edge::Error>, Vec<bool>, Duration) {
+        let calls = Cell::new(0);
+        let mut reported = Vec::new();
+        let started = tokio::time::Instant::now();
+        let result = retrying(
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n <= failing {
+                        Err(l2_down())
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+            |_, again| reported.push(again),
+        )
+        .await;
+        (result, reported, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_call_is_made_again_after_a_doubling_wait() {
+        let (result, reported, took) = run(2).await;
+        assert_eq!(result.unwrap(), 3, "the third call got through");
+        assert_eq!(reported, vec![true, true]);
+        assert_eq!(took, Duration::from_millis(10 + 20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_writer_gives_up_after_its_retries() {
+        let (result, reported, took) = run(u32::MAX).await;
+        assert_eq!(result.unwrap_err().kind(), ErrorKind::L2);
+        let mut expected = vec![true; RETRIES as usize];
+        expected.push(false);
+        assert_eq!(
+            reported, expected,
+            "{RETRIES} retries, then the last failure gives up"
         );
+        assert_eq!(took, Duration::from_millis(10 + 20 + 40 + 80 + 160 + 320));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_succeeds_is_made_once() {
+        let (result, reported, took) = run(0).await;
+        assert_eq!(result.unwrap(), 1);
+        assert!(reported.is_empty());
+        assert_eq!(took, Duration::ZERO);
     }
 }
