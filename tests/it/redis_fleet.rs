@@ -754,6 +754,12 @@ impl cache_core::Subscription for HeldSubscription {
         let _ = self.open.wait_for(|open| *open).await;
         self.pending.take()
     }
+
+    /// The inner subscription's: while the gate is closed, messages wait there (all but the
+    /// one taken into `pending`).
+    fn queue_gauge(&self) -> Option<cache_core::QueueGauge> {
+        self.inner.queue_gauge()
+    }
 }
 
 /// Found by the demo's freshness audit once it wrote through `set_key`. The writer still trusts

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cache_core::{BusItem, EventBus, Result, Subscription};
+use cache_core::{BusItem, EventBus, QueueGauge, Result, Subscription};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -34,12 +34,19 @@ impl EventBus for LaggingBus {
         let mut inner = self.inner.subscribe().await?;
         let delay = self.delay;
         let (tx, rx) = mpsc::unbounded_channel();
+        // The messages held back, for the node's health: the inner subscription hands each on
+        // as soon as it arrives, so its own gauge would read 0 however far behind this is.
+        let gauge = QueueGauge::default();
+        let held = gauge.clone();
         // Stamps each item as it arrives, so items keep their order and spacing; the task ends
         // with the inner subscription or when the node drops its own.
         tokio::spawn(async move {
             while let Some(item) = inner.next().await {
                 let due = match item {
-                    BusItem::Message(_) => Instant::now() + delay,
+                    BusItem::Message(_) => {
+                        held.queued();
+                        Instant::now() + delay
+                    }
                     // Connection states are not traffic: the node learns of a loss at once.
                     _ => Instant::now(),
                 };
@@ -51,6 +58,7 @@ impl EventBus for LaggingBus {
         Ok(Box::new(Lagging {
             items: rx,
             next: None,
+            gauge,
         }))
     }
 
@@ -64,6 +72,8 @@ impl EventBus for LaggingBus {
 struct Lagging {
     items: mpsc::UnboundedReceiver<(Instant, BusItem)>,
     next: Option<(Instant, BusItem)>,
+    /// Messages received and not handed on yet.
+    gauge: QueueGauge,
 }
 
 #[async_trait]
@@ -74,7 +84,15 @@ impl Subscription for Lagging {
         }
         let due = self.next.as_ref().map(|(due, _)| *due)?;
         tokio::time::sleep_until(due).await;
-        self.next.take().map(|(_, item)| item)
+        let item = self.next.take().map(|(_, item)| item);
+        if let Some(BusItem::Message(_)) = &item {
+            self.gauge.taken();
+        }
+        item
+    }
+
+    fn queue_gauge(&self) -> Option<QueueGauge> {
+        Some(self.gauge.clone())
     }
 }
 
@@ -88,15 +106,20 @@ mod tests {
         let shared: Arc<dyn EventBus> = Arc::new(MemoryBus::new());
         let lagging = LaggingBus::new(Arc::clone(&shared), Duration::from_millis(3));
         let mut subscription = lagging.subscribe().await.unwrap();
+        let gauge = subscription.queue_gauge().unwrap();
         let start = Instant::now();
         lagging.publish(b"one".to_vec()).await.unwrap();
         shared.publish(b"two".to_vec()).await.unwrap();
         let mut got = Vec::new();
+        let mut waiting = Vec::new();
         while got.len() < 2 {
             if let BusItem::Message(payload) = subscription.next().await.unwrap() {
                 got.push((payload, start.elapsed()));
+                waiting.push(gauge.len());
             }
         }
+        // Both arrived at once; each handed on 3 ms later: one held back, then none.
+        assert_eq!(waiting, vec![1, 0]);
         assert_eq!(
             got,
             vec![
