@@ -211,8 +211,9 @@ impl Report {
              itself allows, on the same machine, in the same run. Absolute times on a shared \
              machine mean little: every figure below comes from one run of the command, and \
              every ratio is against the baseline of its own row, measured in the same process \
-             (row 6 in the xtask, the other rows in one run of the `compare` bench target) on \
-             the same private `redis-server`, with the implementations taking turns so that \
+             (row 6 in the xtask, each other row in a run of the `compare` bench target of its \
+             own, so that no row inherits what another left in the process) on the same \
+             private `redis-server`, with the implementations taking turns so that \
              load from elsewhere falls on all of them alike. On the 2-core virtual machines \
              this has been run on, a loopback round trip has measured anywhere from about 10 µs \
              to 100 µs from one run to the next (idle virtual CPUs are slow to wake): compare \
