@@ -871,6 +871,7 @@ fn report(nodes: &[Node], outcome: &Outcome) -> anyhow::Result<()> {
 fn retries(failures: u64, gave_up: u64) -> String {
     match (failures, gave_up) {
         (0, _) => String::new(),
+        (1, 0) => ", 1 call failed (it got through when issued again)".to_owned(),
         (f, 0) => format!(", {} (all got through when issued again)", plural_failed(f)),
         (f, g) => format!(
             ", {} ({g} still failing when the writer gave up)",
@@ -900,6 +901,23 @@ mod tests {
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_report_says_what_became_of_failed_calls() {
+        assert_eq!(retries(0, 0), "");
+        assert_eq!(
+            retries(1, 0),
+            ", 1 call failed (it got through when issued again)"
+        );
+        assert_eq!(
+            retries(6, 0),
+            ", 6 calls failed (all got through when issued again)"
+        );
+        assert_eq!(
+            retries(9, 1),
+            ", 9 calls failed (1 still failing when the writer gave up)"
+        );
     }
 
     #[test]
