@@ -117,7 +117,8 @@ Options:
       --chaos          inject faults every 250 ms: on the private redis-server, kill its
                        subscriber and command connections by turns (CLIENT KILL); embedded,
                        take the bus and L2 away for 20 ms by turns. Failed calls are then
-                       expected and reported; only stale reads fail the run. Not with
+                       expected: the writer issues them again and reports them; only
+                       stale reads fail the run. Not with
                        --redis URL (it would kill other clients of that server)
       --redis [URL]    run on Redis: every node connects its own RedisL2 and RedisBus.
                        Without URL, starts a private redis-server on a free loopback port
