@@ -301,7 +301,10 @@ derived once outside the timed loops (`EdgeCache::key`, then the `*_key` methods
    that the call covers the same work. One task, the implementations taking turns write by
    write in an order shuffled each turn (a write leaves work behind, a subscriber woken by its
    publish, and with a fixed rotation the same implementation would always pay for it); every
-   channel has a subscriber.
+   channel has a subscriber. After the timed writes, each implementation writes every key once
+   more in a batch of its own, untimed, for Redis's CPU and commands per write (`INFO`) and the
+   allocations the process makes per write on all its threads (the writer's, the connection
+   drivers', the subscribers' handling of the messages).
 4. **Propagation.** Node A and node B in one process on one monotonic clock: each event is
    timed from just before A's call to B's hook (edge-cache: `Observer::on_event_applied`;
    amalgam-cache: a plugin's memory `Remove`; raw: the subscriber's receipt), one event at a

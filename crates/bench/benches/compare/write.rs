@@ -27,6 +27,7 @@ use futures_util::StreamExt as _;
 use redis::aio::MultiplexedConnection;
 use tokio::runtime::Runtime;
 
+use crate::alloc::counting_all_threads;
 use crate::data::{self, Offer, Report, Sizes, KEYS, TTL};
 use crate::nodes::{self, Amalgam, ServerWork};
 
@@ -160,6 +161,7 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
     let order = data::order(sizes.set_ops, KEYS);
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); Imp::ALL.len()];
     let mut work = vec![ServerWork::default(); Imp::ALL.len()];
+    let mut allocations = vec![0_u64; Imp::ALL.len()];
     rt.block_on(async {
         // Warm up every path (script loading, connections) outside the timed writes.
         for imp in Imp::ALL {
@@ -183,15 +185,22 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
             }
         }
         nodes::settle(&stores.node).await?;
-        // What Redis spends per write: one batch per implementation between two `INFO` calls.
+        // What Redis spends per write: one batch per implementation between two `INFO` calls;
+        // and what the process allocates for it, on every thread (the subscribers' handling of
+        // the batch's messages included: the node's is waited for), counted in the same batch.
         for (slot, imp) in Imp::ALL.into_iter().enumerate() {
             let before = ServerWork::read(&mut info).await?;
-            for &i in &order {
-                stores.write(imp, i).await?;
-            }
+            let (written, allocated) = counting_all_threads(async {
+                for &i in &order {
+                    stores.write(imp, i).await?;
+                }
+                nodes::settle(&stores.node).await
+            })
+            .await;
+            written?;
             let after = ServerWork::read(&mut info).await?;
             work[slot] = before.until(after);
-            nodes::settle(&stores.node).await?;
+            allocations[slot] = allocated;
         }
         anyhow::Ok(())
     })?;
@@ -208,14 +217,15 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
         };
         report.line(
             "3. write to an event-driven namespace",
-            "latency p50 / p99 (Redis CPU, commands per write)",
+            "latency p50 / p99 (Redis CPU, commands per write; allocations per write, all threads)",
             imp.name(),
             format!(
-                "{} / {} ({:.1} µs, {:.1} cmds)",
+                "{} / {} ({:.1} µs, {:.1} cmds; {:.0} allocations)",
                 duration(p50[slot]),
                 duration(p99[slot]),
                 work[slot].micros_per(writes),
-                work[slot].commands_per(writes)
+                work[slot].commands_per(writes),
+                allocations[slot] as f64 / writes as f64
             ),
             format!(
                 "{} / {}",
