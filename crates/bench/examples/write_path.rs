@@ -99,16 +99,18 @@ impl Writer {
                     .await?;
             }
             Path::Floor => {
-                let _: Option<u64> = self
-                    .script
-                    .key("bench:example:g")
-                    .key(key)
+                // One `EVALSHA`, as `RedisL2` sends it (the script is loaded at start).
+                let _: Option<u64> = redis::cmd("EVALSHA")
+                    .arg(self.script.get_hash())
+                    .arg(2)
+                    .arg("bench:example:g")
+                    .arg(key)
                     .arg(0)
                     .arg(serde_json::to_vec(&self.offers[i])?)
                     .arg(ttl_ms)
                     .arg(CHANNEL)
                     .arg(key)
-                    .invoke_async(&mut self.raw.clone())
+                    .query_async(&mut self.raw.clone())
                     .await?;
             }
             Path::Edge => {
@@ -178,12 +180,14 @@ fn main() -> anyhow::Result<()> {
                 std::hint::black_box(message.get_payload_bytes());
             }
         });
+        let script = redis::Script::new(cache_redis::SET_IF_CURRENT_SCRIPT);
+        script.load_async(&mut raw.clone()).await?;
         let offers: Vec<Offer> = (0..KEYS).map(Offer::new).collect();
         let writer = Writer {
             path,
             node,
             raw,
-            script: redis::Script::new(cache_redis::SET_IF_CURRENT_SCRIPT),
+            script,
             critical,
             l2_only,
             shared: offers.iter().cloned().map(Arc::new).collect(),

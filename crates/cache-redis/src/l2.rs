@@ -123,6 +123,23 @@ if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return removed
 ";
 
+/// Sends `evalsha`, an `EVALSHA` of `script`; on `NOSCRIPT` (a Redis that restarted or flushed
+/// its scripts since it was loaded; nothing ran) loads the script and sends it once more, as
+/// redis-rs's `ScriptInvocation::invoke_async` does.
+async fn evalsha_or_load<T: redis::FromRedisValue>(
+    conn: &mut ConnectionManager,
+    script: &Script,
+    evalsha: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    match evalsha.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            evalsha.query_async(conn).await
+        }
+        result => result,
+    }
+}
+
 /// The L2 store on Redis: one auto-reconnecting multiplexed connection shared by every caller
 /// (cloning a `RedisL2` shares it too), scripts for every multi-step operation.
 ///
@@ -241,37 +258,47 @@ impl RedisL2 {
         ttl_ms: u64,
     ) -> Result<(u64, Option<String>)> {
         let namespace = write.key.key_namespace();
-        let mut entry_key = String::with_capacity(self.prefix.len() + 48 + 64);
-        self.push_entry_key(&mut entry_key, namespace, generation, &write.key);
+        // Both keys in one buffer: the generation's, then the entry's.
+        let mut keys = String::with_capacity(2 * (self.prefix.len() + namespace.len()) + 96);
+        self.push_ns_prefix(&mut keys, namespace);
+        keys.push('g');
+        let generation_end = keys.len();
+        self.push_entry_key(&mut keys, namespace, generation, &write.key);
+        let (generation_key, entry_key) = keys.split_at(generation_end);
         let Some(event) = &write.announce else {
             let (current,): (Option<u64>,) = redis::pipe()
                 .cmd("SET")
-                .arg(entry_key.as_str())
+                .arg(entry_key)
                 .arg(envelope)
                 .arg("PX")
                 .arg(ttl_ms)
                 .ignore()
                 .cmd("GET")
-                .arg(self.generation_key(namespace))
+                .arg(generation_key)
                 .query_async(conn)
                 .await
                 .map_err(|e| self.fail("SET", e))?;
             let current = current.unwrap_or(0);
-            return Ok((current, (current != generation).then_some(entry_key)));
+            return Ok((
+                current,
+                (current != generation).then(|| entry_key.to_owned()),
+            ));
         };
-        let mut invocation = self.set_if_current.key(self.generation_key(namespace));
-        invocation
-            .key(entry_key.as_str())
+        // The EVALSHA built as one command: redis-rs's `ScriptInvocation` would first copy each
+        // argument (the envelope and the event too) into a buffer of its own, then all of them
+        // again into the command.
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha
+            .arg(self.set_if_current.get_hash())
+            .arg(2)
+            .arg(generation_key)
+            .arg(entry_key)
             .arg(generation)
             .arg(envelope)
             .arg(ttl_ms)
             .arg(&self.channel)
             .arg(event.as_slice());
-        // `invoke_async` sends EVALSHA and, on NOSCRIPT (a Redis that restarted or flushed its
-        // scripts since it was loaded), loads the script and sends it again; nothing ran the
-        // first time.
-        let current: Option<u64> = invocation
-            .invoke_async(conn)
+        let current: Option<u64> = evalsha_or_load(conn, &self.set_if_current, &evalsha)
             .await
             .map_err(|e| self.fail("SET", e))?;
         Ok((current.unwrap_or(0), None))

@@ -112,16 +112,19 @@ impl Stores {
                 let mut conn = self.raw.clone();
                 let ttl_ms = u64::try_from(TTL.as_millis()).unwrap_or(u64::MAX);
                 let key = &self.raw_keys[i];
-                let _generation: Option<u64> = self
-                    .set_if_current
-                    .key(RAW_GENERATION)
-                    .key(key.as_str())
+                // Built as `RedisL2` builds it: one `EVALSHA` command (the script was loaded
+                // at setup).
+                let _generation: Option<u64> = redis::cmd("EVALSHA")
+                    .arg(self.set_if_current.get_hash())
+                    .arg(2)
+                    .arg(RAW_GENERATION)
+                    .arg(key.as_str())
                     .arg(0)
                     .arg(serde_json::to_vec(&self.offers[i])?)
                     .arg(ttl_ms)
                     .arg(RAW_CHANNEL)
                     .arg(key.as_str())
-                    .invoke_async(&mut conn)
+                    .query_async(&mut conn)
                     .await?;
             }
             Imp::Edge => {
