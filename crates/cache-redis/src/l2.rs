@@ -225,9 +225,15 @@ impl RedisL2 {
 
     /// `ec:{ns}:g` — the namespace's generation.
     fn generation_key(&self, key_namespace: &str) -> String {
-        let mut out = self.ns_prefix(key_namespace);
-        out.push('g');
+        let mut out = String::with_capacity(self.prefix.len() + key_namespace.len() + 4);
+        self.push_generation_key(&mut out, key_namespace);
         out
+    }
+
+    /// Appends [`RedisL2::generation_key`].
+    fn push_generation_key(&self, out: &mut String, key_namespace: &str) {
+        self.push_ns_prefix(out, key_namespace);
+        out.push('g');
     }
 
     /// Appends the key `key`'s entry has under `generation`: `ec:{ns}:<generation>:<hex>`.
@@ -260,8 +266,7 @@ impl RedisL2 {
         let namespace = write.key.key_namespace();
         // Both keys in one buffer: the generation's, then the entry's.
         let mut keys = String::with_capacity(2 * (self.prefix.len() + namespace.len()) + 96);
-        self.push_ns_prefix(&mut keys, namespace);
-        keys.push('g');
+        self.push_generation_key(&mut keys, namespace);
         let generation_end = keys.len();
         self.push_entry_key(&mut keys, namespace, generation, &write.key);
         let (generation_key, entry_key) = keys.split_at(generation_end);

@@ -334,16 +334,42 @@ where
     }
 }
 
-/// Prints one of the first [`DETAILS_SHOWN`] errors.
-fn show_error(world: &World, node: &EdgeCache, what: &str, e: &cache_edge::Error, again: bool) {
+/// Prints one of the first [`DETAILS_SHOWN`] errors; `what` names the call, built only then.
+fn show_error(
+    world: &World,
+    node: &EdgeCache,
+    what: impl Fn() -> String,
+    e: &cache_edge::Error,
+    again: bool,
+) {
     if world.errors_shown.fetch_add(1, Ordering::Relaxed) < DETAILS_SHOWN {
         let then = if again {
             "issuing it again"
         } else {
             "giving up"
         };
-        println!("ERROR on {}: {what}: {e} ({then})", node.node_id());
+        println!("ERROR on {}: {}: {e} ({then})", node.node_id(), what());
     }
+}
+
+/// [`retrying`] the writer's call through `node`, every failure counted and the first few
+/// shown: the call's result, and how many of its calls failed.
+async fn issue_again<T, Fut>(
+    world: &World,
+    node: &EdgeCache,
+    what: impl Fn() -> String,
+    attempt: impl FnMut() -> Fut,
+) -> (Result<T, cache_edge::Error>, u64)
+where
+    Fut: Future<Output = Result<T, cache_edge::Error>>,
+{
+    let mut failures = 0;
+    let result = retrying(attempt, |e, again| {
+        failures += 1;
+        show_error(world, node, &what, e, again);
+    })
+    .await;
+    (result, failures)
 }
 
 /// The writer: every [`WRITE_EVERY`], make [`CHANGES_PER_TICK`] changes to the market, each
@@ -413,14 +439,11 @@ pub(super) async fn write_loop(world: Arc<World>, nodes: Vec<EdgeCache>, mut rng
 /// while it fails (see [`retrying`]).
 async fn notify(world: &World, node: &EdgeCache, step: &Step, writes: &mut Writes) {
     let version = step.version;
-    let what = format!("notifying change {version}");
-    let mut failures = 0;
-    let result = retrying(
+    let (result, failures) = issue_again(
+        world,
+        node,
+        || format!("notifying change {version}"),
         || node.notify(step.change.notification(version)),
-        |e, again| {
-            failures += 1;
-            show_error(world, node, &what, e, again);
-        },
     )
     .await;
     writes.notify_failures += failures;
@@ -444,18 +467,20 @@ async fn write(
     writes: &mut Writes,
 ) {
     writes.sets += 1;
-    let what = format!(
-        "writing {} {} at version {version}",
-        resource.kind().namespace(),
-        resource.label()
-    );
+    let what = || {
+        format!(
+            "writing {} {} at version {version}",
+            resource.kind().namespace(),
+            resource.label()
+        )
+    };
     let slot = world.market().slot(resource);
     let key = match node.key(resource.kind().namespace(), &world.params[slot]) {
         Ok(key) => key,
         Err(e) => {
             writes.set_failures += 1;
             writes.set_errors += 1;
-            return show_error(world, node, &what, &e, false);
+            return show_error(world, node, what, &e, false);
         }
     };
     // The event of every call made below is stamped after this instant (same clock, same
@@ -469,30 +494,21 @@ async fn write(
         finished: started,
         origin: Origin::Set,
     };
-    let mut failures = 0;
-    let result = retrying(
-        || {
-            let (key, value) = (&key, value.clone());
-            async move {
-                let options = SetOptions::new();
-                match value {
-                    Snapshot::Availability(value) => {
-                        node.set_key(key, &Loaded { value, load }, options).await
-                    }
-                    Snapshot::Price(value) => {
-                        node.set_key(key, &Loaded { value, load }, options).await
-                    }
-                    Snapshot::OrderBook(value) => {
-                        node.set_key(key, &Loaded { value, load }, options).await
-                    }
+    let (result, failures) = issue_again(world, node, what, || {
+        let (key, value) = (&key, value.clone());
+        async move {
+            let options = SetOptions::new();
+            match value {
+                Snapshot::Availability(value) => {
+                    node.set_key(key, &Loaded { value, load }, options).await
+                }
+                Snapshot::Price(value) => node.set_key(key, &Loaded { value, load }, options).await,
+                Snapshot::OrderBook(value) => {
+                    node.set_key(key, &Loaded { value, load }, options).await
                 }
             }
-        },
-        |e, again| {
-            failures += 1;
-            show_error(world, node, &what, e, again);
-        },
-    )
+        }
+    })
     .await;
     writes.set_failures += failures;
     match result {
