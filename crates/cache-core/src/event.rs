@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::log::{push_positions, LogPosition, WirePosition};
 
 /// The wire format version this crate writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -135,6 +136,10 @@ pub struct Event {
     pub scope: Scope,
     /// The format version the sender wrote; 0 for the seed's Python nodes.
     pub version: u32,
+    /// Where a sequenced store logged the event, one position per namespace it touched (the
+    /// wire's last field, `pos`, written by the store, not by the issuing node; see
+    /// [`crate::log`]). Empty for unsequenced events.
+    pub positions: Vec<LogPosition>,
 }
 
 impl Event {
@@ -156,6 +161,7 @@ impl Event {
             affected_namespaces: Vec::new(),
             scope: Scope::Namespace,
             version: FORMAT_VERSION,
+            positions: Vec::new(),
         }
     }
 
@@ -182,6 +188,7 @@ impl Event {
             version: self.version,
             scope,
             keys,
+            positions: &self.positions,
         }
         .encode()
     }
@@ -252,6 +259,12 @@ impl Event {
             affected_namespaces: wire.affected_namespaces,
             scope,
             version: wire.version.unwrap_or(0),
+            positions: wire
+                .pos
+                .unwrap_or_default()
+                .into_iter()
+                .map(WirePosition::into_position)
+                .collect(),
         })
     }
 }
@@ -354,6 +367,7 @@ impl WriteAnnouncement<'_> {
             version: FORMAT_VERSION,
             scope: "keys",
             keys: WireKeys::One(self.cache_key),
+            positions: &[],
         }
         .encode()
     }
@@ -372,6 +386,7 @@ struct Wire<'a> {
     version: u32,
     scope: &'a str,
     keys: WireKeys<'a>,
+    positions: &'a [LogPosition],
 }
 
 /// The `data` object: an event's map, or a write's three fields (written in the map's order).
@@ -450,6 +465,7 @@ impl Wire<'_> {
                 out.push(b']');
             }
         }
+        push_positions(&mut out, self.positions);
         out.push(b'}');
         out
     }
@@ -542,6 +558,8 @@ struct WireIn {
     scope: Option<String>,
     #[serde(default)]
     keys: Option<Vec<String>>,
+    #[serde(default)]
+    pos: Option<Vec<WirePosition>>,
 }
 
 /// The seed sends `resource_id: null` in some paths; treat it as absent rather than malformed.
@@ -567,6 +585,34 @@ mod tests {
         e.data.insert("gpu_id".into(), json!("g-42"));
         e.affected_namespaces = vec!["gpu_avail".into(), "order_book".into()];
         e
+    }
+
+    #[test]
+    fn positions_written_by_a_store_decode_and_encode_last() {
+        let mut event = sample();
+        event.positions = vec![
+            crate::LogPosition::new("gpu_avail", 17, 3),
+            crate::LogPosition::new("order_book", 17, 9),
+        ];
+        let wire = event.encode();
+        assert!(wire.ends_with(br#","pos":[["gpu_avail",17,3],["order_book",17,9]]}"#));
+        assert_eq!(Event::decode(&wire).unwrap(), event);
+        assert_eq!(
+            crate::log::positions_in_tail(&wire),
+            Some(event.positions.clone())
+        );
+        // What a store does: the event without positions, its closing brace replaced.
+        let mut plain = sample();
+        plain.positions.clear();
+        let mut spliced = plain.encode();
+        spliced.pop();
+        spliced.extend_from_slice(br#","pos":[["gpu_avail",17,3],["order_book",17,9]]}"#);
+        assert_eq!(spliced, wire);
+        let bad = br#"{"source_node":"a","event_type":"booking_created","affected_namespaces":[],"pos":[["a",1]]}"#;
+        assert_eq!(
+            Event::decode(bad).unwrap_err().kind(),
+            ErrorKind::MalformedEvent
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod codec;
 pub mod error;
 pub mod event;
 pub mod key;
+pub mod log;
 pub mod namespace;
 pub mod routing;
 pub mod store;
@@ -32,6 +33,7 @@ pub use codec::{Codec, JsonCodec};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventType, Scope, WriteAnnouncement, FORMAT_VERSION, MAX_EVENT_BYTES};
 pub use key::{canonical_json, CacheKey, Digest};
+pub use log::{HeadCheck, LogCursor, LogPosition, LogRead, Observed};
 pub use namespace::{NamespaceConfig, Namespaces};
 pub use routing::Routing;
 pub use store::{

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::key::{CacheKey, Digest};
+use crate::log::LogRead;
 use crate::namespace::NamespaceConfig;
 use crate::time::Timestamp;
 
@@ -292,6 +293,32 @@ pub trait L2Store: Send + Sync {
         None
     }
 
+    /// Whether this store sequences and logs what it announces (see [`crate::log`]): every
+    /// change made with an announcement is given the next position in the log of each
+    /// namespace it touches, in the same atomic step as the change; the event is appended to
+    /// those logs (bounded: the oldest entries are trimmed) and published with its positions as
+    /// its last field. Receivers then detect what they missed and replay it with
+    /// [`L2Store::read_log`]. Default: false.
+    fn sequenced(&self) -> bool {
+        false
+    }
+
+    /// Reads `key_namespace`'s log in one atomic step: its epoch, its head, the first number
+    /// it still holds, and the entries after `after`, at most `limit` of them (see
+    /// [`LogRead`]). A namespace with no log yet reads as [`LogRead::empty`].
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::L2`] when the store cannot be reached;
+    /// [`crate::ErrorKind::InvalidConfig`] from a store that is not
+    /// [`L2Store::sequenced`] (the default).
+    async fn read_log(&self, key_namespace: &str, after: u64, limit: usize) -> Result<LogRead> {
+        let _ = (key_namespace, after, limit);
+        Err(crate::Error::new(
+            crate::ErrorKind::InvalidConfig,
+            "this L2 store keeps no event log",
+        ))
+    }
+
     /// Removes the entries of `key_namespace` written with `tag`; how many.
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64>;
 
@@ -398,6 +425,12 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     }
     async fn invalidate_tag(&self, key_namespace: &str, tag: &str) -> Result<u64> {
         (**self).invalidate_tag(key_namespace, tag).await
+    }
+    fn sequenced(&self) -> bool {
+        (**self).sequenced()
+    }
+    async fn read_log(&self, key_namespace: &str, after: u64, limit: usize) -> Result<LogRead> {
+        (**self).read_log(key_namespace, after, limit).await
     }
     async fn fence(&self, key: &CacheKey) -> Result<Fence> {
         (**self).fence(key).await
