@@ -93,6 +93,27 @@ pub fn positions_in_tail(message: &[u8]) -> Option<Vec<LogPosition>> {
     parse_positions(body)
 }
 
+/// `event` (an encoded event, ending in its closing brace) with `,"pos":[...]` for
+/// `positions` put before that brace: what a sequenced store publishes and logs. An `event`
+/// that does not end in `}` is returned unchanged (a store must not announce it as sequenced).
+///
+/// ```
+/// use cache_core::log::{splice_positions, LogPosition};
+///
+/// let out = splice_positions(br#"{"source_node":"a"}"#, &[LogPosition::new("ns", 3, 4)]);
+/// assert_eq!(out, br#"{"source_node":"a","pos":[["ns",3,4]]}"#);
+/// ```
+pub fn splice_positions(event: &[u8], positions: &[LogPosition]) -> Vec<u8> {
+    let Some(body) = event.strip_suffix(b"}") else {
+        return event.to_vec();
+    };
+    let mut out = Vec::with_capacity(event.len() + 16 + 40 * positions.len());
+    out.extend_from_slice(body);
+    push_positions(&mut out, positions);
+    out.push(b'}');
+    out
+}
+
 /// Parses a `"pos"` value: `[["ns",epoch,seq],...]`.
 pub(crate) fn parse_positions(json: &[u8]) -> Option<Vec<LogPosition>> {
     let raw: Vec<WirePosition> = serde_json::from_slice(json).ok()?;
