@@ -11,6 +11,9 @@
 //! [`wait_until`] and [`eventually`] poll a condition every few milliseconds until it holds and
 //! panic, naming what was awaited, when the deadline passes first.
 //!
+//! [`history`] checks a recorded run against the freshness promise: no read returns a value
+//! older than a change acknowledged more than a staleness bound before it started.
+//!
 //! This crate is for tests only (`publish = false`); like any test support it panics rather than
 //! returning errors, so a broken environment shows up as a failed test with a clear message.
 //!
@@ -49,6 +52,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+pub mod history;
 
 /// The binary the harness runs, looked up on `PATH`.
 const REDIS_SERVER: &str = "redis-server";

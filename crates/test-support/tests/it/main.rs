@@ -1,5 +1,6 @@
 //! Integration tests for `test-support`, one module per area, against a real `redis-server`.
 
+mod history;
 mod server;
 mod wait;
 
