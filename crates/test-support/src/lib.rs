@@ -14,6 +14,9 @@
 //! [`history`] checks a recorded run against the freshness promise: no read returns a value
 //! older than a change acknowledged more than a staleness bound before it started.
 //!
+//! [`TcpProxy`] (in [`proxy`]) sits between a client and a server on loopback and can make the
+//! link go silent without closing it, or cut every connection at once, to reproduce network faults.
+//!
 //! This crate is for tests only (`publish = false`); like any test support it panics rather than
 //! returning errors, so a broken environment shows up as a failed test with a clear message.
 //!
@@ -54,6 +57,9 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod history;
+pub mod proxy;
+
+pub use proxy::TcpProxy;
 
 /// The binary the harness runs, looked up on `PATH`.
 const REDIS_SERVER: &str = "redis-server";

@@ -1,6 +1,7 @@
 //! Integration tests for `test-support`, one module per area, against a real `redis-server`.
 
 mod history;
+mod proxy;
 mod server;
 mod wait;
 
