@@ -3,6 +3,7 @@
 mod alloc;
 mod contract_bus;
 mod contract_l2;
+mod contract_log;
 mod fleet;
 mod redis_fleet;
 mod redis_tls;

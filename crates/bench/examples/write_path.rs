@@ -102,14 +102,18 @@ impl Writer {
                 // One `EVALSHA`, as `RedisL2` sends it (the script is loaded at start).
                 let _: Option<u64> = redis::cmd("EVALSHA")
                     .arg(self.script.get_hash())
-                    .arg(2)
+                    .arg(4)
                     .arg("bench:example:g")
                     .arg(key)
+                    .arg("bench:example:q")
+                    .arg("bench:example:l")
                     .arg(0)
                     .arg(serde_json::to_vec(&self.offers[i])?)
                     .arg(ttl_ms)
                     .arg(CHANNEL)
-                    .arg(key)
+                    .arg(format!("{{\"k\":\"{key}\"}}"))
+                    .arg("\"example\"")
+                    .arg(cache_redis::DEFAULT_LOG_LENGTH)
                     .query_async(&mut self.raw.clone())
                     .await?;
             }

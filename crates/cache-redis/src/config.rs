@@ -11,6 +11,11 @@ pub const DEFAULT_KEY_PREFIX: &str = "ec:";
 /// Default largest value accepted by the L2 store: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 
+/// How many announced changes each namespace's event log keeps by default: at 1,000 changes a
+/// second to one namespace, 10 seconds of history, several times the default staleness bound,
+/// in about 4 MB of Redis memory per namespace (an event is about 350 bytes).
+pub const DEFAULT_LOG_LENGTH: u64 = 10_000;
+
 /// How to reach Redis and how to behave when it goes away.
 ///
 /// ```
@@ -28,6 +33,7 @@ pub struct RedisConfig {
     channel: String,
     key_prefix: String,
     max_value_bytes: usize,
+    log_length: u64,
     response_timeout: Duration,
     connect_timeout: Duration,
     reconnect_min: Duration,
@@ -45,6 +51,7 @@ impl RedisConfig {
             channel: DEFAULT_CHANNEL.to_owned(),
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            log_length: DEFAULT_LOG_LENGTH,
             response_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(25),
@@ -71,6 +78,15 @@ impl RedisConfig {
     /// `ErrorKind::ValueTooLarge` before anything is sent. Default [`DEFAULT_MAX_VALUE_BYTES`].
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.max_value_bytes = bytes;
+        self
+    }
+
+    /// About how many announced changes each namespace's event log keeps (Redis trims a stream
+    /// in whole blocks, so it may keep somewhat more). A node that missed more changes than
+    /// the log holds drops that namespace's L1 instead of replaying; see
+    /// [`cache_core::log`]. Default [`DEFAULT_LOG_LENGTH`]; at least 1.
+    pub fn log_length(mut self, entries: u64) -> Self {
+        self.log_length = entries.max(1);
         self
     }
 
@@ -126,6 +142,10 @@ impl RedisConfig {
 
     pub(crate) fn max_value(&self) -> usize {
         self.max_value_bytes
+    }
+
+    pub(crate) fn log_len(&self) -> u64 {
+        self.log_length
     }
     pub(crate) fn response(&self) -> Duration {
         self.response_timeout

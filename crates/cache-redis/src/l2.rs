@@ -11,6 +11,20 @@
 //! | `ec:{ns}:f` | string (integer) | the fence counter, bumped by deletes and tag invalidations |
 //! | `ec:{ns}:<gen>:<sha256 hex>` | string | an entry: envelope (tags + value), with `PX` TTL |
 //! | `ec:{ns}:t:<tag>` | set | the entry keys written with `tag` |
+//! | `ec:{ns}:q` | hash | the namespace's event log: `e` its epoch, `n` the last number given out |
+//! | `ec:{ns}:l` | stream | the log: entry `<n>-0` holds field `m`, the event as published |
+//!
+//! # Event log
+//!
+//! Every script that announces a change also sequences it ([`cache_core::log`]): for each
+//! namespace the change touches it `HINCRBY`s `n`, starts a new epoch when the namespace has
+//! none (the `TIME` of that moment, in microseconds: a Redis that restarted empty, or lost the
+//! hash to eviction, starts another), splices the positions into the event as its last field,
+//! `XADD`s it under id `<n>-0` to the namespace's stream trimmed to about
+//! [`crate::RedisConfig::log_length`] entries (`MAXLEN ~`), and `PUBLISH`es it: the change, its
+//! position, its log entry and its publication are one atomic step. A receiver reads the log
+//! back with one script ([`L2Store::read_log`]): epoch, head, the oldest number still held
+//! (the trim point), and the entries it asked for, by id range.
 //!
 //! Namespace invalidation is one `INCR` whatever the number of keys: entries of older
 //! generations are unreachable and expire on their own TTL. Tag invalidation deletes exactly the
@@ -37,7 +51,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cache_core::{CacheKey, Error, ErrorKind, Fence, L2Entry, L2Info, L2Store, L2Write, Result};
+use cache_core::{
+    CacheKey, Error, ErrorKind, Fence, L2Entry, L2Info, L2Store, L2Write, LogRead, Result,
+};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 
@@ -53,10 +69,48 @@ end
 return out
 ";
 
+/// The Lua function every announcing script starts with (see [`crate::l2`]'s "Event log"):
+/// `announce(q, l, names, ev, maxlen, channel)` gives the change the next number of each
+/// namespace it touches (`q[i]` the namespace's sequence hash, `l[i]` its log stream, `names[i]`
+/// its name as a JSON string), starting a new epoch (from Redis's clock) where the namespace has
+/// none, appends `ev` with its positions spliced in as its last field to each log (trimmed to
+/// about `maxlen` entries) and publishes it on `channel`. All in the script's one atomic step,
+/// after the change it announces.
+macro_rules! announce_lua {
+    () => {
+        r#"
+local function announce(q, l, names, ev, maxlen, channel)
+  local parts, seqs = {}, {}
+  for i = 1, #names do
+    local n = redis.call('HINCRBY', q[i], 'n', 1)
+    local e = redis.call('HGET', q[i], 'e')
+    if n == 1 or not e then
+      local t = redis.call('TIME')
+      e = t[1] .. string.format('%06d', tonumber(t[2]))
+      n = 1
+      redis.call('HSET', q[i], 'e', e, 'n', 1)
+      if redis.call('EXISTS', l[i]) == 1 then redis.call('DEL', l[i]) end
+    end
+    parts[i] = '[' .. names[i] .. ',' .. e .. ',' .. n .. ']'
+    seqs[i] = n
+  end
+  local msg = string.sub(ev, 1, -2) .. ',"pos":[' .. table.concat(parts, ',') .. ']}'
+  for i = 1, #names do
+    redis.call('XADD', l[i], 'MAXLEN', '~', maxlen, seqs[i] .. '-0', 'm', msg)
+  end
+  redis.call('PUBLISH', channel, msg)
+end
+"#
+    };
+}
+
 /// ARGV: hash, envelope, ttl ms, fenced (0/1), expected generation, expected fence, channel
-/// ('' for none), event, tags... The event is published only after a write that happened.
-/// Returns whether it wrote (1 or 0) and the generation it wrote under.
-const SET: &str = r"
+/// ('' for none), event, namespace name (JSON), log length, tags... The event is sequenced and
+/// published only after a write that happened. Returns whether it wrote (1 or 0) and the
+/// generation it wrote under.
+const SET: &str = concat!(
+    announce_lua!(),
+    r"
 local g = redis.call('GET', KEYS[1] .. 'g') or '0'
 local k = KEYS[1] .. g .. ':' .. ARGV[1]
 if ARGV[4] == '1' then
@@ -67,50 +121,77 @@ else
   redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
 end
 local ttl = tonumber(ARGV[3])
-for i = 9, #ARGV do
+for i = 11, #ARGV do
   local t = KEYS[1] .. 't:' .. ARGV[i]
   redis.call('SADD', t, k)
   if redis.call('PTTL', t) < ttl then redis.call('PEXPIRE', t, ttl) end
 end
-if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
+if ARGV[7] ~= '' then
+  announce({KEYS[1] .. 'q'}, {KEYS[1] .. 'l'}, {ARGV[9]}, ARGV[8], ARGV[10], ARGV[7])
+end
 return {1, g}
-";
+"
+);
 
-/// The announced write under a remembered generation: `SET` and `PUBLISH` only if that
-/// generation is still the namespace's, so a write never lands where no reader looks and an
-/// event never goes out before its value can be read. One command, so one Lua call and one reply
-/// where a pipelined `SET` and check took two. KEYS: the namespace's generation key, the entry's
-/// key (under the remembered generation); ARGV: that generation, envelope, TTL in ms, channel,
-/// event. Returns the namespace's generation: the write was made if and only if it is `ARGV[1]`.
+/// The announced write under a remembered generation: `SET`, then sequence, log and `PUBLISH`
+/// the event, only if that generation is still the namespace's, so a write never lands where no
+/// reader looks and an event never goes out before its value can be read. One command, so one
+/// Lua call and one reply. KEYS: the namespace's generation key, the entry's key (under the
+/// remembered generation), the namespace's sequence hash and its log stream; ARGV: that
+/// generation, envelope, TTL in ms, channel, event, the namespace's name as a JSON string, the
+/// log's length. Returns the namespace's generation: the write was made if and only if it is
+/// `ARGV[1]`.
 ///
 /// Public so that tools can send exactly what a node sends: `cargo xtask bench` times it raw as
 /// row 3's floor.
-pub const SET_IF_CURRENT_SCRIPT: &str = r"
+pub const SET_IF_CURRENT_SCRIPT: &str = concat!(
+    announce_lua!(),
+    r"
 local g = redis.call('GET', KEYS[1]) or '0'
 if g ~= ARGV[1] then return g end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+announce({KEYS[3]}, {KEYS[4]}, {ARGV[6]}, ARGV[5], ARGV[7], ARGV[4])
 return g
-";
+"
+);
 
-/// KEYS: the namespaces' prefixes; ARGV: channel ('' for none), event.
-const INVALIDATE_NAMESPACES: &str = r"
+/// KEYS: the namespaces' prefixes; ARGV: channel ('' for none), event, log length, then each
+/// namespace's name as a JSON string, in the order of KEYS.
+const INVALIDATE_NAMESPACES: &str = concat!(
+    announce_lua!(),
+    r"
 for i = 1, #KEYS do redis.call('INCR', KEYS[i] .. 'g') end
-if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+if ARGV[1] ~= '' then
+  local q, l, names = {}, {}, {}
+  for i = 1, #KEYS do
+    q[i] = KEYS[i] .. 'q'
+    l[i] = KEYS[i] .. 'l'
+    names[i] = ARGV[3 + i]
+  end
+  announce(q, l, names, ARGV[2], ARGV[3], ARGV[1])
+end
 return #KEYS
-";
+"
+);
 
-/// ARGV: hash, channel ('' for none), event.
-const DELETE: &str = r"
+/// ARGV: hash, channel ('' for none), event, namespace name (JSON), log length.
+const DELETE: &str = concat!(
+    announce_lua!(),
+    r"
 local g = redis.call('GET', KEYS[1] .. 'g') or '0'
 redis.call('INCR', KEYS[1] .. 'f')
 local removed = redis.call('DEL', KEYS[1] .. g .. ':' .. ARGV[1])
-if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+if ARGV[2] ~= '' then
+  announce({KEYS[1] .. 'q'}, {KEYS[1] .. 'l'}, {ARGV[4]}, ARGV[3], ARGV[5], ARGV[2])
+end
 return removed
-";
+"
+);
 
-/// ARGV: tag, channel ('' for none), event.
-const INVALIDATE_TAG: &str = r"
+/// ARGV: tag, channel ('' for none), event, namespace name (JSON), log length.
+const INVALIDATE_TAG: &str = concat!(
+    announce_lua!(),
+    r"
 local t = KEYS[1] .. 't:' .. ARGV[1]
 local members = redis.call('SMEMBERS', t)
 local removed = 0
@@ -119,8 +200,33 @@ for i = 1, #members, 512 do
 end
 redis.call('DEL', t)
 redis.call('INCR', KEYS[1] .. 'f')
-if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+if ARGV[2] ~= '' then
+  announce({KEYS[1] .. 'q'}, {KEYS[1] .. 'l'}, {ARGV[4]}, ARGV[3], ARGV[5], ARGV[2])
+end
 return removed
+"
+);
+
+/// One namespace's log, read in one step. KEYS: the sequence hash, the log stream; ARGV: the
+/// number to read after, the most entries to return. Returns epoch ('0' for none), head, the
+/// first number held, then each entry's id and message.
+const READ_LOG: &str = r"
+local q = redis.call('HMGET', KEYS[1], 'e', 'n')
+if not q[1] then return {'0', '0', '1'} end
+local head = tonumber(q[2])
+local first = head + 1
+local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #oldest > 0 then first = tonumber(string.match(oldest[1][1], '^(%d+)')) end
+local out = {q[1], q[2], tostring(first)}
+local after = tonumber(ARGV[1])
+if after < head then
+  local entries = redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', '+', 'COUNT', ARGV[2])
+  for i = 1, #entries do
+    out[#out + 1] = entries[i][1]
+    out[#out + 1] = entries[i][2][2]
+  end
+end
+return out
 ";
 
 /// Sends `evalsha`, an `EVALSHA` of `script`; on `NOSCRIPT` (a Redis that restarted or flushed
@@ -157,6 +263,9 @@ pub struct RedisL2 {
     invalidate_tag: Script,
     invalidate_namespaces: Script,
     set_if_current: Script,
+    read_log: Script,
+    /// About how many entries each namespace's log keeps (`XADD ... MAXLEN ~`).
+    log_length: u64,
     /// The last generation seen per namespace, the assumption reads start from.
     generations: Arc<Generations>,
     /// The channel events are announced on, and its route (server address + channel).
@@ -185,6 +294,8 @@ impl RedisL2 {
             invalidate_tag: Script::new(INVALIDATE_TAG),
             invalidate_namespaces: Script::new(INVALIDATE_NAMESPACES),
             set_if_current: Script::new(SET_IF_CURRENT_SCRIPT),
+            read_log: Script::new(READ_LOG),
+            log_length: config.log_len(),
             generations: Arc::default(),
             channel: config.channel_name().to_owned(),
             route: config.route(&client),
@@ -293,16 +404,27 @@ impl RedisL2 {
         // argument (the envelope and the event too) into a buffer of its own, then all of them
         // again into the command.
         let mut evalsha = redis::cmd("EVALSHA");
+        let mut log_keys = String::with_capacity(2 * (self.prefix.len() + namespace.len()) + 8);
+        self.push_ns_prefix(&mut log_keys, namespace);
+        log_keys.push('q');
+        let sequence_end = log_keys.len();
+        self.push_ns_prefix(&mut log_keys, namespace);
+        log_keys.push('l');
+        let (sequence_key, log_key) = log_keys.split_at(sequence_end);
         evalsha
             .arg(self.set_if_current.get_hash())
-            .arg(2)
+            .arg(4)
             .arg(generation_key)
             .arg(entry_key)
+            .arg(sequence_key)
+            .arg(log_key)
             .arg(generation)
             .arg(envelope)
             .arg(ttl_ms)
             .arg(&self.channel)
-            .arg(event.as_slice());
+            .arg(event.as_slice())
+            .arg(json_name(namespace))
+            .arg(self.log_length);
         let current: Option<u64> = evalsha_or_load(conn, &self.set_if_current, &evalsha)
             .await
             .map_err(|e| self.fail("SET", e))?;
@@ -326,6 +448,8 @@ impl RedisL2 {
             .arg(key.digest().to_hex())
             .arg(channel)
             .arg(event)
+            .arg(json_name(key.key_namespace()))
+            .arg(self.log_length)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.fail("DEL", e))?;
@@ -345,6 +469,8 @@ impl RedisL2 {
             .arg(tag)
             .arg(channel)
             .arg(event)
+            .arg(json_name(key_namespace))
+            .arg(self.log_length)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.fail("tag invalidation", e))
@@ -555,7 +681,9 @@ impl L2Store for RedisL2 {
             .arg(generation)
             .arg(fence)
             .arg(channel)
-            .arg(event);
+            .arg(event)
+            .arg(json_name(namespace))
+            .arg(self.log_length);
         for tag in &write.tags {
             invocation.arg(tag);
         }
@@ -604,7 +732,13 @@ impl L2Store for RedisL2 {
         for key_namespace in key_namespaces {
             invocation.key(self.ns_prefix(key_namespace));
         }
-        invocation.arg(&self.channel).arg(event);
+        invocation
+            .arg(&self.channel)
+            .arg(event)
+            .arg(self.log_length);
+        for key_namespace in key_namespaces {
+            invocation.arg(json_name(key_namespace));
+        }
         let _: i64 = invocation
             .invoke_async(&mut conn)
             .await
@@ -614,6 +748,25 @@ impl L2Store for RedisL2 {
 
     fn announce_route(&self) -> Option<String> {
         Some(self.route.clone())
+    }
+
+    fn sequenced(&self) -> bool {
+        true
+    }
+
+    async fn read_log(&self, key_namespace: &str, after: u64, limit: usize) -> Result<LogRead> {
+        let prefix = self.ns_prefix(key_namespace);
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = self
+            .read_log
+            .key(format!("{prefix}q"))
+            .key(format!("{prefix}l"))
+            .arg(after)
+            .arg(limit.max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("log read", e))?;
+        parse_log_read(key_namespace, reply)
     }
 
     fn namespace_invalidated(&self, key_namespace: &str) {
@@ -786,6 +939,57 @@ fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A namespace's name as a JSON string, as a position names it on the wire.
+fn json_name(key_namespace: &str) -> String {
+    serde_json::to_string(key_namespace).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+/// The reply of [`READ_LOG`]: epoch, head, first, then id and message of each entry.
+fn parse_log_read(key_namespace: &str, reply: Vec<Value>) -> Result<LogRead> {
+    let bad = |what: &str| {
+        Error::new(
+            ErrorKind::L2,
+            format!("unexpected reply to a read of {key_namespace}'s log: {what}"),
+        )
+    };
+    let number = |value: &Value| -> Option<u64> {
+        match value {
+            Value::BulkString(text) => {
+                let text = std::str::from_utf8(text).ok()?;
+                // An entry id is `<seq>-0`.
+                text.split('-').next()?.parse().ok()
+            }
+            Value::SimpleString(text) => text.parse().ok(),
+            Value::Int(n) => u64::try_from(*n).ok(),
+            _ => None,
+        }
+    };
+    let mut values = reply.into_iter();
+    let mut head_field = |name: &str| {
+        values
+            .next()
+            .as_ref()
+            .and_then(number)
+            .ok_or_else(|| bad(name))
+    };
+    let epoch = head_field("epoch")?;
+    let head = head_field("head")?;
+    let first = head_field("first")?;
+    let rest: Vec<Value> = values.collect();
+    let mut entries = Vec::with_capacity(rest.len() / 2);
+    for pair in rest.chunks(2) {
+        let [id, message] = pair else {
+            return Err(bad("an entry without its message"));
+        };
+        let seq = number(id).ok_or_else(|| bad("an entry id"))?;
+        let Value::BulkString(message) = message else {
+            return Err(bad("an entry's message"));
+        };
+        entries.push((seq, message.clone()));
+    }
+    Ok(LogRead::new(epoch, head, first, entries))
 }
 
 /// The generation at the head of a read's reply, and the entries after it.

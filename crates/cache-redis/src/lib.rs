@@ -24,6 +24,7 @@ mod l2;
 
 pub use bus::RedisBus;
 pub use config::{
-    redact, RedisConfig, DEFAULT_CHANNEL, DEFAULT_KEY_PREFIX, DEFAULT_MAX_VALUE_BYTES,
+    redact, RedisConfig, DEFAULT_CHANNEL, DEFAULT_KEY_PREFIX, DEFAULT_LOG_LENGTH,
+    DEFAULT_MAX_VALUE_BYTES,
 };
 pub use l2::{RedisL2, CLOCK_SKEW_MARGIN, SET_IF_CURRENT_SCRIPT};

@@ -36,6 +36,9 @@ const RAW_CHANNEL: &str = "bench:raw:writes";
 
 /// The generation key the floor's script reads; never set, so it reads as generation 0.
 const RAW_GENERATION: &str = "bench:raw:g";
+/// The floor's sequence hash and event log, as a namespace's `q` and `l` keys.
+const RAW_SEQUENCE: &str = "bench:raw:q";
+const RAW_LOG: &str = "bench:raw:l";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Imp {
@@ -116,14 +119,18 @@ impl Stores {
                 // at setup).
                 let _generation: Option<u64> = redis::cmd("EVALSHA")
                     .arg(self.set_if_current.get_hash())
-                    .arg(2)
+                    .arg(4)
                     .arg(RAW_GENERATION)
                     .arg(key.as_str())
+                    .arg(RAW_SEQUENCE)
+                    .arg(RAW_LOG)
                     .arg(0)
                     .arg(serde_json::to_vec(&self.offers[i])?)
                     .arg(ttl_ms)
                     .arg(RAW_CHANNEL)
-                    .arg(key.as_str())
+                    .arg(format!("{{\"k\":\"{}\"}}", key.as_str()))
+                    .arg("\"raw\"")
+                    .arg(cache_redis::DEFAULT_LOG_LENGTH)
                     .query_async(&mut conn)
                     .await?;
             }

@@ -1,0 +1,208 @@
+//! The contract of a sequenced L2 store (`L2Store::sequenced`, `L2Store::read_log`): every
+//! announced change gets the next position of each namespace it touches, is logged and is
+//! published with its positions; the log reads back exactly; trimming and a reset are visible.
+//! Run against a real redis-server here, and against the in-process store where it sequences.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::event::WriteAnnouncement;
+use cache_core::log::{positions_in_tail, LogPosition, NO_EPOCH};
+use cache_core::{BusItem, CacheKey, Event, EventBus, EventType, L2Store, L2Write, Subscription};
+use cache_redis::{RedisBus, RedisConfig, RedisL2};
+use test_support::RedisServer;
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn key(ns: &str, id: u32) -> CacheKey {
+    CacheKey::derive(ns, &serde_json::json!({ "id": id })).unwrap()
+}
+
+fn write_event(k: &CacheKey) -> Vec<u8> {
+    WriteAnnouncement {
+        namespace: "availability",
+        cache_key: k.as_str(),
+        region: "test",
+        source_node: "contract",
+        event_id: "id",
+        timestamp: 1.0,
+    }
+    .encode()
+}
+
+fn event(namespaces: &[&str]) -> Vec<u8> {
+    let mut e = Event::new(
+        EventType::BookingCreated,
+        "booking_1",
+        "contract",
+        "id",
+        1.0,
+    );
+    e.affected_namespaces = namespaces.iter().map(|n| (*n).to_owned()).collect();
+    e.encode()
+}
+
+/// The next message on `sub`, skipping connection states; fails after 5 s.
+async fn next_message(sub: &mut Box<dyn Subscription>) -> Vec<u8> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Some(BusItem::Message(bytes))) => return bytes,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the subscription ended"),
+            Err(_) => panic!("no message within 5 s"),
+        }
+    }
+}
+
+/// The log contract, for a store that announces on `bus`. `reset` empties the store as a
+/// restart without persistence does.
+pub(crate) async fn contract<F, Fut>(l2: Arc<dyn L2Store>, bus: Arc<dyn EventBus>, reset: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let l2 = &*l2;
+    assert!(l2.sequenced());
+    assert_eq!(l2.announce_route(), bus.route());
+    let mut sub = bus.subscribe().await.unwrap();
+    let empty = l2.read_log("avail", 0, 100).await.unwrap();
+    assert_eq!(
+        (empty.epoch, empty.head, empty.entries.len()),
+        (NO_EPOCH, 0, 0)
+    );
+
+    // A write: position 1 of a new epoch, published and logged alike.
+    let (a, b) = (key("avail", 1), key("avail", 2));
+    let written = l2
+        .set(L2Write::new(a.clone(), b"v1".to_vec(), TTL).announce(write_event(&a)))
+        .await
+        .unwrap();
+    assert!(written);
+    let heard = next_message(&mut sub).await;
+    let positions = positions_in_tail(&heard).expect("the write's event carries its position");
+    assert_eq!(positions.len(), 1);
+    let epoch = positions[0].epoch;
+    assert_ne!(epoch, NO_EPOCH);
+    assert_eq!(positions[0], LogPosition::new("avail", epoch, 1));
+    let decoded = Event::decode(&heard).unwrap();
+    assert_eq!(decoded.positions, positions);
+    let log = l2.read_log("avail", 0, 100).await.unwrap();
+    assert_eq!((log.epoch, log.head, log.first), (epoch, 1, 1));
+    assert_eq!(log.entries, vec![(1, heard.clone())]);
+
+    // A tagged write, a delete, a tag invalidation: 2, 3, 4.
+    l2.set(
+        L2Write::new(b.clone(), b"v2".to_vec(), TTL)
+            .tags(vec!["gpu:1".into()])
+            .announce(write_event(&b)),
+    )
+    .await
+    .unwrap();
+    l2.delete_and_announce(&a, write_event(&a)).await.unwrap();
+    l2.invalidate_tag_and_announce("avail", "gpu:1", event(&["avail"]))
+        .await
+        .unwrap();
+    for seq in 2..=4 {
+        let heard = next_message(&mut sub).await;
+        assert_eq!(
+            positions_in_tail(&heard),
+            Some(vec![LogPosition::new("avail", epoch, seq)]),
+            "published in sequence order"
+        );
+    }
+
+    // A notification touching two namespaces: one position in each.
+    l2.invalidate_namespaces(
+        &["avail".to_owned(), "pricing".to_owned()],
+        Some(event(&["avail", "pricing"])),
+    )
+    .await
+    .unwrap();
+    let heard = Event::decode(&next_message(&mut sub).await).unwrap();
+    assert_eq!(heard.positions.len(), 2);
+    assert_eq!(heard.positions[0], LogPosition::new("avail", epoch, 5));
+    assert_eq!(heard.positions[1].key_namespace, "pricing");
+    assert_eq!(heard.positions[1].seq, 1);
+    let pricing = l2.read_log("pricing", 0, 10).await.unwrap();
+    assert_eq!((pricing.head, pricing.entries.len()), (1, 1));
+    assert_eq!(
+        Event::decode(&pricing.entries[0].1).unwrap().positions,
+        heard.positions,
+        "both logs hold the same message"
+    );
+
+    // Exact ranges: after 2, at most 2 entries; after the head, none.
+    let range = l2.read_log("avail", 2, 2).await.unwrap();
+    let seqs: Vec<u64> = range.entries.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!((range.head, seqs), (5, vec![3, 4]));
+    let none = l2.read_log("avail", 5, 10).await.unwrap();
+    assert!(none.entries.is_empty());
+    assert_eq!(none.head, 5);
+
+    // A change with nothing to announce is not sequenced.
+    l2.set(L2Write::new(a.clone(), b"quiet".to_vec(), TTL))
+        .await
+        .unwrap();
+    l2.invalidate_namespace("avail").await.unwrap();
+    assert_eq!(l2.read_log("avail", 0, 100).await.unwrap().head, 5);
+
+    // A reset: a new epoch, from 1, and an empty store.
+    reset().await;
+    assert!(l2.get(&b).await.unwrap().is_none());
+    assert_eq!(l2.read_log("avail", 0, 10).await.unwrap().epoch, NO_EPOCH);
+    l2.set(L2Write::new(a.clone(), b"v3".to_vec(), TTL).announce(write_event(&a)))
+        .await
+        .unwrap();
+    let after_reset = l2.read_log("avail", 0, 10).await.unwrap();
+    assert_ne!(after_reset.epoch, epoch, "a reset starts another epoch");
+    assert_eq!((after_reset.head, after_reset.first), (1, 1));
+}
+
+/// A long run of changes against a short log: the oldest entries are trimmed, and a reader
+/// asking for them sees from `first` that it cannot replay them.
+pub(crate) async fn trimming(l2: Arc<dyn L2Store>, length: u64) {
+    let k = key("trim", 1);
+    for _ in 0..1_000 {
+        l2.set(L2Write::new(k.clone(), b"v".to_vec(), TTL).announce(write_event(&k)))
+            .await
+            .unwrap();
+    }
+    let log = l2.read_log("trim", 0, 5_000).await.unwrap();
+    assert_eq!(log.head, 1_000);
+    assert!(
+        log.first > 1,
+        "nothing was trimmed from a {length}-entry log"
+    );
+    let held = log.head - log.first + 1;
+    assert!(
+        held >= length && held <= length + 200,
+        "{held} entries held for a length of {length}"
+    );
+    let seqs: Vec<u64> = log.entries.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (log.first..=log.head).collect::<Vec<_>>());
+}
+
+fn redis_config(server: &RedisServer) -> RedisConfig {
+    RedisConfig::new(server.url()).log_length(10)
+}
+
+#[tokio::test]
+async fn redis_sequences_logs_and_publishes_every_announced_change() {
+    let server = RedisServer::start();
+    let config = redis_config(&server);
+    let l2: Arc<dyn L2Store> = Arc::new(RedisL2::connect(&config).await.unwrap());
+    let bus: Arc<dyn EventBus> = Arc::new(RedisBus::connect(&config).await.unwrap());
+    let client = redis::Client::open(server.url()).unwrap();
+    contract(l2, bus, || async move {
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_trims_its_log_and_says_so() {
+    let server = RedisServer::start();
+    let l2 = Arc::new(RedisL2::connect(&redis_config(&server)).await.unwrap());
+    trimming(l2, 10).await;
+}
