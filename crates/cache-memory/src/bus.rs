@@ -1,6 +1,7 @@
 //! [`MemoryBus`]: an in-process event bus with deterministic fault controls.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use async_trait::async_trait;
@@ -28,6 +29,15 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 /// - [`MemoryBus::disconnect`], [`MemoryBus::reconnect`]: lose the subscriptions for a while.
 /// - [`MemoryBus::fail_publishes`]: make publishing fail.
 ///
+/// They apply alike to publishes made with [`EventBus::publish`] and to those a
+/// [`crate::MemoryL2`] makes on this bus (see [`crate::MemoryL2::announce_on`]).
+///
+/// # Route
+///
+/// [`EventBus::route`] is `memory-bus:<n>`, with `n` unique to this instance in the process: a
+/// [`crate::MemoryL2`] that announces on this bus reports the same route, so a node whose L2
+/// and bus are those two announces its changes through L2.
+///
 /// ```
 /// use cache_core::{BusItem, ConnectionState, EventBus};
 /// use cache_memory::MemoryBus;
@@ -42,9 +52,20 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Default)]
 pub struct MemoryBus {
+    /// Unique among the buses of this process: what [`EventBus::route`] names.
+    id: u64,
     state: Mutex<BusState>,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            state: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -177,8 +198,8 @@ impl MemoryBus {
             .set_connected(true, ConnectionState::Resubscribed);
     }
 
-    /// While `fail` is true, [`EventBus::publish`] returns an [`ErrorKind::Bus`] error and
-    /// delivers nothing.
+    /// While `fail` is true, [`EventBus::publish`] (and a publish by a [`crate::MemoryL2`]
+    /// announcing on this bus) returns an [`ErrorKind::Bus`] error and delivers nothing.
     pub fn fail_publishes(&self, fail: bool) {
         self.lock().fail_publishes = fail;
     }
@@ -205,11 +226,17 @@ impl MemoryBus {
         // Every update keeps the state consistent before anything that could panic.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-#[async_trait]
-impl EventBus for MemoryBus {
-    async fn publish(&self, payload: Vec<u8>) -> Result<()> {
+    /// The route [`EventBus::route`] reports.
+    pub(crate) fn route_id(&self) -> String {
+        format!("memory-bus:{}", self.id)
+    }
+
+    /// Publishes `payload` at once, under the fault controls armed: [`EventBus::publish`]
+    /// without the future, so that a [`crate::MemoryL2`] can publish while it holds its own
+    /// lock (publishes then follow the order of the changes they announce). Delivery only
+    /// queues on unbounded channels: nothing here blocks or waits.
+    pub(crate) fn publish_now(&self, payload: Vec<u8>) -> Result<()> {
         let mut state = self.lock();
         if state.fail_publishes {
             return Err(Error::new(
@@ -235,6 +262,13 @@ impl EventBus for MemoryBus {
         }
         Ok(())
     }
+}
+
+#[async_trait]
+impl EventBus for MemoryBus {
+    async fn publish(&self, payload: Vec<u8>) -> Result<()> {
+        self.publish_now(payload)
+    }
 
     async fn subscribe(&self) -> Result<Box<dyn Subscription>> {
         let (tx, rx) = unbounded_channel();
@@ -250,12 +284,17 @@ impl EventBus for MemoryBus {
         self.lock().subscribers.push(subscriber);
         Ok(Box::new(MemorySubscription { rx, gauge }))
     }
+
+    fn route(&self) -> Option<String> {
+        Some(self.route_id())
+    }
 }
 
 impl fmt::Debug for MemoryBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.lock();
         f.debug_struct("MemoryBus")
+            .field("id", &self.id)
             .field("subscribers", &state.subscribers.len())
             .field("published", &state.published)
             .field("holding", &state.holding)

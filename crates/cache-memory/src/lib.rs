@@ -3,10 +3,14 @@
 //!
 //! - [`MemoryL1`] / [`MemoryL1Factory`]: the concurrent, byte-bounded L1 store of a namespace.
 //! - [`MemoryL2`]: a byte-bounded L2 with TTLs, O(1) namespace invalidation, tag invalidation
-//!   and fences; [`MemoryL2::global`] is the process-wide default.
+//!   and fences; [`MemoryL2::global`] is the process-wide default. Built with
+//!   [`MemoryL2::announce_on`] a bus, it publishes announced changes itself and sequences them
+//!   in per-namespace event logs, as the Redis store does, so embedded nodes and simulations
+//!   see the same sequenced events; [`MemoryL2::restart_empty`] and [`MemoryL2::trim_log`]
+//!   simulate a data loss and a log trimmed past a receiver.
 //! - [`MemoryBus`]: pub/sub to every subscriber in the process, with deterministic fault
-//!   controls (drop, duplicate, delay, reorder, disconnect, failure); [`MemoryBus::global`] is
-//!   the process-wide default.
+//!   controls (drop, duplicate, delay, reorder, disconnect, failure) that also apply to what a
+//!   [`MemoryL2`] publishes on it; [`MemoryBus::global`] is the process-wide default.
 //! - [`SystemClock`] and [`ManualClock`]: the wall clock, and a clock tests move by hand.
 //!
 //! ```
@@ -48,4 +52,4 @@ pub use clock::{ManualClock, SystemClock, EXPIRY_SLACK};
 pub use l1::{
     MemoryL1, MemoryL1Factory, ENTRY_OVERHEAD_BYTES, NEW_TAG_OVERHEAD_BYTES, TAG_OVERHEAD_BYTES,
 };
-pub use l2::{MemoryL2, L2_ENTRY_OVERHEAD_BYTES};
+pub use l2::{MemoryL2, DEFAULT_LOG_CAPACITY, L2_ENTRY_OVERHEAD_BYTES};

@@ -4,3 +4,4 @@ mod bus;
 mod clock;
 mod l1;
 mod l2;
+mod log;
