@@ -206,3 +206,23 @@ async fn redis_trims_its_log_and_says_so() {
     let l2 = Arc::new(RedisL2::connect(&redis_config(&server)).await.unwrap());
     trimming(l2, 10).await;
 }
+
+#[tokio::test]
+async fn the_in_process_store_sequences_logs_and_publishes_like_redis() {
+    let bus = Arc::new(cache_memory::MemoryBus::new());
+    let l2 = Arc::new(
+        cache_memory::MemoryL2::new(64 << 20, Arc::new(cache_memory::SystemClock))
+            .announce_on(bus.clone()),
+    );
+    let store = l2.clone();
+    contract(l2, bus, || async move { store.restart_empty() }).await;
+}
+
+#[tokio::test]
+async fn the_in_process_store_trims_its_log_and_says_so() {
+    let bus = Arc::new(cache_memory::MemoryBus::new());
+    let l2 = cache_memory::MemoryL2::new(64 << 20, Arc::new(cache_memory::SystemClock))
+        .announce_on(bus)
+        .log_capacity(10);
+    trimming(Arc::new(l2), 10).await;
+}
