@@ -1,0 +1,220 @@
+//! `get_or_load`: a read that, on a miss, runs the caller's loader once per key (single flight)
+//! and caches its result unless an invalidation or a write of the namespace raced it.
+
+use std::future::Future;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{CacheKey, Codec, Error, ErrorKind, Fence, L1Entry, L2Write, Result, SharedValue};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::OnceCell;
+
+use crate::options::SetOptions;
+
+use super::{len64, lock, EdgeCache, Inner, NsState};
+
+/// One in-progress load of a key, joined by every caller that misses the key while the
+/// namespace's epoch is still the one the load started in.
+pub(super) struct Flight {
+    epoch: u64,
+    cell: OnceCell<Result<(SharedValue, Source)>>,
+}
+
+/// Where a flight found its value, so each caller it serves is counted as a hit or a miss.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    L1,
+    L2,
+    Loaded,
+}
+
+impl<C: Codec> EdgeCache<C> {
+    /// Returns the cached value for `params` in `namespace`, or calls `loader` once for every
+    /// concurrent caller of the same key and caches its result.
+    ///
+    /// While a load for a key runs, other callers of that key wait for it (single flight); a
+    /// loader error is handed to every waiter and nothing is cached. A loaded value is cached only
+    /// if nothing invalidated or wrote its namespace while it was loading; otherwise it is
+    /// returned to the waiters but not stored, so a stale load never outlives an invalidation.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Loader`] with the loader's error as source; [`ErrorKind::InvalidTtl`],
+    /// [`ErrorKind::UnknownNamespace`], [`ErrorKind::Encode`], [`ErrorKind::Shutdown`].
+    ///
+    /// # Cancel safety
+    /// Dropping the call that is running the loader lets another waiter run its own loader.
+    pub async fn get_or_load<T, P, F, Fut, E>(
+        &self,
+        namespace: &str,
+        params: &P,
+        options: SetOptions,
+        loader: F,
+    ) -> Result<Arc<T>>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        P: Serialize + ?Sized,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let key = self.key(namespace, params)?;
+        self.get_or_load_key(&key, options, loader).await
+    }
+
+    /// [`EdgeCache::get_or_load`] with a key derived by [`EdgeCache::key`].
+    ///
+    /// # Errors
+    /// As [`EdgeCache::get_or_load`].
+    pub async fn get_or_load_key<T, F, Fut, E>(
+        &self,
+        key: &CacheKey,
+        options: SetOptions,
+        loader: F,
+    ) -> Result<Arc<T>>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let (index, ns) = inner.ns_by_key(key)?;
+        if let Some(hit) = inner.l1_get::<T>(ns, key) {
+            inner.counters.l1_hits.add(1);
+            return Ok(hit);
+        }
+        // L2 is read once, by the flight below, not by every caller that missed L1: a stampede of
+        // a thousand callers costs one L2 read and one load.
+        let ttl = inner.ttl_for(ns, &options)?;
+        let flight_key = (index, *key.digest());
+        // A load that began before an invalidation must not serve callers that arrive after
+        // it: they start a new flight instead of joining the old one.
+        let epoch = ns.epoch.load(SeqCst);
+        let flight = {
+            let mut flights = lock(&inner.flights);
+            match flights.get(&flight_key) {
+                Some(f) if f.epoch == epoch => Arc::clone(f),
+                _ => {
+                    let f = Arc::new(Flight {
+                        epoch,
+                        cell: OnceCell::new(),
+                    });
+                    flights.insert(flight_key, Arc::clone(&f));
+                    f
+                }
+            }
+        };
+        let outcome = flight
+            .cell
+            .get_or_init(|| async {
+                // Another flight may have filled the key between our miss and joining this one.
+                if let Some(hit) = inner.l1_get::<T>(ns, key) {
+                    return Ok((hit as SharedValue, Source::L1));
+                }
+                if let Some(hit) = inner.l2_get::<T>(ns, key).await {
+                    return Ok((hit as SharedValue, Source::L2));
+                }
+                inner
+                    .load_and_fill(ns, key, ttl, options.resource_tags(), flight.epoch, loader)
+                    .await
+                    .map(|value| (value, Source::Loaded))
+            })
+            .await
+            .clone();
+        {
+            let mut flights = lock(&inner.flights);
+            if flights
+                .get(&flight_key)
+                .is_some_and(|f| Arc::ptr_eq(f, &flight))
+            {
+                flights.remove(&flight_key);
+            }
+        }
+        let (value, source) = outcome?;
+        let counter = match source {
+            Source::L1 => &inner.counters.l1_hits,
+            Source::L2 => &inner.counters.l2_hits,
+            Source::Loaded => &inner.counters.misses,
+        };
+        counter.add(1);
+        value.downcast::<T>().map_err(|_| {
+            Error::new(
+                ErrorKind::Decode,
+                format!("{key}: a concurrent load produced another type"),
+            )
+        })
+    }
+}
+
+impl<C: Codec> Inner<C> {
+    async fn load_and_fill<T, F, Fut, E>(
+        &self,
+        ns: &NsState,
+        key: &CacheKey,
+        ttl: Duration,
+        tags: &[String],
+        epoch: u64,
+        loader: F,
+    ) -> Result<SharedValue>
+    where
+        T: Serialize + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let fence: Option<Fence> = match self.l2.fence(key).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                let _ = self.l2_failed("fence", e);
+                None
+            }
+        };
+        self.counters.loads.add(1);
+        let value = match loader().await {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                self.counters.load_errors.add(1);
+                let source: Box<dyn std::error::Error + Send + Sync> = e.into();
+                return Err(Error::new(
+                    ErrorKind::Loader,
+                    format!("loader for {key} failed: {source}"),
+                )
+                .with_source(source));
+            }
+        };
+        let bytes = match self.encode(key, &*value) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "loaded value not cached");
+                return Ok(value);
+            }
+        };
+        let mut stale = false;
+        if let Some(fence) = fence {
+            let write = L2Write::new(key.clone(), bytes.clone(), ttl)
+                .tags(tags.to_vec())
+                .fence(Some(fence));
+            match self.l2.set(write).await {
+                Ok(true) => {}
+                Ok(false) => stale = true,
+                Err(e) => {
+                    let _ = self.l2_failed("set", e);
+                }
+            }
+        }
+        if stale {
+            self.counters.fills_fenced.add(1);
+        } else if let Some(l1) = self.usable_l1(ns) {
+            let entry = L1Entry::new(
+                value.clone(),
+                self.clock.now().saturating_add(ttl),
+                len64(&bytes),
+            );
+            self.fenced_insert(ns, l1, key, entry, tags, epoch);
+        }
+        Ok(value)
+    }
+}
