@@ -34,7 +34,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventType, Scope, WriteAnnouncement, FORMAT_VERSION, MAX_EVENT_BYTES};
 pub use key::{canonical_json, CacheKey, Digest};
 pub use log::{HeadCheck, LogCursor, LogPosition, LogRead, Observed};
-pub use namespace::{NamespaceConfig, Namespaces};
+pub use namespace::{NamespaceConfig, Namespaces, OutagePolicy};
 pub use routing::Routing;
 pub use store::{
     Fence, L1Entry, L1Factory, L1Store, L1Usage, L2Entry, L2Info, L2Store, L2Write, SharedValue,

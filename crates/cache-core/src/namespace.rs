@@ -23,6 +23,33 @@ pub struct NamespaceConfig {
     pub critical: bool,
     /// The L1 byte budget of this namespace.
     pub max_memory_bytes: u64,
+    /// What L1 of an event-driven namespace does while its node cannot be sure it heard every
+    /// change (see [`OutagePolicy`]).
+    pub outage: OutagePolicy,
+}
+
+/// What an event-driven namespace's L1 does while its node cannot be sure it has applied every
+/// change: its subscription is lost or a reconnect not yet replayed, a gap in the event log is
+/// not yet repaired, or the log has not confirmed the node is up to date for longer than the
+/// staleness bound (Redis unreachable, a deaf subscription). In every case L1 is kept, and the
+/// node replays exactly what it missed once it can; the policy only decides what reads get in
+/// the meantime. Namespaces that are not event-driven have no L1 to protect this way.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutagePolicy {
+    /// Reads skip L1 (they go to L2, or miss) until the node is sure again: the freshest
+    /// answer, at the cost of L2 load during the outage. The default, and the right choice for
+    /// data that must not be served stale (availability, order books).
+    #[default]
+    Bypass,
+    /// Reads keep using L1 through a lost subscription or a pending gap, for at most `max_age`
+    /// after the last moment the node was sure it had applied every change; then L1 is
+    /// bypassed. The namespace's staleness bound becomes `max_age` (if longer than the node's
+    /// bound). For data where a slightly old answer beats a load storm (market statistics).
+    ServeStale {
+        /// The longest a value may be served past the last confirmation.
+        max_age: Duration,
+    },
 }
 
 impl NamespaceConfig {
@@ -36,7 +63,15 @@ impl NamespaceConfig {
             event_driven: false,
             critical: false,
             max_memory_bytes: 64 * MIB,
+            outage: OutagePolicy::Bypass,
         }
+    }
+
+    /// Sets what L1 does while the node cannot be sure it heard every change; default
+    /// [`OutagePolicy::Bypass`].
+    pub fn outage_policy(mut self, policy: OutagePolicy) -> Self {
+        self.outage = policy;
+        self
     }
 
     /// Sets whether changes are announced to the fleet.

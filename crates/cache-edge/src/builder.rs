@@ -18,6 +18,15 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Default cap on the lifetime of an L1 copy back-filled from L2 (the seed's 60 s).
 pub const DEFAULT_BACKFILL_TTL_CAP: Duration = Duration::from_secs(60);
 
+/// Default staleness bound: on a node whose L2 keeps an event log, no read returns a value older
+/// than a change acknowledged more than this long before, whatever the faults (see
+/// [`EdgeCacheBuilder::staleness_bound`]). About two liveness intervals plus a replay.
+pub const DEFAULT_STALENESS_BOUND: Duration = Duration::from_secs(3);
+
+/// Default interval of the liveness check: how often a node reads its event logs' heads to
+/// confirm it heard every change (see [`EdgeCacheBuilder::liveness_interval`]).
+pub const DEFAULT_LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Builds an [`EdgeCache`]. Everything has a default: the seed's namespaces and routes, the
 /// process-wide in-process L2 and event bus (so every `EdgeCache` in the process shares them,
 /// as nodes share one Redis), the system clock and a node id `edge_node_<8 hex>`.
@@ -50,6 +59,8 @@ pub struct EdgeCacheBuilder<C: Codec = JsonCodec> {
     pub(crate) observer: Arc<dyn Observer>,
     pub(crate) max_value_bytes: usize,
     pub(crate) backfill_ttl_cap: Duration,
+    pub(crate) staleness_bound: Duration,
+    pub(crate) liveness_interval: Duration,
 }
 
 impl Default for EdgeCacheBuilder {
@@ -67,6 +78,8 @@ impl Default for EdgeCacheBuilder {
             observer: Arc::new(NoopObserver),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             backfill_ttl_cap: DEFAULT_BACKFILL_TTL_CAP,
+            staleness_bound: DEFAULT_STALENESS_BOUND,
+            liveness_interval: DEFAULT_LIVENESS_INTERVAL,
         }
     }
 }
@@ -88,6 +101,8 @@ impl<C: Codec> EdgeCacheBuilder<C> {
             observer: self.observer,
             max_value_bytes: self.max_value_bytes,
             backfill_ttl_cap: self.backfill_ttl_cap,
+            staleness_bound: self.staleness_bound,
+            liveness_interval: self.liveness_interval,
         }
     }
 
@@ -159,6 +174,27 @@ impl<C: Codec> EdgeCacheBuilder<C> {
         self
     }
 
+    /// The staleness bound B; default [`DEFAULT_STALENESS_BOUND`]. On a node whose L2 keeps
+    /// an event log ([`L2Store::sequenced`], with L2 announcing on this node's bus: Redis, or
+    /// [`MemoryL2::announce_on`]), L1 of an event-driven namespace is served only while the
+    /// log confirmed, less than B ago, that the node had applied every change; so no read
+    /// returns a value older than a change acknowledged more than B before it, whatever happens
+    /// to connections or delivery. While the transport is healthy, staleness is the propagation
+    /// lag. Must be longer than the liveness interval (twice as long keeps L1 in use through
+    /// one failed check).
+    pub fn staleness_bound(mut self, bound: Duration) -> Self {
+        self.staleness_bound = bound;
+        self
+    }
+
+    /// How often the node reads its event logs to confirm it heard every change, and replays
+    /// what it did not; default [`DEFAULT_LIVENESS_INTERVAL`]. A gap or a resubscribe triggers
+    /// a read at once. Each check costs one small script per event-driven namespace.
+    pub fn liveness_interval(mut self, interval: Duration) -> Self {
+        self.liveness_interval = interval;
+        self
+    }
+
     /// Validates the configuration, subscribes to the bus and starts the event listener.
     ///
     /// Must be called inside a tokio runtime (the listener is a spawned task).
@@ -181,6 +217,16 @@ impl<C: Codec> EdgeCacheBuilder<C> {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 "max_value_bytes must be greater than zero",
+            ));
+        }
+        if self.liveness_interval.is_zero() || self.liveness_interval >= self.staleness_bound {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "the liveness interval ({:?}) must be greater than zero and shorter than the \
+                     staleness bound ({:?})",
+                    self.liveness_interval, self.staleness_bound
+                ),
             ));
         }
         if self.bus.is_none() {

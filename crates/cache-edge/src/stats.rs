@@ -167,8 +167,26 @@ counters! {
     load_errors,
     /// Fills dropped because an invalidation or write happened while the value was being read.
     fills_fenced,
-    /// Times L1 of event-driven namespaces was dropped because the bus lost events.
+    /// Times L1 of event-driven namespaces was dropped because the bus lost events (nodes
+    /// without an event log only).
     resyncs,
+    /// Gaps found in a namespace's event log positions (events lost or reordered on the way).
+    gaps_detected,
+    /// Events read back from the log and applied (what pub/sub did not deliver in time).
+    events_replayed,
+    /// Events delivered again after they had been applied (a replay overtook pub/sub, or the
+    /// transport duplicated them).
+    duplicates_ignored,
+    /// Reads of the event logs by the liveness check and catch-ups.
+    log_checks,
+    /// Liveness checks or catch-ups that could not read a log (L2 unreachable).
+    log_check_failures,
+    /// Namespace L1 drops because the log was trimmed past what the node missed.
+    drops_trimmed,
+    /// Namespace L1 drops because the log started a new epoch (L2 restarted empty, evicted).
+    drops_new_epoch,
+    /// Namespace L1 drops because the log went back (a failover lost its last entries).
+    drops_regressed,
 }
 
 /// L1 use of one namespace.
@@ -183,6 +201,14 @@ pub struct NamespaceStats {
     pub l1_bytes: u64,
     /// The L1 budget.
     pub l1_capacity_bytes: u64,
+    /// Where this node stands in the namespace's event log, on a node that follows one: the
+    /// log's epoch and the number up to which every event was applied.
+    pub log_applied: Option<(u64, u64)>,
+    /// When the log last confirmed this node had applied every change of the namespace.
+    pub log_confirmed_at: Option<Timestamp>,
+    /// Whether reads may use the namespace's L1 right now (false while the node cannot be
+    /// sure it heard every change and the outage policy says to bypass).
+    pub l1_in_use: bool,
 }
 
 impl Stats {
@@ -234,6 +260,11 @@ pub struct Health {
     pub event_queue_size: u64,
     /// Time since the last applied event.
     pub last_event_age: Option<Duration>,
+    /// On a node that follows event logs: the time since the least recently confirmed
+    /// event-driven namespace was last confirmed up to date by the log (the liveness check's
+    /// age). Past the staleness bound that namespace's L1 is not served; `None` before the
+    /// first confirmation or without a log.
+    pub log_confirmed_age: Option<Duration>,
     /// Why the status is not healthy.
     pub reason: Option<String>,
 }

@@ -12,8 +12,14 @@ impl<C: Codec> Inner<C> {
     pub(crate) async fn receive(&self, bytes: &[u8]) {
         self.counters.events_received.add(1);
         if bytes.starts_with(&self.own_prefix) {
-            // One of this node's own events, heard back: nothing to decode or apply.
+            // One of this node's own events, heard back: nothing to decode or apply, but its
+            // positions in the logs count as heard.
             self.counters.own_events_ignored.add(1);
+            if self.sequenced {
+                if let Some(positions) = cache_core::log::positions_in_tail(bytes) {
+                    self.observe_positions(&positions);
+                }
+            }
             self.events_handled.fetch_add(1, Relaxed);
             return;
         }
@@ -26,7 +32,15 @@ impl<C: Codec> Inner<C> {
                 if event.version == 0 {
                     self.invalidate_l2_for_seed_event(&event).await;
                 }
-                self.apply(&event);
+                // Applied to L1 first, then its positions recorded: a catch-up that finds them
+                // recorded may vouch for L1. A duplicate (already replayed from the log) is
+                // applied again, harmlessly, but counted once.
+                self.apply_to_l1(&event);
+                if self.observe_positions(&event.positions) {
+                    self.counters.duplicates_ignored.add(1);
+                } else {
+                    self.record_applied(&event);
+                }
             }
             Err(e) => {
                 self.counters.events_rejected.add(1);
@@ -58,6 +72,11 @@ impl<C: Codec> Inner<C> {
     /// Applies an event to L1 (never to L2: the issuer did that once).
     pub(crate) fn apply(&self, event: &Event) {
         self.apply_to_l1(event);
+        self.record_applied(event);
+    }
+
+    /// Counts an event applied and tells the observer, with its propagation lag.
+    pub(super) fn record_applied(&self, event: &Event) {
         let now = self.clock.now();
         self.counters.events_applied.add(1);
         self.counters

@@ -5,25 +5,45 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use cache_core::{Codec, ConnectionState};
 
-use super::Inner;
+use super::{lock, Inner};
 
 impl<C: Codec> Inner<C> {
     /// Handles a change of the bus connection. Pub/sub loses what is published while a node is
-    /// away, so L1 of event-driven namespaces is dropped on loss and again on resubscribe, and
-    /// bypassed in between.
+    /// away. A sequenced node keeps its L1 (bypassed, for `Bypass` namespaces, while the
+    /// subscription is down) and, once resubscribed, replays exactly what it missed from the
+    /// log before using L1 again. Without a log, L1 of event-driven namespaces is dropped on
+    /// loss and again on resubscribe, and bypassed in between.
     pub(crate) fn connection_changed(&self, state: ConnectionState) {
+        let freshness = &self.freshness;
+        let transition = lock(&freshness.transitions);
         match state {
             ConnectionState::Connected => {
+                freshness.subscribed.store(true, SeqCst);
                 self.bus_down.store(false, SeqCst);
                 self.feed_complete(true);
             }
             ConnectionState::Disconnected => {
+                freshness.subscribed.store(false, SeqCst);
                 self.feed_complete(false);
                 self.bus_down.store(true, SeqCst);
-                self.drop_event_driven_l1();
-                tracing::warn!(node_id = %self.node_id, "event bus disconnected; bypassing L1 of event-driven namespaces");
+                if self.sequenced {
+                    tracing::warn!(node_id = %self.node_id, "event bus disconnected; L1 of event-driven namespaces kept, and bypassed where their policy says so, until the log is replayed");
+                } else {
+                    self.drop_event_driven_l1();
+                    tracing::warn!(node_id = %self.node_id, "event bus disconnected; bypassing L1 of event-driven namespaces");
+                }
+            }
+            ConnectionState::Resubscribed if self.sequenced => {
+                freshness.subscribed.store(true, SeqCst);
+                freshness.resubscribes.fetch_add(1, SeqCst);
+                drop(transition);
+                freshness.wake.notify_one();
+                tracing::info!(node_id = %self.node_id, "event bus resubscribed; replaying what was missed from the log");
+                self.observer.on_connection_state(state);
+                return;
             }
             ConnectionState::Resubscribed => {
+                freshness.subscribed.store(true, SeqCst);
                 self.drop_event_driven_l1();
                 self.bus_down.store(false, SeqCst);
                 self.feed_complete(true);
@@ -31,6 +51,7 @@ impl<C: Codec> Inner<C> {
             }
             _ => {}
         }
+        drop(transition);
         self.observer.on_connection_state(state);
     }
 
@@ -50,7 +71,7 @@ impl<C: Codec> Inner<C> {
 
     /// Tells L2 whether this node now hears every invalidation of its namespaces: only when
     /// the subscription is up and invalidations travel on this node's bus (L2 shares its route).
-    fn feed_complete(&self, hears: bool) {
+    pub(super) fn feed_complete(&self, hears: bool) {
         let complete = hears && self.announce_via_l2 && self.listener_running.load(SeqCst);
         if self.feed_complete.swap(complete, SeqCst) != complete {
             let delta = if complete { 1 } else { -1 };

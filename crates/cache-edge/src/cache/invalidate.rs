@@ -167,7 +167,10 @@ impl<C: Codec> Inner<C> {
             let l2 = change(None).await.map_err(|e| self.l2_failed(what, e));
             return self.issue(event, l2).await;
         }
-        let result = change(Some(event.encode())).await;
+        let result = match change(Some(event.encode())).await {
+            Err(e) if self.published_late(&e) => Ok(()),
+            other => other,
+        };
         match result {
             Ok(()) => {
                 self.apply(event);

@@ -5,6 +5,7 @@
 
 mod apply;
 mod connection;
+mod freshness;
 mod invalidate;
 mod load;
 mod read;
@@ -30,6 +31,7 @@ use crate::builder::{default_node_id, EdgeCacheBuilder};
 use crate::observer::Observer;
 use crate::stats::{Counters, Health, HealthStatus, NamespaceStats, Stats};
 
+use self::freshness::{Freshness, NsFreshness};
 use self::load::Flight;
 
 /// One node's two-tier cache. Cheap to clone: clones share the node.
@@ -84,6 +86,12 @@ pub(crate) struct Inner<C> {
     events_handled: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// Whether this node follows its event-driven namespaces' logs (L2 sequences what it
+    /// announces, and announces on this node's bus): see [`freshness`].
+    sequenced: bool,
+    freshness: Freshness,
+    /// The liveness task of a sequenced node.
+    liveness: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct NsState {
@@ -99,6 +107,8 @@ struct NsState {
     /// it a fill could land just after a removal and be served until it noticed the bump.
     /// Never held across an await, and never taken on the hit path.
     gate: RwLock<()>,
+    /// How this namespace follows its log, on a sequenced node, if it is event-driven.
+    fresh: Option<NsFreshness>,
 }
 
 impl EdgeCache {
@@ -124,6 +134,7 @@ impl<C: Codec> EdgeCache<C> {
         let queued_events = subscription.queue_gauge();
         let announce_via_l2 =
             matches!((l2.announce_route(), bus.route()), (Some(a), Some(b)) if a == b);
+        let sequenced = announce_via_l2 && l2.sequenced();
         let namespaces = b
             .namespaces
             .iter()
@@ -133,9 +144,12 @@ impl<C: Codec> EdgeCache<C> {
                 config: config.clone(),
                 epoch: AtomicU64::new(0),
                 gate: RwLock::new(()),
+                fresh: (sequenced && config.event_driven)
+                    .then(|| NsFreshness::new(config.outage, b.staleness_bound)),
             })
             .collect();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shutdown_rx_liveness = shutdown_rx.clone();
         let node_id = b.node_id.unwrap_or_else(default_node_id);
         let inner = Arc::new(Inner {
             codec: b.codec,
@@ -161,6 +175,9 @@ impl<C: Codec> EdgeCache<C> {
             events_handled: AtomicU64::new(0),
             shutdown_tx,
             listener: Mutex::new(None),
+            sequenced,
+            freshness: Freshness::new(b.staleness_bound, b.liveness_interval),
+            liveness: Mutex::new(None),
         });
         // Start counted as a node that may miss invalidations; the subscription's first
         // `Connected` makes it complete where it can be.
@@ -171,6 +188,16 @@ impl<C: Codec> EdgeCache<C> {
             shutdown_rx,
         ));
         *lock(&inner.listener) = Some(handle);
+        if sequenced {
+            // Where each log stands now: everything before is covered by an empty L1. Read
+            // after subscribing, so nothing published in between is missed.
+            if let Err(e) = inner.start_following().await {
+                tracing::warn!(node_id = %inner.node_id, error = %e, "could not read the event log at start; L1 of event-driven namespaces waits for the first successful read");
+                inner.freshness.wake.notify_one();
+            }
+            let task = tokio::spawn(freshness::run(Arc::clone(&inner), shutdown_rx_liveness));
+            *lock(&inner.liveness) = Some(task);
+        }
         tracing::info!(node_id = %inner.node_id, region = %inner.region, "edge cache started");
         Ok(EdgeCache { inner })
     }
@@ -218,6 +245,9 @@ impl<C: Codec> EdgeCache<C> {
                     l1_entries: usage.entries,
                     l1_bytes: usage.bytes,
                     l1_capacity_bytes: usage.capacity_bytes,
+                    log_applied: ns.fresh.as_ref().and_then(NsFreshness::applied),
+                    log_confirmed_at: ns.fresh.as_ref().and_then(NsFreshness::sure_at),
+                    l1_in_use: ns.l1.is_some() && inner.l1_trusted(ns, inner.clock.expiry_now()),
                 }
             })
             .collect();
@@ -241,6 +271,17 @@ impl<C: Codec> EdgeCache<C> {
         let l2 = inner.l2.ping().await;
         let listener = inner.listener_running.load(SeqCst);
         let bus_connected = listener && !inner.bus_down.load(SeqCst);
+        let now = inner.clock.now();
+        let log_confirmed_age = inner
+            .namespaces
+            .iter()
+            .filter_map(|ns| ns.fresh.as_ref())
+            .map(|fresh| fresh.sure_at().map(|at| now.saturating_since(at)))
+            .reduce(|a, b| match (a, b) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            })
+            .flatten();
         let (status, reason) = if inner.closed.load(SeqCst) {
             (
                 HealthStatus::Unhealthy,
@@ -258,6 +299,15 @@ impl<C: Codec> EdgeCache<C> {
                     "the event bus is disconnected: L1 of event-driven namespaces is bypassed"
                         .to_owned(),
                 ),
+            )
+        } else if let Some(age) = log_confirmed_age.filter(|age| *age >= inner.freshness.bound) {
+            (
+                HealthStatus::Degraded,
+                Some(format!(
+                    "the event log has not confirmed this node is up to date for {age:?} (bound \
+                     {:?}): L1 of event-driven namespaces follows its outage policy",
+                    inner.freshness.bound
+                )),
             )
         } else if let Err(e) = &l2 {
             (
@@ -284,6 +334,7 @@ impl<C: Codec> EdgeCache<C> {
                     .now()
                     .saturating_since(cache_core::Timestamp::from_nanos(last))
             }),
+            log_confirmed_age,
             reason,
         }
     }
@@ -300,6 +351,12 @@ impl<C: Codec> EdgeCache<C> {
         if let Some(handle) = handle {
             if let Err(e) = handle.await {
                 tracing::warn!(node_id = %inner.node_id, error = %e, "event listener ended abnormally");
+            }
+        }
+        let liveness = lock(&inner.liveness).take();
+        if let Some(liveness) = liveness {
+            if let Err(e) = liveness.await {
+                tracing::warn!(node_id = %inner.node_id, error = %e, "liveness task ended abnormally");
             }
         }
         inner.leave_feed();

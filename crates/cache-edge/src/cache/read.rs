@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 
-use cache_core::{CacheKey, Codec, L1Entry, L1Store, Result};
+use cache_core::{CacheKey, Codec, L1Entry, L1Store, Result, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -167,14 +167,29 @@ impl<C: Codec> Inner<C> {
     }
 
     /// Whether L1 may be used for `ns` right now: it must exist, and for event-driven namespaces
-    /// the bus must be up (otherwise invalidations could be missed).
+    /// the node must be sure it heard every change (otherwise invalidations could be missed).
     #[inline]
     pub(super) fn usable_l1<'a>(&self, ns: &'a NsState) -> Option<&'a dyn L1Store> {
         let l1 = ns.l1.as_deref()?;
-        if ns.config.event_driven && self.bus_down.load(Relaxed) {
-            return None;
+        self.l1_trusted(ns, self.clock.expiry_now()).then_some(l1)
+    }
+
+    /// Whether an event-driven namespace's L1 may be trusted at `now` (the coarse clock, never
+    /// behind the wall clock): without a log, while the bus is up; with one, while the last
+    /// confirmation from the log is recent enough (`serve_until`) and, under the `Bypass`
+    /// policy, the bus is up (see [`super::freshness`]).
+    #[inline]
+    pub(super) fn l1_trusted(&self, ns: &NsState, now: Timestamp) -> bool {
+        if !ns.config.event_driven {
+            return true;
         }
-        Some(l1)
+        match &ns.fresh {
+            None => !self.bus_down.load(Relaxed),
+            Some(fresh) => {
+                !(fresh.bypass_when_down && self.bus_down.load(Relaxed))
+                    && now.as_nanos() < fresh.serve_until.load(Relaxed)
+            }
+        }
     }
 
     /// The hit path: no allocation, no lock held across an await (there is no await).
@@ -184,8 +199,12 @@ impl<C: Codec> Inner<C> {
         ns: &NsState,
         key: &CacheKey,
     ) -> Option<Arc<T>> {
-        let l1 = self.usable_l1(ns)?;
-        let value = l1.get(key.digest(), self.clock.expiry_now())?;
+        let l1 = ns.l1.as_deref()?;
+        let now = self.clock.expiry_now();
+        if !self.l1_trusted(ns, now) {
+            return None;
+        }
+        let value = l1.get(key.digest(), now)?;
         // A value of another type (a caller reading the namespace with a different type) is
         // not an error here: fall through to L2 and decode it as asked.
         value.downcast::<T>().ok()
@@ -255,8 +274,7 @@ impl<C: Codec> Inner<C> {
             .gate
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ns.epoch.load(SeqCst) != epoch || (ns.config.event_driven && self.bus_down.load(SeqCst))
-        {
+        if ns.epoch.load(SeqCst) != epoch || !self.l1_trusted(ns, self.clock.expiry_now()) {
             self.counters.fills_fenced.add(1);
             return;
         }

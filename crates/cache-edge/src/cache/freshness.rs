@@ -1,0 +1,346 @@
+//! Staying fresh through faults: each event-driven namespace follows its log in L2 (see
+//! [`cache_core::log`]). Positions heard on the bus advance a [`LogCursor`]; a gap, a reconnect
+//! or the liveness check makes the node read back exactly what it missed (a *catch-up*); and L1
+//! is served only until `serve_until`, which each catch-up that found the node up to date moves
+//! to its start plus the staleness bound. A fault the node cannot see (a deaf subscription, a
+//! lost message) is therefore repaired by the next liveness check, and a fault it cannot repair
+//! (Redis unreachable) stops L1 from being served once the bound runs out: no read returns a
+//! value older than a change acknowledged more than the bound before it.
+
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Relaxed, SeqCst},
+};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cache_core::{
+    Codec, Event, HeadCheck, LogCursor, LogPosition, Observed, OutagePolicy, Result, Timestamp,
+};
+use tokio::sync::{watch, Notify};
+
+use super::{lock, Inner, NsState};
+
+/// How many log entries one read of a catch-up asks for.
+const CATCH_UP_PAGE: usize = 1_000;
+
+/// The log-following state of one event-driven namespace on a sequenced node.
+pub(super) struct NsFreshness {
+    /// What was applied of the namespace's log.
+    cursor: Mutex<LogCursor>,
+    /// L1 is served only while the (coarse) clock reads before this, in nanoseconds since the
+    /// epoch; 0 while the namespace is in outage.
+    pub(super) serve_until: AtomicU64,
+    /// When the node was last sure it had applied every change of the namespace (0: never).
+    sure_at: AtomicU64,
+    /// How long after `sure_at` L1 may still be served: the node's bound, or the policy's
+    /// `max_age` when longer.
+    window: Duration,
+    /// Whether a lost subscription alone sends reads past L1 (the `Bypass` policy).
+    pub(super) bypass_when_down: bool,
+}
+
+impl NsFreshness {
+    pub(super) fn new(policy: OutagePolicy, bound: Duration) -> Self {
+        let (window, bypass_when_down) = match policy {
+            OutagePolicy::ServeStale { max_age } => (max_age.max(bound), false),
+            _ => (bound, true),
+        };
+        Self {
+            cursor: Mutex::new(LogCursor::default()),
+            serve_until: AtomicU64::new(0),
+            sure_at: AtomicU64::new(0),
+            window,
+            bypass_when_down,
+        }
+    }
+
+    /// The position up to which everything was applied: (epoch, number), if an epoch is known.
+    pub(super) fn applied(&self) -> Option<(u64, u64)> {
+        let cursor = lock(&self.cursor);
+        cursor.epoch().map(|epoch| (epoch, cursor.applied()))
+    }
+
+    /// When the node was last sure it had applied every change, if ever.
+    pub(super) fn sure_at(&self) -> Option<Timestamp> {
+        let nanos = self.sure_at.load(Relaxed);
+        (nanos != 0).then(|| Timestamp::from_nanos(nanos))
+    }
+}
+
+/// The node-wide side of freshness: the bound, the liveness interval and the catch-up signal.
+pub(super) struct Freshness {
+    pub(super) bound: Duration,
+    pub(super) liveness: Duration,
+    /// Wakes the liveness task for an immediate catch-up.
+    pub(super) wake: Notify,
+    /// Resubscribes so far; each leaves the bus marked down until a catch-up that started after
+    /// it has replayed what was published while the subscription was away.
+    pub(super) resubscribes: AtomicU64,
+    /// The resubscribes covered by a complete catch-up.
+    pub(super) replayed: AtomicU64,
+    /// Whether the subscription is up (its last state was `Connected` or `Resubscribed`).
+    pub(super) subscribed: AtomicBool,
+    /// Serialises changes of the connection state with the end of a replay.
+    pub(super) transitions: Mutex<()>,
+}
+
+impl Freshness {
+    pub(super) fn new(bound: Duration, liveness: Duration) -> Self {
+        Self {
+            bound,
+            liveness,
+            wake: Notify::new(),
+            resubscribes: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            subscribed: AtomicBool::new(true),
+            transitions: Mutex::new(()),
+        }
+    }
+}
+
+impl<C: Codec> Inner<C> {
+    /// The freshness state of `ns`, when this node follows its log.
+    fn fresh<'a>(&self, ns: &'a NsState) -> Option<&'a NsFreshness> {
+        ns.fresh.as_ref()
+    }
+
+    /// Whether `e`, returned by a sequenced L2 for a change it was to announce, says only that
+    /// the publication failed: the change and its log entry landed, and every node replays the
+    /// event from the log within the staleness bound, so the change counts as made and
+    /// announced. Counted and logged here.
+    pub(super) fn published_late(&self, e: &cache_core::Error) -> bool {
+        if !self.sequenced || e.kind() != cache_core::ErrorKind::Bus {
+            return false;
+        }
+        self.counters.publish_errors.add(1);
+        tracing::warn!(node_id = %self.node_id, error = %e, "an announced change was made and logged but not published; nodes replay it from the log");
+        true
+    }
+
+    /// Records the positions carried by an event this node heard (its own included). Returns
+    /// whether every position was already applied (a duplicate delivery).
+    pub(super) fn observe_positions(&self, positions: &[LogPosition]) -> bool {
+        let mut duplicate = !positions.is_empty();
+        for position in positions {
+            let Some(ns) = self.ns_by_key_namespace(&position.key_namespace) else {
+                continue;
+            };
+            let Some(fresh) = self.fresh(ns) else {
+                continue;
+            };
+            let observed = lock(&fresh.cursor).observe(position.epoch, position.seq);
+            match observed {
+                Observed::Duplicate => continue,
+                Observed::InOrder => {}
+                Observed::Gap { from, to } => {
+                    self.counters.gaps_detected.add(1);
+                    tracing::debug!(node_id = %self.node_id, namespace = %ns.config.name, from, to, "gap in the event log; catching up");
+                    if fresh.bypass_when_down {
+                        fresh.serve_until.store(0, SeqCst);
+                    }
+                    self.freshness.wake.notify_one();
+                }
+                Observed::NewEpoch { .. } => self.drop_namespace(ns, "new_epoch"),
+                _ => self.drop_namespace(ns, "overflow"),
+            }
+            duplicate = false;
+        }
+        duplicate
+    }
+
+    /// Drops `ns`'s L1: its log cannot tell what was missed.
+    fn drop_namespace(&self, ns: &NsState, reason: &'static str) {
+        self.change_l1(ns, |l1| {
+            l1.clear();
+        });
+        match reason {
+            "trimmed" => self.counters.drops_trimmed.add(1),
+            "regressed" => self.counters.drops_regressed.add(1),
+            _ => self.counters.drops_new_epoch.add(1),
+        }
+        tracing::warn!(node_id = %self.node_id, namespace = %ns.config.name, reason, "event log cannot replay what was missed; namespace L1 dropped");
+    }
+
+    /// Sets every followed namespace's cursor at its log's head, at start: L1 is empty, so
+    /// nothing before the head can be served stale.
+    ///
+    /// # Errors
+    /// The first L2 failure; the namespaces not read stay unknown (L1 not served) until the
+    /// liveness task reads them.
+    pub(super) async fn start_following(&self) -> Result<()> {
+        let started = self.clock.now();
+        for ns in &self.namespaces {
+            let Some(fresh) = self.fresh(ns) else {
+                continue;
+            };
+            let read = self
+                .l2
+                .read_log(&ns.config.key_namespace, u64::MAX, 1)
+                .await
+                .map_err(|e| self.l2_failed("read_log", e))?;
+            lock(&fresh.cursor).restart(read.epoch, read.head);
+            fresh.sure_at.store(started.as_nanos(), SeqCst);
+            let until = started.saturating_add(fresh.window).as_nanos();
+            fresh.serve_until.store(until, SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Called after a catch-up that started when `resubscribes` resubscribes had happened:
+    /// if none happened since and the subscription is up, what was published while it was away
+    /// has now been replayed, and L1 is used again.
+    pub(super) fn replayed_through(&self, resubscribes: u64) {
+        let freshness = &self.freshness;
+        let _transition = lock(&freshness.transitions);
+        if resubscribes == 0
+            || freshness.replayed.load(SeqCst) >= resubscribes
+            || freshness.resubscribes.load(SeqCst) != resubscribes
+            || !freshness.subscribed.load(SeqCst)
+        {
+            return;
+        }
+        freshness.replayed.store(resubscribes, SeqCst);
+        self.bus_down.store(false, SeqCst);
+        self.feed_complete(true);
+        tracing::info!(node_id = %self.node_id, "missed events replayed from the log; L1 of event-driven namespaces in use again");
+    }
+
+    /// Reads every followed namespace's log and applies what this node has not: a replay when
+    /// something was missed, a confirmation otherwise. Each namespace found up to date as of
+    /// the catch-up's start may serve L1 until that start plus its window.
+    ///
+    /// # Errors
+    /// The first L2 failure; namespaces read before it keep their progress.
+    pub(super) async fn catch_up(&self) -> Result<()> {
+        let started = self.clock.now();
+        self.counters.log_checks.add(1);
+        for ns in &self.namespaces {
+            let Some(fresh) = self.fresh(ns) else {
+                continue;
+            };
+            self.catch_up_namespace(ns, fresh).await?;
+            // Under the cursor's lock, so a gap noticed meanwhile (which closes L1 under the
+            // same lock) is not reopened here.
+            let cursor = lock(&fresh.cursor);
+            if cursor.missing().is_none() {
+                fresh.sure_at.fetch_max(started.as_nanos(), SeqCst);
+                let until = started.saturating_add(fresh.window).as_nanos();
+                fresh.serve_until.store(until, SeqCst);
+            }
+        }
+        Ok(())
+    }
+
+    async fn catch_up_namespace(&self, ns: &NsState, fresh: &NsFreshness) -> Result<()> {
+        let name = &ns.config.key_namespace;
+        loop {
+            let after = lock(&fresh.cursor).applied();
+            let read = self
+                .l2
+                .read_log(name, after, CATCH_UP_PAGE)
+                .await
+                .map_err(|e| self.l2_failed("read_log", e))?;
+            let check = lock(&fresh.cursor).check_head(read.epoch, read.head, read.first);
+            match check {
+                HeadCheck::UpToDate => return Ok(()),
+                HeadCheck::Behind { .. } if !read.entries.is_empty() => {
+                    for (seq, message) in &read.entries {
+                        self.replay(ns, message);
+                        lock(&fresh.cursor).observe(read.epoch, *seq);
+                    }
+                }
+                HeadCheck::Behind { .. } => {
+                    // The head is ahead but the entries after `after` are gone: trimmed in
+                    // between the two reads of the script, or never logged.
+                    self.restart_namespace(ns, fresh, read.epoch, read.head, "trimmed");
+                    return Ok(());
+                }
+                HeadCheck::Trimmed => {
+                    self.restart_namespace(ns, fresh, read.epoch, read.head, "trimmed");
+                    return Ok(());
+                }
+                HeadCheck::Regressed => {
+                    self.restart_namespace(ns, fresh, read.epoch, read.head, "regressed");
+                    return Ok(());
+                }
+                _ => {
+                    // Another epoch. A cursor that knew none (a node that could not read the
+                    // log at start) has nothing in L1 to distrust only if it never served; drop
+                    // either way, it is cheap at start.
+                    self.restart_namespace(ns, fresh, read.epoch, read.head, "new_epoch");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Drops `ns`'s L1 and follows its log from `head` of `epoch`.
+    fn restart_namespace(
+        &self,
+        ns: &NsState,
+        fresh: &NsFreshness,
+        epoch: u64,
+        head: u64,
+        reason: &'static str,
+    ) {
+        let mut cursor = lock(&fresh.cursor);
+        // Dropped under the cursor's lock: positions heard meanwhile wait, then count from the
+        // new start.
+        self.drop_namespace(ns, reason);
+        cursor.restart(epoch, head);
+    }
+
+    /// Applies one entry read back from the log.
+    fn replay(&self, ns: &NsState, message: &[u8]) {
+        if message.starts_with(&self.own_prefix) {
+            // This node applied its own change when it made it.
+            return;
+        }
+        match Event::decode(message) {
+            Ok(event) => {
+                self.counters.events_replayed.add(1);
+                // Positions of other namespaces the event touched advance their cursors too.
+                self.observe_positions(&event.positions);
+                self.apply(&event);
+            }
+            Err(e) => {
+                self.counters.events_rejected.add(1);
+                tracing::warn!(node_id = %self.node_id, error = %e, "a logged event does not decode; dropping its namespace");
+                self.change_l1(ns, |l1| {
+                    l1.clear();
+                });
+            }
+        }
+    }
+}
+
+/// The liveness task of a sequenced node: a catch-up every `liveness` interval, and at once
+/// when woken (a gap, a resubscribe). A failed catch-up is tried again after a tenth of the
+/// interval; L1 of the namespaces it could not confirm stops being served when their window
+/// runs out.
+pub(crate) async fn run<C: Codec>(inner: Arc<Inner<C>>, mut shutdown: watch::Receiver<bool>) {
+    let liveness = inner.freshness.liveness;
+    let mut wait = liveness;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            () = inner.freshness.wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+        // A resubscribe after this read is not covered by this catch-up.
+        let resubscribes = inner.freshness.resubscribes.load(SeqCst);
+        match inner.catch_up().await {
+            Ok(()) => {
+                wait = liveness;
+                inner.replayed_through(resubscribes);
+            }
+            Err(e) => {
+                inner.counters.log_check_failures.add(1);
+                tracing::warn!(node_id = %inner.node_id, error = %e, "could not read the event log; L1 of event-driven namespaces is served until the staleness bound runs out");
+                wait = liveness / 10;
+            }
+        }
+    }
+}
