@@ -510,14 +510,17 @@ impl MemoryL2 {
     /// The process-wide shared instance: 256 MiB on the [`SystemClock`], created on first use.
     ///
     /// It is the embedded default "Redis" that every cache in the process shares when none is
-    /// configured, so that two caches in one process see each other's writes.
+    /// configured, so that two caches in one process see each other's writes. Like Redis, it
+    /// announces on the process-wide bus ([`MemoryBus::global`]) and keeps event logs
+    /// ([`MemoryL2::announce_on`]), so nodes on the embedded defaults replay what they miss.
     pub fn global() -> Arc<MemoryL2> {
         static GLOBAL: OnceLock<Arc<MemoryL2>> = OnceLock::new();
-        Arc::clone(
-            GLOBAL.get_or_init(|| {
-                Arc::new(MemoryL2::new(GLOBAL_CAPACITY_BYTES, Arc::new(SystemClock)))
-            }),
-        )
+        Arc::clone(GLOBAL.get_or_init(|| {
+            Arc::new(
+                MemoryL2::new(GLOBAL_CAPACITY_BYTES, Arc::new(SystemClock))
+                    .announce_on(MemoryBus::global()),
+            )
+        }))
     }
 
     /// Makes every method fail with [`ErrorKind::L2`] while `unavailable` is true, to simulate
