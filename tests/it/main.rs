@@ -5,6 +5,7 @@ mod contract_bus;
 mod contract_l2;
 mod contract_log;
 mod fleet;
+mod freshness;
 mod redis_fleet;
 mod redis_tls;
 mod seed_defects;

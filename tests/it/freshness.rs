@@ -1,0 +1,381 @@
+//! A node that follows its namespaces' event logs (an L2 that sequences what it announces):
+//! what it missed is replayed exactly and the rest of its L1 is kept; only a log that cannot
+//! replay drops a namespace; and without a confirmation from the log, L1 stops being served
+//! once the staleness bound runs out. Deterministic: the in-process store and bus, whose fault
+//! controls lose, hold or cut exactly the messages a test names, and a manual clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{Clock, EventBus, L2Store, NamespaceConfig, Namespaces, OutagePolicy, Timestamp};
+use cache_edge::EdgeCache;
+use cache_memory::{ManualClock, MemoryBus, MemoryL2};
+use serde_json::json;
+use test_support::eventually;
+
+const BOUND: Duration = Duration::from_secs(3);
+const LIVENESS: Duration = Duration::from_millis(50);
+const DEADLINE: Duration = Duration::from_secs(5);
+const WARM: u32 = 20;
+
+struct Fleet {
+    bus: Arc<MemoryBus>,
+    l2: Arc<MemoryL2>,
+    clock: Arc<ManualClock>,
+    writer: EdgeCache,
+    reader: EdgeCache,
+}
+
+impl Fleet {
+    async fn new() -> Self {
+        Self::with(Namespaces::defaults(), usize::MAX).await
+    }
+
+    async fn with(namespaces: Namespaces, log_capacity: usize) -> Self {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_nanos(
+            1_750_000_000_000_000_000,
+        )));
+        let bus = Arc::new(MemoryBus::new());
+        let l2 = Arc::new(
+            MemoryL2::new(64 << 20, clock.clone() as Arc<dyn Clock>)
+                .announce_on(bus.clone())
+                .log_capacity(log_capacity.min(100_000)),
+        );
+        let node = |id: &str| {
+            EdgeCache::builder()
+                .node_id(id)
+                .namespaces(namespaces.clone())
+                .l2(l2.clone() as Arc<dyn L2Store>)
+                .bus(bus.clone() as Arc<dyn EventBus>)
+                .clock(clock.clone() as Arc<dyn Clock>)
+                .staleness_bound(BOUND)
+                .liveness_interval(LIVENESS)
+                .build()
+        };
+        let writer = node("writer").await.unwrap();
+        let reader = node("reader").await.unwrap();
+        Self {
+            bus,
+            l2,
+            clock,
+            writer,
+            reader,
+        }
+    }
+
+    /// The writer writes `WARM` keys of `namespace`; the reader reads each twice, so each is in
+    /// its L1 (checked: the second reads are L1 hits).
+    async fn warm(&self, namespace: &str) {
+        for id in 0..WARM {
+            self.write(namespace, id, "v0").await;
+        }
+        self.settle().await;
+        for id in 0..WARM {
+            assert_eq!(self.read(namespace, id).await.as_deref(), Some("v0"));
+        }
+        let before = self.reader.stats().l1_hits;
+        for id in 0..WARM {
+            self.read(namespace, id).await;
+        }
+        assert_eq!(self.reader.stats().l1_hits - before, u64::from(WARM));
+    }
+
+    async fn write(&self, namespace: &str, id: u32, value: &str) {
+        self.writer
+            .set(namespace, &json!({ "id": id }), &value.to_owned())
+            .await
+            .unwrap();
+    }
+
+    async fn read(&self, namespace: &str, id: u32) -> Option<String> {
+        self.reader
+            .get::<String, _>(namespace, &json!({ "id": id }))
+            .await
+            .unwrap()
+            .map(|v| (*v).clone())
+    }
+
+    /// Waits until the reader has taken every message the bus holds for it.
+    async fn settle(&self) {
+        eventually("the reader's queue is empty", DEADLINE, || async {
+            self.reader.health().await.event_queue_size == 0
+        })
+        .await;
+    }
+
+    /// How many of the warm keys other than those in `changed` the reader still serves from L1.
+    async fn surviving(&self, namespace: &str, changed: &[u32]) -> u64 {
+        let before = self.reader.stats().l1_hits;
+        for id in (0..WARM).filter(|id| !changed.contains(id)) {
+            assert_eq!(self.read(namespace, id).await.as_deref(), Some("v0"));
+        }
+        self.reader.stats().l1_hits - before
+    }
+
+    async fn shutdown(self) {
+        self.writer.shutdown().await;
+        self.reader.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_event_is_replayed_when_the_next_one_shows_the_gap() {
+    let fleet = Fleet::new().await;
+    fleet.warm("gpu_availability").await;
+    fleet.bus.drop_next(1);
+    fleet.write("gpu_availability", 0, "v1").await;
+    fleet.write("gpu_availability", 1, "v1").await;
+    eventually("the lost write's event is replayed", DEADLINE, || async {
+        fleet.read("gpu_availability", 0).await.as_deref() == Some("v1")
+    })
+    .await;
+    assert_eq!(
+        fleet.read("gpu_availability", 1).await.as_deref(),
+        Some("v1")
+    );
+    let stats = fleet.reader.stats();
+    assert!(stats.gaps_detected >= 1, "{stats:?}");
+    assert!(stats.events_replayed >= 1, "{stats:?}");
+    assert_eq!(
+        stats.resyncs + stats.drops_trimmed + stats.drops_new_epoch,
+        0
+    );
+    assert_eq!(
+        fleet.surviving("gpu_availability", &[0, 1]).await,
+        u64::from(WARM) - 2,
+        "every other warm entry is still served from L1"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deaf_subscription_is_caught_by_the_liveness_check() {
+    let fleet = Fleet::new().await;
+    fleet.warm("gpu_availability").await;
+    // Every message from now on is lost, with no disconnect to tell anyone: a deaf link.
+    fleet.bus.drop_next(u64::MAX / 2);
+    fleet.write("gpu_availability", 3, "v1").await;
+    let checks = fleet.reader.stats().log_checks;
+    eventually("the liveness check replays the write", DEADLINE, || async {
+        fleet.read("gpu_availability", 3).await.as_deref() == Some("v1")
+    })
+    .await;
+    let stats = fleet.reader.stats();
+    assert!(stats.log_checks > checks);
+    assert_eq!(stats.events_replayed, 1, "{stats:?}");
+    assert_eq!(stats.gaps_detected, 0, "nothing on the bus showed a gap");
+    assert_eq!(
+        fleet.surviving("gpu_availability", &[3]).await,
+        u64::from(WARM) - 1
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lost_subscription_keeps_l1_bypassed_then_replays_exactly_what_was_missed() {
+    let fleet = Fleet::new().await;
+    fleet.warm("gpu_availability").await;
+    fleet.bus.disconnect();
+    eventually("the reader knows its bus is down", DEADLINE, || async {
+        !fleet.reader.health().await.bus_connected
+    })
+    .await;
+    fleet.write("gpu_availability", 5, "v1").await;
+    fleet.write("gpu_availability", 6, "v1").await;
+    // Bypassed meanwhile (the default policy): reads go to L2, which has the new value.
+    let hits = fleet.reader.stats().l1_hits;
+    assert_eq!(
+        fleet.read("gpu_availability", 5).await.as_deref(),
+        Some("v1")
+    );
+    assert_eq!(
+        fleet.read("gpu_availability", 7).await.as_deref(),
+        Some("v0")
+    );
+    assert_eq!(
+        fleet.reader.stats().l1_hits,
+        hits,
+        "L1 is not read while unsure"
+    );
+    assert!(!fleet.reader.stats().namespaces[0].l1_in_use);
+    fleet.bus.reconnect();
+    eventually("the reader replays and uses L1 again", DEADLINE, || async {
+        fleet.reader.health().await.bus_connected
+    })
+    .await;
+    let stats = fleet.reader.stats();
+    assert_eq!(stats.events_replayed, 2, "{stats:?}");
+    assert_eq!(stats.resyncs, 0, "nothing was flushed");
+    assert_eq!(
+        fleet.read("gpu_availability", 6).await.as_deref(),
+        Some("v1")
+    );
+    assert_eq!(
+        fleet.surviving("gpu_availability", &[5, 6]).await,
+        u64::from(WARM) - 2
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_log_trimmed_past_the_gap_drops_that_namespace_only() {
+    let fleet = Fleet::new().await;
+    fleet.warm("gpu_availability").await;
+    fleet.warm("gpu_pricing").await;
+    fleet.bus.disconnect();
+    eventually("the reader knows its bus is down", DEADLINE, || async {
+        !fleet.reader.health().await.bus_connected
+    })
+    .await;
+    for round in 0..10 {
+        fleet
+            .write("gpu_availability", 0, &format!("r{round}"))
+            .await;
+    }
+    fleet.l2.trim_log("gpu_avail", 3);
+    fleet.bus.reconnect();
+    eventually("the reader is back", DEADLINE, || async {
+        fleet.reader.health().await.bus_connected
+    })
+    .await;
+    let stats = fleet.reader.stats();
+    assert_eq!(stats.drops_trimmed, 1, "{stats:?}");
+    assert_eq!(
+        fleet.read("gpu_availability", 0).await.as_deref(),
+        Some("r9")
+    );
+    let availability = &stats.namespaces[0];
+    assert_eq!(availability.name, "gpu_availability");
+    assert_eq!(
+        availability.l1_entries, 0,
+        "the trimmed namespace was dropped"
+    );
+    assert_eq!(
+        fleet.surviving("gpu_pricing", &[]).await,
+        u64::from(WARM),
+        "the other namespace kept its L1"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_l2_that_restarts_empty_starts_a_new_epoch_and_the_namespace_is_dropped() {
+    let fleet = Fleet::new().await;
+    fleet.warm("gpu_availability").await;
+    let before = fleet.reader.stats().namespaces[0].log_applied.unwrap();
+    fleet.l2.restart_empty();
+    fleet.write("gpu_availability", 0, "after").await;
+    eventually("the reader drops the namespace", DEADLINE, || async {
+        fleet.reader.stats().drops_new_epoch >= 1
+    })
+    .await;
+    let stats = fleet.reader.stats();
+    let after = stats.namespaces[0].log_applied.unwrap();
+    assert_ne!(after.0, before.0, "the reader follows the new epoch");
+    assert_eq!(after.1, 1);
+    // What L2 lost is not served from L1 either.
+    assert_eq!(fleet.read("gpu_availability", 4).await, None);
+    assert_eq!(
+        fleet.read("gpu_availability", 0).await.as_deref(),
+        Some("after")
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_confirmation_from_the_log_l1_is_not_served_past_the_bound() {
+    let fleet = Fleet::new().await;
+    fleet.warm("gpu_availability").await;
+    fleet.l2.set_unavailable(true);
+    let failures = fleet.reader.stats().log_check_failures;
+    eventually("a liveness check fails", DEADLINE, || async {
+        fleet.reader.stats().log_check_failures > failures
+    })
+    .await;
+    // Within the bound L1 still serves (the last confirmation is recent).
+    let hits = fleet.reader.stats().l1_hits;
+    assert_eq!(
+        fleet.read("gpu_availability", 1).await.as_deref(),
+        Some("v0")
+    );
+    assert_eq!(fleet.reader.stats().l1_hits, hits + 1);
+    // Past it, not: the node cannot know what it missed.
+    fleet.clock.advance(BOUND + Duration::from_millis(1));
+    assert_eq!(
+        fleet.read("gpu_availability", 1).await,
+        None,
+        "L2 is down too"
+    );
+    assert_eq!(fleet.reader.stats().l1_hits, hits + 1);
+    assert!(!fleet.reader.stats().namespaces[0].l1_in_use);
+    assert!(fleet.reader.health().await.log_confirmed_age.unwrap() > BOUND);
+    // Back: the next check confirms, and the kept entries are served again.
+    fleet.l2.set_unavailable(false);
+    eventually("L1 is in use again", DEADLINE, || async {
+        fleet.reader.stats().namespaces[0].l1_in_use
+    })
+    .await;
+    assert_eq!(
+        fleet.surviving("gpu_availability", &[]).await,
+        u64::from(WARM)
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn serve_stale_keeps_l1_through_a_lost_subscription_until_its_max_age() {
+    let mut namespaces = Namespaces::defaults();
+    let stats = namespaces.get("market_stats").unwrap().clone();
+    namespaces
+        .replace(
+            NamespaceConfig::new(&stats.name, &stats.key_namespace, stats.ttl)
+                .event_driven(true)
+                .critical(true)
+                .outage_policy(OutagePolicy::ServeStale {
+                    max_age: Duration::from_secs(10),
+                }),
+        )
+        .unwrap();
+    let fleet = Fleet::with(namespaces, usize::MAX).await;
+    fleet.warm("market_stats").await;
+    fleet.bus.disconnect();
+    eventually("the reader knows its bus is down", DEADLINE, || async {
+        !fleet.reader.health().await.bus_connected
+    })
+    .await;
+    assert_eq!(fleet.surviving("market_stats", &[]).await, u64::from(WARM));
+    // Its changes still reach the reader within the liveness interval, from the log.
+    fleet.write("market_stats", 2, "v1").await;
+    eventually(
+        "the change is replayed while the bus is down",
+        DEADLINE,
+        || async { fleet.read("market_stats", 2).await.as_deref() == Some("v1") },
+    )
+    .await;
+    // With no confirmation for longer than max_age, it is bypassed too.
+    fleet.l2.set_unavailable(true);
+    fleet.clock.advance(Duration::from_secs(11));
+    let hits = fleet.reader.stats().l1_hits;
+    assert_eq!(fleet.read("market_stats", 3).await, None);
+    assert_eq!(fleet.reader.stats().l1_hits, hits);
+    fleet.l2.set_unavailable(false);
+    fleet.bus.reconnect();
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_liveness_interval_not_shorter_than_the_bound_is_refused() {
+    let err = EdgeCache::builder()
+        .l2(Arc::new(MemoryL2::new(
+            1 << 20,
+            Arc::new(cache_memory::SystemClock),
+        )))
+        .bus(Arc::new(MemoryBus::new()))
+        .staleness_bound(Duration::from_secs(1))
+        .liveness_interval(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), cache_core::ErrorKind::InvalidConfig);
+    assert!(err.to_string().contains("liveness interval"), "{err}");
+}
