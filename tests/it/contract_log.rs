@@ -226,3 +226,27 @@ async fn the_in_process_store_trims_its_log_and_says_so() {
         .log_capacity(10);
     trimming(Arc::new(l2), 10).await;
 }
+
+#[tokio::test]
+async fn redis_without_an_event_log_publishes_events_as_they_are() {
+    let server = RedisServer::start();
+    let config = RedisConfig::new(server.url()).without_event_log();
+    let l2 = RedisL2::connect(&config).await.unwrap();
+    let bus = RedisBus::connect(&config).await.unwrap();
+    assert!(!l2.sequenced());
+    let mut sub = bus.subscribe().await.unwrap();
+    let k = key("avail", 1);
+    let event = write_event(&k);
+    l2.set(L2Write::new(k.clone(), b"v".to_vec(), TTL).announce(event.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut sub).await,
+        event,
+        "no positions spliced in"
+    );
+    assert_eq!(
+        l2.read_log("avail", 0, 10).await.unwrap_err().kind(),
+        cache_core::ErrorKind::InvalidConfig
+    );
+}

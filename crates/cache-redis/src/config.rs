@@ -84,9 +84,20 @@ impl RedisConfig {
     /// About how many announced changes each namespace's event log keeps (Redis trims a stream
     /// in whole blocks, so it may keep somewhat more). A node that missed more changes than
     /// the log holds drops that namespace's L1 instead of replaying; see
-    /// [`cache_core::log`]. Default [`DEFAULT_LOG_LENGTH`]; at least 1.
+    /// [`cache_core::log`]. Default [`DEFAULT_LOG_LENGTH`]; at least 1 (see
+    /// [`RedisConfig::without_event_log`] to keep none).
     pub fn log_length(mut self, entries: u64) -> Self {
         self.log_length = entries.max(1);
+        self
+    }
+
+    /// Keeps no event log: announcements are published but not sequenced or logged, as before
+    /// edge-cache had logs. Nodes then drop the L1 of event-driven namespaces whenever their
+    /// subscription is lost and again when it is back, cannot notice a lost message or a deaf
+    /// link, and promise no staleness bound. For comparison runs (`cargo xtask bench` measures
+    /// what the log costs) and for fleets that cannot afford the log's memory.
+    pub fn without_event_log(mut self) -> Self {
+        self.log_length = 0;
         self
     }
 

@@ -75,11 +75,16 @@ return out
 /// its name as a JSON string), starting a new epoch (from Redis's clock) where the namespace has
 /// none, appends `ev` with its positions spliced in as its last field to each log (trimmed to
 /// about `maxlen` entries) and publishes it on `channel`. All in the script's one atomic step,
-/// after the change it announces.
+/// after the change it announces. A `maxlen` of `'0'` (the event log switched off) publishes
+/// `ev` as it is.
 macro_rules! announce_lua {
     () => {
         r#"
 local function announce(q, l, names, ev, maxlen, channel)
+  if maxlen == '0' then
+    redis.call('PUBLISH', channel, ev)
+    return
+  end
   local parts, seqs = {}, {}
   for i = 1, #names do
     local n = redis.call('HINCRBY', q[i], 'n', 1)
@@ -751,10 +756,16 @@ impl L2Store for RedisL2 {
     }
 
     fn sequenced(&self) -> bool {
-        true
+        self.log_length > 0
     }
 
     async fn read_log(&self, key_namespace: &str, after: u64, limit: usize) -> Result<LogRead> {
+        if !self.sequenced() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "this RedisL2 keeps no event log (RedisConfig::without_event_log)",
+            ));
+        }
         let prefix = self.ns_prefix(key_namespace);
         let mut conn = self.conn.clone();
         let reply: Vec<Value> = self
