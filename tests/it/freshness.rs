@@ -141,6 +141,11 @@ async fn a_lost_event_is_replayed_when_the_next_one_shows_the_gap() {
         0
     );
     assert_eq!(
+        stats.propagation_lag.count(),
+        stats.events_applied,
+        "every applied event's lag is counted"
+    );
+    assert_eq!(
         fleet.surviving("gpu_availability", &[0, 1]).await,
         u64::from(WARM) - 2,
         "every other warm entry is still served from L1"
@@ -309,6 +314,10 @@ async fn without_a_confirmation_from_the_log_l1_is_not_served_past_the_bound() {
     assert_eq!(fleet.reader.stats().l1_hits, hits + 1);
     assert!(!fleet.reader.stats().namespaces[0].l1_in_use);
     assert!(fleet.reader.health().await.log_confirmed_age.unwrap() > BOUND);
+    eventually("the liveness task counts the outage", DEADLINE, || async {
+        fleet.reader.stats().namespaces[0].l1_outage >= BOUND
+    })
+    .await;
     // Back: the next check confirms, and the kept entries are served again.
     fleet.l2.set_unavailable(false);
     eventually("L1 is in use again", DEADLINE, || async {

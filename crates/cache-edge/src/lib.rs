@@ -39,12 +39,15 @@ mod observer;
 mod options;
 mod stats;
 
-pub use builder::{EdgeCacheBuilder, DEFAULT_BACKFILL_TTL_CAP, DEFAULT_MAX_VALUE_BYTES};
+pub use builder::{
+    EdgeCacheBuilder, DEFAULT_BACKFILL_TTL_CAP, DEFAULT_LIVENESS_INTERVAL, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_STALENESS_BOUND,
+};
 pub use cache::EdgeCache;
 pub use notify::Notification;
 pub use observer::{NoopObserver, Observer};
 pub use options::SetOptions;
-pub use stats::{Health, HealthStatus, NamespaceStats, Stats};
+pub use stats::{Health, HealthStatus, LagHistogram, NamespaceStats, Stats, LAG_BUCKETS};
 
 pub use cache_core::{self as core, CacheKey, Error, ErrorKind, Result};
 

@@ -100,6 +100,8 @@ macro_rules! counters {
             $( pub(crate) $name: Counter, )*
             /// Nanoseconds since the epoch of the last applied event; 0 when none.
             pub(crate) last_event_nanos: AtomicU64,
+            /// Applied events per propagation-lag bucket ([`LAG_BUCKETS`], then one above).
+            pub(crate) lag: [AtomicU64; LAG_BUCKETS.len() + 1],
         }
 
         /// A snapshot of a node's counters, from [`crate::EdgeCache::stats`].
@@ -113,6 +115,8 @@ macro_rules! counters {
             $( $(#[$doc])* pub $name: u64, )*
             /// When the last event was applied.
             pub last_event_time: Option<Timestamp>,
+            /// How late applied events were, from their issue to their application here.
+            pub propagation_lag: LagHistogram,
             /// L1 use per namespace, in configuration order.
             pub namespaces: Vec<NamespaceStats>,
         }
@@ -125,11 +129,82 @@ macro_rules! counters {
                     region: region.to_owned(),
                     $( $name: self.$name.get(), )*
                     last_event_time: (last != 0).then(|| Timestamp::from_nanos(last)),
+                    propagation_lag: LagHistogram {
+                        buckets: LAG_BUCKETS
+                            .iter()
+                            .map(|bound| Some(*bound))
+                            .chain([None])
+                            .zip(&self.lag)
+                            .map(|(bound, count)| (bound, count.load(Relaxed)))
+                            .collect(),
+                    },
                     namespaces,
                 }
             }
         }
     };
+}
+
+/// The upper bounds of the propagation-lag buckets of [`LagHistogram`].
+pub const LAG_BUCKETS: [Duration; 14] = [
+    Duration::from_micros(100),
+    Duration::from_micros(250),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_micros(2_500),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
+impl Counters {
+    /// Counts one applied event `lag` late.
+    pub(crate) fn record_lag(&self, lag: Duration) {
+        let bucket = LAG_BUCKETS.partition_point(|bound| *bound < lag);
+        self.lag[bucket].fetch_add(1, Relaxed);
+    }
+}
+
+/// Applied events counted by how late they were: from the timestamp the issuing node wrote
+/// (its clock) to their application on this node (this node's clock), so clock offsets between
+/// nodes shift it. Replayed events count with their full delay.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LagHistogram {
+    /// Each bucket's upper bound (inclusive; `None` for the last, unbounded one) and count, in
+    /// increasing order of bound.
+    pub buckets: Vec<(Option<Duration>, u64)>,
+}
+
+impl LagHistogram {
+    /// Events counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The upper bound of the bucket holding the `q`-quantile (0.0..=1.0) of the lags, or
+    /// `None` when no event was counted or the quantile is in the unbounded bucket.
+    pub fn quantile_bound(&self, q: f64) -> Option<Duration> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bound, n) in &self.buckets {
+            seen += n;
+            if seen >= rank {
+                return *bound;
+            }
+        }
+        None
+    }
 }
 
 counters! {
@@ -209,6 +284,10 @@ pub struct NamespaceStats {
     /// Whether reads may use the namespace's L1 right now (false while the node cannot be
     /// sure it heard every change and the outage policy says to bypass).
     pub l1_in_use: bool,
+    /// How long the namespace's L1 was out of use because the node could not be sure it heard
+    /// every change, as sampled by the liveness task (at each check: to within one liveness
+    /// interval).
+    pub l1_outage: Duration,
 }
 
 impl Stats {
@@ -275,6 +354,32 @@ mod tests {
 
     /// More threads than stripes, alive at once and one after another: no update is lost,
     /// whether a thread owns its stripe, shares the last one, or took over an exited thread's.
+    #[test]
+    fn lag_buckets_count_by_upper_bound_and_give_quantiles() {
+        let counters = Counters::default();
+        for micros in [50, 100, 101, 900, 4_000, 4_000, 2_000_000, 9_000_000] {
+            counters.record_lag(Duration::from_micros(micros));
+        }
+        let histogram = counters.snapshot("n", "r", Vec::new()).propagation_lag;
+        assert_eq!(histogram.count(), 8);
+        assert_eq!(histogram.buckets.len(), LAG_BUCKETS.len() + 1);
+        assert_eq!(histogram.buckets[0], (Some(Duration::from_micros(100)), 2));
+        assert_eq!(histogram.buckets[1].1, 1);
+        assert_eq!(histogram.buckets.last(), Some(&(None, 1)));
+        assert_eq!(
+            histogram.quantile_bound(0.5),
+            Some(Duration::from_millis(1)),
+            "the 4th of 8"
+        );
+        assert_eq!(histogram.quantile_bound(0.8), Some(Duration::from_secs(3)));
+        assert_eq!(
+            histogram.quantile_bound(1.0),
+            None,
+            "in the unbounded bucket"
+        );
+        assert_eq!(LagHistogram::default().quantile_bound(0.5), None);
+    }
+
     #[test]
     fn counter_loses_no_update_across_owned_shared_and_reused_stripes() {
         let counter = Counter::default();

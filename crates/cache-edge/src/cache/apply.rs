@@ -83,6 +83,7 @@ impl<C: Codec> Inner<C> {
             .last_event_nanos
             .store(now.as_nanos().max(1), Relaxed);
         let lag = now.saturating_since(cache_core::Timestamp::from_secs_f64(event.timestamp));
+        self.counters.record_lag(lag);
         self.observer.on_event_applied(event, lag);
     }
 

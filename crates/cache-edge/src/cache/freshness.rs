@@ -38,6 +38,10 @@ pub(super) struct NsFreshness {
     window: Duration,
     /// Whether a lost subscription alone sends reads past L1 (the `Bypass` policy).
     pub(super) bypass_when_down: bool,
+    /// Time L1 was found out of use at the liveness task's samples, in nanoseconds.
+    outage_nanos: AtomicU64,
+    /// When the liveness task last sampled (0: not yet).
+    sampled_at: AtomicU64,
 }
 
 impl NsFreshness {
@@ -52,6 +56,8 @@ impl NsFreshness {
             sure_at: AtomicU64::new(0),
             window,
             bypass_when_down,
+            outage_nanos: AtomicU64::new(0),
+            sampled_at: AtomicU64::new(0),
         }
     }
 
@@ -59,6 +65,11 @@ impl NsFreshness {
     pub(super) fn applied(&self) -> Option<(u64, u64)> {
         let cursor = lock(&self.cursor);
         cursor.epoch().map(|epoch| (epoch, cursor.applied()))
+    }
+
+    /// Time L1 was out of use, as sampled.
+    pub(super) fn outage(&self) -> Duration {
+        Duration::from_nanos(self.outage_nanos.load(Relaxed))
     }
 
     /// When the node was last sure it had applied every change, if ever.
@@ -160,6 +171,23 @@ impl<C: Codec> Inner<C> {
             _ => self.counters.drops_new_epoch.add(1),
         }
         tracing::warn!(node_id = %self.node_id, namespace = %ns.config.name, reason, "event log cannot replay what was missed; namespace L1 dropped");
+    }
+
+    /// Adds the time since the last sample to each followed namespace whose L1 is out of use
+    /// now (the liveness task samples before each check).
+    fn sample_outage(&self) {
+        let now = self.clock.now();
+        for ns in &self.namespaces {
+            let Some(fresh) = self.fresh(ns) else {
+                continue;
+            };
+            let last = fresh.sampled_at.swap(now.as_nanos(), Relaxed);
+            if last != 0 && ns.l1.is_some() && !self.l1_trusted(ns, self.clock.expiry_now()) {
+                fresh
+                    .outage_nanos
+                    .fetch_add(now.as_nanos().saturating_sub(last), Relaxed);
+            }
+        }
     }
 
     /// Sets every followed namespace's cursor at its log's head, at start: L1 is empty, so
@@ -329,6 +357,7 @@ pub(crate) async fn run<C: Codec>(inner: Arc<Inner<C>>, mut shutdown: watch::Rec
             () = inner.freshness.wake.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
+        inner.sample_outage();
         // A resubscribe after this read is not covered by this catch-up.
         let resubscribes = inner.freshness.resubscribes.load(SeqCst);
         match inner.catch_up().await {

@@ -248,6 +248,10 @@ impl<C: Codec> EdgeCache<C> {
                     log_applied: ns.fresh.as_ref().and_then(NsFreshness::applied),
                     log_confirmed_at: ns.fresh.as_ref().and_then(NsFreshness::sure_at),
                     l1_in_use: ns.l1.is_some() && inner.l1_trusted(ns, inner.clock.expiry_now()),
+                    l1_outage: ns
+                        .fresh
+                        .as_ref()
+                        .map_or(Duration::ZERO, NsFreshness::outage),
                 }
             })
             .collect();
