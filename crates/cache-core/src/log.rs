@@ -334,8 +334,12 @@ impl LogCursor {
         }
     }
 
-    /// Compares the cursor with a log's `epoch`, `head` and `first` held number.
-    pub fn check_head(&self, epoch: u64, head: u64, first: u64) -> HeadCheck {
+    /// Compares the cursor with a log's `epoch`, `head` and `first` held number, read in one
+    /// step. `seen_before` is [`LogCursor::highest`] as it was before the read was sent: every
+    /// number seen by then was given out before the read, so a head below it means the log
+    /// went back. Numbers seen since (the cursor may have moved on while the read was on its
+    /// way) are newer than the read and say nothing about it.
+    pub fn check_head(&self, epoch: u64, head: u64, first: u64, seen_before: u64) -> HeadCheck {
         match self.epoch {
             Some(current) if current == epoch => {}
             Some(NO_EPOCH) if self.applied == 0 => {
@@ -350,28 +354,21 @@ impl LogCursor {
             }
             _ => return HeadCheck::NewEpoch,
         }
-        if head < self.highest() {
+        if head < seen_before {
             return HeadCheck::Regressed;
         }
-        match self.missing() {
-            Some((from, _)) => {
-                if first > from {
-                    HeadCheck::Trimmed
-                } else {
-                    HeadCheck::Behind { from, to: head }
-                }
-            }
-            None if head == self.applied => HeadCheck::UpToDate,
-            None => {
-                if first > self.applied + 1 {
-                    HeadCheck::Trimmed
-                } else {
-                    HeadCheck::Behind {
-                        from: self.applied + 1,
-                        to: head,
-                    }
-                }
-            }
+        // The first number up to the head that was not applied, if any.
+        let from = match self.missing() {
+            Some((from, _)) if from <= head => from,
+            _ if self.applied >= head => return HeadCheck::UpToDate,
+            _ if self.ahead.is_empty() => self.applied + 1,
+            // Everything up to the head was applied, only numbers above it are missing.
+            _ => return HeadCheck::UpToDate,
+        };
+        if first > from {
+            HeadCheck::Trimmed
+        } else {
+            HeadCheck::Behind { from, to: head }
         }
     }
 }
@@ -436,15 +433,15 @@ mod tests {
         let mut late = LogCursor::at(NO_EPOCH, 0);
         assert_eq!(late.observe(77, 3), Observed::Gap { from: 1, to: 2 });
         assert_eq!(
-            LogCursor::at(NO_EPOCH, 0).check_head(77, 4, 1),
+            LogCursor::at(NO_EPOCH, 0).check_head(77, 4, 1, 0),
             HeadCheck::Behind { from: 1, to: 4 }
         );
         assert_eq!(
-            LogCursor::at(NO_EPOCH, 0).check_head(77, 4, 2),
+            LogCursor::at(NO_EPOCH, 0).check_head(77, 4, 2, 0),
             HeadCheck::Trimmed
         );
         assert_eq!(
-            LogCursor::at(NO_EPOCH, 0).check_head(NO_EPOCH, 0, 1),
+            LogCursor::at(NO_EPOCH, 0).check_head(NO_EPOCH, 0, 1, 0),
             HeadCheck::UpToDate
         );
     }
@@ -452,30 +449,37 @@ mod tests {
     #[test]
     fn head_checks() {
         let c = LogCursor::at(4, 10);
-        assert_eq!(c.check_head(4, 10, 1), HeadCheck::UpToDate);
+        assert_eq!(c.check_head(4, 10, 1, 10), HeadCheck::UpToDate);
+        let behind = HeadCheck::Behind { from: 11, to: 13 };
+        assert_eq!(c.check_head(4, 13, 5, 10), behind);
+        assert_eq!(c.check_head(4, 13, 11, 10), behind);
+        assert_eq!(c.check_head(4, 13, 12, 10), HeadCheck::Trimmed);
+        assert_eq!(c.check_head(4, 9, 1, 10), HeadCheck::Regressed);
         assert_eq!(
-            c.check_head(4, 13, 5),
-            HeadCheck::Behind { from: 11, to: 13 }
+            c.check_head(4, 9, 1, 9),
+            HeadCheck::UpToDate,
+            "the cursor moved past a read sent before it saw 10"
         );
-        assert_eq!(
-            c.check_head(4, 13, 11),
-            HeadCheck::Behind { from: 11, to: 13 }
-        );
-        assert_eq!(c.check_head(4, 13, 12), HeadCheck::Trimmed);
-        assert_eq!(c.check_head(4, 9, 1), HeadCheck::Regressed);
-        assert_eq!(c.check_head(5, 10, 1), HeadCheck::NewEpoch);
-        assert_eq!(
-            LogCursor::default().check_head(4, 10, 1),
-            HeadCheck::NewEpoch
-        );
+        assert_eq!(c.check_head(5, 10, 1, 10), HeadCheck::NewEpoch);
+        let unknown = LogCursor::default();
+        assert_eq!(unknown.check_head(4, 10, 1, 0), HeadCheck::NewEpoch);
         let mut gapped = LogCursor::at(4, 10);
         assert_eq!(gapped.observe(4, 14), Observed::Gap { from: 11, to: 13 });
+        let behind = HeadCheck::Behind { from: 11, to: 14 };
+        assert_eq!(gapped.check_head(4, 14, 1, 14), behind);
+        assert_eq!(gapped.check_head(4, 14, 12, 14), HeadCheck::Trimmed);
+        assert_eq!(gapped.check_head(4, 13, 1, 14), HeadCheck::Regressed);
+        let behind = HeadCheck::Behind { from: 11, to: 12 };
         assert_eq!(
-            gapped.check_head(4, 14, 1),
-            HeadCheck::Behind { from: 11, to: 14 }
+            gapped.check_head(4, 12, 1, 10),
+            behind,
+            "14 arrived after the read was sent"
         );
-        assert_eq!(gapped.check_head(4, 14, 12), HeadCheck::Trimmed);
-        assert_eq!(gapped.check_head(4, 13, 1), HeadCheck::Regressed);
+        assert_eq!(
+            gapped.check_head(4, 10, 1, 10),
+            HeadCheck::UpToDate,
+            "only numbers above the head read are missing"
+        );
     }
 
     #[test]

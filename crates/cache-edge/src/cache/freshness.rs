@@ -247,11 +247,12 @@ impl<C: Codec> Inner<C> {
             let Some(fresh) = self.fresh(ns) else {
                 continue;
             };
-            self.catch_up_namespace(ns, fresh).await?;
+            let head = self.catch_up_namespace(ns, fresh).await?;
             // Under the cursor's lock, so a gap noticed meanwhile (which closes L1 under the
-            // same lock) is not reopened here.
+            // same lock) is not reopened here. Numbers above the head read were given out
+            // after this catch-up started: missing them does not stop it vouching.
             let cursor = lock(&fresh.cursor);
-            if cursor.missing().is_none() {
+            if cursor.missing().is_none_or(|(from, _)| from > head) {
                 fresh.sure_at.fetch_max(started.as_nanos(), SeqCst);
                 let until = started.saturating_add(fresh.window).as_nanos();
                 fresh.serve_until.store(until, SeqCst);
@@ -260,18 +261,23 @@ impl<C: Codec> Inner<C> {
         Ok(())
     }
 
-    async fn catch_up_namespace(&self, ns: &NsState, fresh: &NsFreshness) -> Result<()> {
+    /// Replays what `ns`'s cursor lacks up to the log's head; returns the last head read.
+    async fn catch_up_namespace(&self, ns: &NsState, fresh: &NsFreshness) -> Result<u64> {
         let name = &ns.config.key_namespace;
         loop {
-            let after = lock(&fresh.cursor).applied();
+            let (after, seen_before) = {
+                let cursor = lock(&fresh.cursor);
+                (cursor.applied(), cursor.highest())
+            };
             let read = self
                 .l2
                 .read_log(name, after, CATCH_UP_PAGE)
                 .await
                 .map_err(|e| self.l2_failed("read_log", e))?;
-            let check = lock(&fresh.cursor).check_head(read.epoch, read.head, read.first);
+            let check =
+                lock(&fresh.cursor).check_head(read.epoch, read.head, read.first, seen_before);
             match check {
-                HeadCheck::UpToDate => return Ok(()),
+                HeadCheck::UpToDate => return Ok(read.head),
                 HeadCheck::Behind { .. } if !read.entries.is_empty() => {
                     for (seq, message) in &read.entries {
                         self.replay(ns, message);
@@ -282,22 +288,22 @@ impl<C: Codec> Inner<C> {
                     // The head is ahead but the entries after `after` are gone: trimmed in
                     // between the two reads of the script, or never logged.
                     self.restart_namespace(ns, fresh, read.epoch, read.head, "trimmed");
-                    return Ok(());
+                    return Ok(read.head);
                 }
                 HeadCheck::Trimmed => {
                     self.restart_namespace(ns, fresh, read.epoch, read.head, "trimmed");
-                    return Ok(());
+                    return Ok(read.head);
                 }
                 HeadCheck::Regressed => {
                     self.restart_namespace(ns, fresh, read.epoch, read.head, "regressed");
-                    return Ok(());
+                    return Ok(read.head);
                 }
                 _ => {
                     // Another epoch. A cursor that knew none (a node that could not read the
                     // log at start) has nothing in L1 to distrust only if it never served; drop
                     // either way, it is cheap at start.
                     self.restart_namespace(ns, fresh, read.epoch, read.head, "new_epoch");
-                    return Ok(());
+                    return Ok(read.head);
                 }
             }
         }
