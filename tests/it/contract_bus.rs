@@ -64,6 +64,35 @@ async fn contract(a: Arc<dyn EventBus>, b: Arc<dyn EventBus>) {
     }
 }
 
+/// A requested resubscribe: `Disconnected`, then `Resubscribed`, then messages flow again.
+async fn resubscribe_on_request(bus: Arc<dyn EventBus>) {
+    let mut sub = bus.subscribe().await.unwrap();
+    assert_eq!(
+        next(&mut sub).await,
+        BusItem::State(ConnectionState::Connected)
+    );
+    assert!(sub.resubscribe(), "the transport can resubscribe");
+    assert_eq!(
+        next(&mut sub).await,
+        BusItem::State(ConnectionState::Disconnected)
+    );
+    assert_eq!(
+        next(&mut sub).await,
+        BusItem::State(ConnectionState::Resubscribed)
+    );
+    bus.publish(b"after".to_vec()).await.unwrap();
+    assert_eq!(next(&mut sub).await, BusItem::Message(b"after".to_vec()));
+}
+
+#[tokio::test]
+async fn both_buses_resubscribe_on_request() {
+    resubscribe_on_request(Arc::new(MemoryBus::new())).await;
+    let server = RedisServer::start();
+    let config = RedisConfig::new(server.url())
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100));
+    resubscribe_on_request(Arc::new(RedisBus::connect(&config).await.unwrap())).await;
+}
+
 #[tokio::test]
 async fn the_in_process_bus_meets_the_contract() {
     let bus = Arc::new(MemoryBus::new());

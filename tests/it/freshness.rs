@@ -177,6 +177,42 @@ async fn a_deaf_subscription_is_caught_by_the_liveness_check() {
 }
 
 #[tokio::test]
+async fn a_subscription_deaf_while_the_log_moves_is_made_to_resubscribe() {
+    let fleet = Fleet::new().await;
+    fleet.warm("gpu_availability").await;
+    fleet.bus.drop_next(u64::MAX / 2);
+    let mut version = 0;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while fleet.reader.stats().deaf_subscriptions == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never found deaf: {:?}",
+            fleet.reader.stats()
+        );
+        version += 1;
+        fleet
+            .write("gpu_availability", 0, &format!("v{version}"))
+            .await;
+        tokio::time::sleep(LIVENESS / 5).await;
+    }
+    // It resubscribed (a Disconnected, then a Resubscribed and a replay), and it is still fresh
+    // within the bound: the writes keep reaching it from the log.
+    let last = format!("v{version}");
+    eventually("the reader has the last write", DEADLINE, || async {
+        fleet.read("gpu_availability", 0).await.as_deref() == Some(last.as_str())
+    })
+    .await;
+    assert!(fleet.reader.stats().events_replayed >= 2);
+    assert_eq!(
+        fleet.writer.stats().deaf_subscriptions,
+        0,
+        "the writer is deaf too, but its checks find only its own events, which it skips: \
+         nothing it lacked"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_lost_subscription_keeps_l1_bypassed_then_replays_exactly_what_was_missed() {
     let fleet = Fleet::new().await;
     fleet.warm("gpu_availability").await;

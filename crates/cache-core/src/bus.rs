@@ -46,6 +46,15 @@ pub trait Subscription: Send {
     fn queue_gauge(&self) -> Option<QueueGauge> {
         None
     }
+
+    /// Asks the transport to drop this subscription's connection and make a new one, as if it
+    /// had been lost: it then reports [`ConnectionState::Disconnected`] and, once subscribed
+    /// again, [`ConnectionState::Resubscribed`]. A node calls it when the subscription looks
+    /// deaf (the event log moved for a whole liveness interval and nothing arrived). Returns
+    /// whether the transport will; default `false`, for one that cannot.
+    fn resubscribe(&mut self) -> bool {
+        false
+    }
 }
 
 /// A count of items queued for a subscriber and not yet taken, shared between the side that

@@ -19,6 +19,11 @@ pub(crate) async fn run<C: Codec>(
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
+            () = inner.resubscribe_requested() => {
+                if !subscription.resubscribe() {
+                    tracing::warn!(node_id = %inner.node_id(), "the subscription looks deaf and its transport cannot resubscribe; the event log's liveness check keeps the node fresh meanwhile");
+                }
+            }
             item = subscription.next() => match item {
                 Some(BusItem::Message(bytes)) => inner.receive(&bytes).await,
                 Some(BusItem::State(state)) => inner.connection_changed(state),

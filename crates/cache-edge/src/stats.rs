@@ -262,6 +262,9 @@ counters! {
     drops_new_epoch,
     /// Namespace L1 drops because the log went back (a failover lost its last entries).
     drops_regressed,
+    /// Times the subscription was found deaf (the log moved for two liveness intervals and it
+    /// delivered nothing) and asked to resubscribe.
+    deaf_subscriptions,
 }
 
 /// L1 use of one namespace.

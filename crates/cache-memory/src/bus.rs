@@ -278,11 +278,12 @@ impl EventBus for MemoryBus {
             gauge: QueueGauge::default(),
         };
         let gauge = subscriber.gauge.clone();
+        let own = subscriber.tx.clone();
         // Queued before the subscriber is visible to publishers, so it always comes first.
         let sent = subscriber.send(BusItem::State(ConnectionState::Connected));
         debug_assert!(sent, "the receiver is alive");
         self.lock().subscribers.push(subscriber);
-        Ok(Box::new(MemorySubscription { rx, gauge }))
+        Ok(Box::new(MemorySubscription { rx, gauge, own }))
     }
 
     fn route(&self) -> Option<String> {
@@ -307,6 +308,8 @@ impl fmt::Debug for MemoryBus {
 struct MemorySubscription {
     rx: UnboundedReceiver<BusItem>,
     gauge: QueueGauge,
+    /// This subscription's own sender, to report the states of a requested resubscribe.
+    own: UnboundedSender<BusItem>,
 }
 
 #[async_trait]
@@ -320,5 +323,21 @@ impl Subscription for MemorySubscription {
 
     fn queue_gauge(&self) -> Option<QueueGauge> {
         Some(self.gauge.clone())
+    }
+
+    /// There is no connection in process: the subscription reports `Disconnected`, then
+    /// `Resubscribed`, as a transport that reconnected at once would (nothing is lost in
+    /// between, and the bus's fault controls stay as they are).
+    fn resubscribe(&mut self) -> bool {
+        [ConnectionState::Disconnected, ConnectionState::Resubscribed]
+            .into_iter()
+            .all(|state| {
+                self.gauge.queued();
+                let sent = self.own.send(BusItem::State(state)).is_ok();
+                if !sent {
+                    self.gauge.taken();
+                }
+                sent
+            })
     }
 }

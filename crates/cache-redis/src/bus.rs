@@ -9,7 +9,7 @@ use cache_core::{
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::config::{redact, RedisConfig};
 
@@ -98,19 +98,23 @@ impl EventBus for RedisBus {
         };
         let gauge = feed.gauge.clone();
         let _ = feed.send(BusItem::State(ConnectionState::Connected));
+        let restart = Arc::new(Notify::new());
         tokio::spawn(run(
             self.client.clone(),
             Arc::clone(&self.config),
             first,
             feed,
+            Arc::clone(&restart),
         ));
-        Ok(Box::new(RedisSubscription { rx, gauge }))
+        Ok(Box::new(RedisSubscription { rx, gauge, restart }))
     }
 }
 
 struct RedisSubscription {
     rx: mpsc::UnboundedReceiver<BusItem>,
     gauge: QueueGauge,
+    /// Tells the forwarding task to drop its connection and subscribe again.
+    restart: Arc<Notify>,
 }
 
 #[async_trait]
@@ -121,6 +125,13 @@ impl Subscription for RedisSubscription {
 
     fn queue_gauge(&self) -> Option<QueueGauge> {
         Some(self.gauge.clone())
+    }
+
+    /// The forwarding task drops its connection (reporting `Disconnected`) and subscribes again
+    /// after the shortest backoff (then `Resubscribed`).
+    fn resubscribe(&mut self) -> bool {
+        self.restart.notify_one();
+        true
     }
 }
 
@@ -161,14 +172,20 @@ async fn subscribe_once(
 
 /// Forwards messages until the connection is lost, then reconnects with backoff; ends when the
 /// subscriber is dropped.
-async fn run(client: redis::Client, config: Arc<RedisConfig>, first: redis::aio::PubSub, tx: Feed) {
+async fn run(
+    client: redis::Client,
+    config: Arc<RedisConfig>,
+    first: redis::aio::PubSub,
+    tx: Feed,
+    restart: Arc<Notify>,
+) {
     let mut pubsub = Some(first);
     let (min, max) = config.backoff();
     let mut delay = min;
     loop {
         if let Some(connected) = pubsub.take() {
             delay = min;
-            forward(connected, &config, &tx).await;
+            forward(connected, &config, &tx, &restart).await;
             if tx.is_closed() {
                 return;
             }
@@ -207,7 +224,7 @@ async fn run(client: redis::Client, config: Arc<RedisConfig>, first: redis::aio:
 }
 
 /// Forwards one connection's messages; returns when it is lost or the subscriber is gone.
-async fn forward(pubsub: redis::aio::PubSub, config: &RedisConfig, tx: &Feed) {
+async fn forward(pubsub: redis::aio::PubSub, config: &RedisConfig, tx: &Feed, restart: &Notify) {
     let (mut sink, mut stream) = pubsub.split();
     let mut ping = tokio::time::interval(config.ping_every());
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -215,6 +232,10 @@ async fn forward(pubsub: redis::aio::PubSub, config: &RedisConfig, tx: &Feed) {
     loop {
         tokio::select! {
             () = tx.closed() => return,
+            () = restart.notified() => {
+                tracing::warn!(channel = config.channel_name(), "subscription looks deaf; subscribing again");
+                return;
+            }
             message = stream.next() => match message {
                 Some(message) => {
                     if tx.send(BusItem::Message(message.get_payload_bytes().to_vec())).is_err() {

@@ -17,7 +17,7 @@ impl<C: Codec> Inner<C> {
             self.counters.own_events_ignored.add(1);
             if self.sequenced {
                 if let Some(positions) = cache_core::log::positions_in_tail(bytes) {
-                    self.observe_positions(&positions);
+                    self.observe_heard(&positions);
                 }
             }
             self.events_handled.fetch_add(1, Relaxed);
@@ -36,7 +36,7 @@ impl<C: Codec> Inner<C> {
                 // recorded may vouch for L1. A duplicate (already replayed from the log) is
                 // applied again, harmlessly, but counted once.
                 self.apply_to_l1(&event);
-                if self.observe_positions(&event.positions) {
+                if self.observe_heard(&event.positions) {
                     self.counters.duplicates_ignored.add(1);
                 } else {
                     self.record_applied(&event);

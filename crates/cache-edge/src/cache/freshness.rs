@@ -94,6 +94,11 @@ pub(super) struct Freshness {
     pub(super) subscribed: AtomicBool,
     /// Serialises changes of the connection state with the end of a replay.
     pub(super) transitions: Mutex<()>,
+    /// Positions heard on the bus (not replayed): how the liveness task tells a deaf
+    /// subscription from a quiet one.
+    heard: AtomicU64,
+    /// Asks the listener to have its subscription resubscribe (it looks deaf).
+    resubscribe: Notify,
 }
 
 impl Freshness {
@@ -106,6 +111,8 @@ impl Freshness {
             replayed: AtomicU64::new(0),
             subscribed: AtomicBool::new(true),
             transitions: Mutex::new(()),
+            heard: AtomicU64::new(0),
+            resubscribe: Notify::new(),
         }
     }
 }
@@ -129,9 +136,24 @@ impl<C: Codec> Inner<C> {
         true
     }
 
-    /// Records the positions carried by an event this node heard (its own included). Returns
-    /// whether every position was already applied (a duplicate delivery).
-    pub(super) fn observe_positions(&self, positions: &[LogPosition]) -> bool {
+    /// Resolves when the liveness task finds the subscription deaf (see [`run`]): the listener
+    /// then asks it to resubscribe.
+    pub(crate) async fn resubscribe_requested(&self) {
+        self.freshness.resubscribe.notified().await;
+    }
+
+    /// Records the positions carried by an event this node heard on the bus (its own
+    /// included). Returns whether every position was already applied (a duplicate delivery).
+    pub(super) fn observe_heard(&self, positions: &[LogPosition]) -> bool {
+        if !positions.is_empty() {
+            self.freshness.heard.fetch_add(1, Relaxed);
+        }
+        self.observe_positions(positions)
+    }
+
+    /// Records the positions of an applied event. Returns whether every position was already
+    /// applied.
+    fn observe_positions(&self, positions: &[LogPosition]) -> bool {
         let mut duplicate = !positions.is_empty();
         for position in positions {
             let Some(ns) = self.ns_by_key_namespace(&position.key_namespace) else {
@@ -353,9 +375,16 @@ impl<C: Codec> Inner<C> {
 /// when woken (a gap, a resubscribe). A failed catch-up is tried again after a tenth of the
 /// interval; L1 of the namespaces it could not confirm stops being served when their window
 /// runs out.
+///
+/// It also tells a deaf subscription (open, but delivering nothing) from a quiet one: when two
+/// checks in a row replay events while the bus delivered no position at all since the check
+/// before, with the subscription reported up, the subscription is asked to resubscribe
+/// (`deaf_subscriptions`). One such check alone can be an event still in flight.
 pub(crate) async fn run<C: Codec>(inner: Arc<Inner<C>>, mut shutdown: watch::Receiver<bool>) {
     let liveness = inner.freshness.liveness;
     let mut wait = liveness;
+    let mut heard_at_last_check = inner.freshness.heard.load(Relaxed);
+    let mut suspect = false;
     loop {
         tokio::select! {
             biased;
@@ -366,10 +395,25 @@ pub(crate) async fn run<C: Codec>(inner: Arc<Inner<C>>, mut shutdown: watch::Rec
         inner.sample_outage();
         // A resubscribe after this read is not covered by this catch-up.
         let resubscribes = inner.freshness.resubscribes.load(SeqCst);
+        let replayed_before = inner.counters.events_replayed.get();
+        let heard = inner.freshness.heard.load(Relaxed);
+        let settled = inner.freshness.replayed.load(SeqCst) == resubscribes
+            && inner.freshness.subscribed.load(SeqCst);
         match inner.catch_up().await {
             Ok(()) => {
                 wait = liveness;
                 inner.replayed_through(resubscribes);
+                let replayed = inner.counters.events_replayed.get() > replayed_before;
+                let deafness = settled && replayed && heard == heard_at_last_check;
+                if deafness && suspect {
+                    inner.counters.deaf_subscriptions.add(1);
+                    tracing::warn!(node_id = %inner.node_id, "the subscription delivered nothing for two liveness intervals while the event log moved; resubscribing");
+                    inner.freshness.resubscribe.notify_one();
+                    suspect = false;
+                } else {
+                    suspect = deafness;
+                }
+                heard_at_last_check = heard;
             }
             Err(e) => {
                 inner.counters.log_check_failures.add(1);
