@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use cache_core::{
     BusItem, ConnectionState, Error, ErrorKind, EventBus, QueueGauge, Result, Subscription,
 };
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{
+    unbounded_channel, UnboundedReceiver, UnboundedSender, WeakUnboundedSender,
+};
 
 /// Delivers every published payload to every subscriber in the process, in publish order, like
 /// Redis pub/sub on a single channel (the publisher's own subscription included).
@@ -278,7 +280,7 @@ impl EventBus for MemoryBus {
             gauge: QueueGauge::default(),
         };
         let gauge = subscriber.gauge.clone();
-        let own = subscriber.tx.clone();
+        let own = subscriber.tx.downgrade();
         // Queued before the subscriber is visible to publishers, so it always comes first.
         let sent = subscriber.send(BusItem::State(ConnectionState::Connected));
         debug_assert!(sent, "the receiver is alive");
@@ -308,8 +310,9 @@ impl fmt::Debug for MemoryBus {
 struct MemorySubscription {
     rx: UnboundedReceiver<BusItem>,
     gauge: QueueGauge,
-    /// This subscription's own sender, to report the states of a requested resubscribe.
-    own: UnboundedSender<BusItem>,
+    /// This subscription's own sender, to report the states of a requested resubscribe; weak,
+    /// so the subscription still ends when the bus lets go of it.
+    own: WeakUnboundedSender<BusItem>,
 }
 
 #[async_trait]
@@ -329,11 +332,14 @@ impl Subscription for MemorySubscription {
     /// `Resubscribed`, as a transport that reconnected at once would (nothing is lost in
     /// between, and the bus's fault controls stay as they are).
     fn resubscribe(&mut self) -> bool {
+        let Some(own) = self.own.upgrade() else {
+            return false;
+        };
         [ConnectionState::Disconnected, ConnectionState::Resubscribed]
             .into_iter()
             .all(|state| {
                 self.gauge.queued();
-                let sent = self.own.send(BusItem::State(state)).is_ok();
+                let sent = own.send(BusItem::State(state)).is_ok();
                 if !sent {
                     self.gauge.taken();
                 }
