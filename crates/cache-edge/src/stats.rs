@@ -256,7 +256,8 @@ counters! {
     log_checks,
     /// Liveness checks or catch-ups that could not read a log (L2 unreachable).
     log_check_failures,
-    /// Namespace L1 drops because the log was trimmed past what the node missed.
+    /// Namespace L1 drops because the log was trimmed past what the node missed (or so many
+    /// events arrived out of order that the node could not keep track).
     drops_trimmed,
     /// Namespace L1 drops because the log started a new epoch (L2 restarted empty, evicted).
     drops_new_epoch,

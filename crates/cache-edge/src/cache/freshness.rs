@@ -188,7 +188,7 @@ impl<C: Codec> Inner<C> {
             l1.clear();
         });
         match reason {
-            "trimmed" => self.counters.drops_trimmed.add(1),
+            "trimmed" | "overflow" => self.counters.drops_trimmed.add(1),
             "regressed" => self.counters.drops_regressed.add(1),
             _ => self.counters.drops_new_epoch.add(1),
         }
