@@ -409,6 +409,42 @@ async fn serve_stale_keeps_l1_through_a_lost_subscription_until_its_max_age() {
 }
 
 #[tokio::test]
+async fn a_write_that_fails_drops_the_writers_own_copy() {
+    let fleet = Fleet::new().await;
+    fleet.write("gpu_availability", 1, "v0").await;
+    let key = json!({ "id": 1 });
+    let read = || async {
+        fleet
+            .writer
+            .get::<String, _>("gpu_availability", &key)
+            .await
+            .unwrap()
+    };
+    let before = fleet.writer.stats();
+    assert_eq!(read().await.as_deref().map(String::as_str), Some("v0"));
+    assert_eq!(fleet.writer.stats().l1_hits, before.l1_hits + 1);
+    // The write fails; it may have landed all the same (a lost reply), so the writer must not
+    // go on serving its own, possibly older, copy.
+    fleet.l2.set_unavailable(true);
+    let failed = fleet
+        .writer
+        .set("gpu_availability", &key, &"v1".to_owned())
+        .await;
+    assert_eq!(failed.unwrap_err().kind(), cache_core::ErrorKind::L2);
+    fleet.l2.set_unavailable(false);
+    let before = fleet.writer.stats();
+    assert_eq!(read().await.as_deref().map(String::as_str), Some("v0"));
+    let after = fleet.writer.stats();
+    assert_eq!(after.l1_hits, before.l1_hits, "not from L1");
+    assert_eq!(
+        after.l2_hits,
+        before.l2_hits + 1,
+        "from L2, which has the truth"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_liveness_interval_not_shorter_than_the_bound_is_refused() {
     let err = EdgeCache::builder()
         .l2(Arc::new(MemoryL2::new(

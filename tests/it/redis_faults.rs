@@ -871,6 +871,10 @@ async fn kill_9_and_restart_empty_drops_the_namespace_and_never_serves_stale() {
         let s = node.stats();
         assert!(s.drops_new_epoch >= 1, "{s:?}");
         assert_eq!(s.resyncs, 0, "the old flush path is not taken: {s:?}");
+        assert_eq!(
+            s.drops_regressed, 0,
+            "a log read from before the reset is not taken for a regression: {s:?}"
+        );
     }
     for (node, n) in &survival {
         // The server lost them too: each must come from the source again.

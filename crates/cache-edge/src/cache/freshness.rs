@@ -287,17 +287,27 @@ impl<C: Codec> Inner<C> {
     async fn catch_up_namespace(&self, ns: &NsState, fresh: &NsFreshness) -> Result<u64> {
         let name = &ns.config.key_namespace;
         loop {
-            let (after, seen_before) = {
+            let (after, seen_before, epoch_before) = {
                 let cursor = lock(&fresh.cursor);
-                (cursor.applied(), cursor.highest())
+                (cursor.applied(), cursor.highest(), cursor.epoch())
             };
             let read = self
                 .l2
                 .read_log(name, after, CATCH_UP_PAGE)
                 .await
                 .map_err(|e| self.l2_failed("read_log", e))?;
-            let check =
-                lock(&fresh.cursor).check_head(read.epoch, read.head, read.first, seen_before);
+            let check = {
+                let cursor = lock(&fresh.cursor);
+                // Numbers seen before the read prove a regression only within the epoch the
+                // cursor still follows: one that moved to a new epoch meanwhile (a reset heard
+                // on the bus) starts from nothing.
+                let seen_before = if cursor.epoch() == epoch_before {
+                    seen_before
+                } else {
+                    0
+                };
+                cursor.check_head(read.epoch, read.head, read.first, seen_before)
+            };
             match check {
                 HeadCheck::UpToDate => return Ok(read.head),
                 HeadCheck::Behind { .. } if !read.entries.is_empty() => {

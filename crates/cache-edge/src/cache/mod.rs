@@ -135,6 +135,16 @@ impl<C: Codec> EdgeCache<C> {
         let announce_via_l2 =
             matches!((l2.announce_route(), bus.route()), (Some(a), Some(b)) if a == b);
         let sequenced = announce_via_l2 && l2.sequenced();
+        if l2.sequenced() && !announce_via_l2 {
+            tracing::warn!(
+                l2_route = ?l2.announce_route(),
+                bus_route = ?bus.route(),
+                "L2 keeps an event log but this node's bus is not on L2's route (another server, \
+                 address or channel): the node cannot follow the log, so it drops event-driven \
+                 L1 on every lost subscription, cannot repair a lost message and promises no \
+                 staleness bound; point the bus and L2 at the same address and channel"
+            );
+        }
         let namespaces = b
             .namespaces
             .iter()

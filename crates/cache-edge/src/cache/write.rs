@@ -160,7 +160,18 @@ impl<C: Codec> EdgeCache<C> {
         };
         let written = match inner.l2.set(write).await {
             Err(e) if announced_by_l2 && inner.published_late(&e) => true,
-            other => other.map_err(|e| inner.l2_failed("set", e))?,
+            Ok(written) => written,
+            Err(e) => {
+                // The write may have landed all the same (a reply lost to a timeout): this
+                // node's copy of the key may be the older value, so it goes, as an issuer's
+                // failed invalidation drops what it names.
+                if ns.l1.is_some() {
+                    inner.change_l1(ns, |l1| {
+                        l1.remove(key.digest());
+                    });
+                }
+                return Err(inner.l2_failed("set", e));
+            }
         };
         if !written {
             // The `L2Store` contract rules this out for an unfenced write; an implementation
