@@ -132,12 +132,12 @@ impl<C: Codec> EdgeCache<C> {
         };
         let subscription = bus.subscribe().await?;
         let queued_events = subscription.queue_gauge();
-        let announce_via_l2 =
-            matches!((l2.announce_route(), bus.route()), (Some(a), Some(b)) if a == b);
+        let l2_route = l2.announce_route();
+        let announce_via_l2 = matches!((&l2_route, bus.route()), (Some(a), Some(b)) if *a == b);
         let sequenced = announce_via_l2 && l2.sequenced();
-        if l2.sequenced() && !announce_via_l2 {
+        if !announce_via_l2 && l2_route.is_some() && l2.sequenced() {
             tracing::warn!(
-                l2_route = ?l2.announce_route(),
+                l2_route = ?l2_route,
                 bus_route = ?bus.route(),
                 "L2 keeps an event log but this node's bus is not on L2's route (another server, \
                  address or channel): the node cannot follow the log, so it drops event-driven \
