@@ -9,8 +9,8 @@
 //!    code.
 //! 2. A private `redis-server` is started on a free loopback port, as the tests start theirs
 //!    ([`test_support::RedisServer`]); it is killed when the benchmark ends, whatever happens.
-//! 3. **Rows 1-5 and 7** (L1 hits, L2 hits, writes, propagation, stampede, L1 memory) are measured
-//!    by the `compare` bench target of `crates/bench` (`cargo bench -p edge-cache-bench --bench
+//! 3. **Rows 1-5, 7 and 8** (L1 hits, L2 hits, writes, propagation, stampede, L1 memory,
+//!    recovery after a lost subscription) are measured by the `compare` bench target of `crates/bench` (`cargo bench -p edge-cache-bench --bench
 //!    compare`), where the peers (amalgam-cache, moka, quick_cache, raw redis-rs) are
 //!    dev-dependencies: they never reach users or `cargo xtask test`. It runs once per row (row 7
 //!    first), each run a process of its own, on database 2 of the server, and hands its lines
@@ -75,15 +75,19 @@ one table; every figure is a ratio against a baseline measured in the same run:
 
   1. L1 hit, 1 and 2 threads: edge-cache vs quick_cache, moka, amalgam-cache
   2. L2 hit through Redis, 1 task and 32 tasks: vs raw redis-rs GET + decode, amalgam-cache
-  3. write to an event-driven namespace: vs a raw pipelined SET + PUBLISH, amalgam-cache
-  4. invalidation propagation node A -> node B, p50/p99: vs raw pub/sub, amalgam-cache
+  3. write to an event-driven namespace: vs a raw pipelined SET + PUBLISH, amalgam-cache;
+     and the same writes on a node without the event log (what sequencing costs)
+  4. invalidation propagation node A -> node B, p50/p99: vs raw pub/sub, amalgam-cache;
+     and the same flows between nodes without the event log
   5. hot-key stampede, 1,000 callers: loader calls and time to serve all
   6. namespace invalidation with N keys present: one INCR vs the seed's SCAN+DEL
   7. L1 memory: overhead per entry, byte budget under churn
+  8. recovery after a lost subscription, 1,000 and 10,000 missed changes: resubscribe to
+     caught up and entries replayed per second vs a raw XRANGE of the log; warm L1 kept
 
-Rows 1-5 and 7 run in the `compare` bench target of crates/bench (release build; the peers are
-its dev-dependencies), row 6 here. Needs redis-server on PATH; takes a few minutes (the first
-run also compiles the release builds).
+Rows 1-5, 7 and 8 run in the `compare` bench target of crates/bench (release build; the peers
+are its dev-dependencies), row 6 here. Needs redis-server on PATH; takes a few minutes (the
+first run also compiles the release builds).
 
 Options:
       --keys N      entries in row 6's invalidated namespace (1_000_000 and 1,000,000 are
@@ -102,7 +106,7 @@ pub const DEFAULT_KEYS: u64 = 1_000_000;
 pub const QUICK_KEYS: u64 = 100_000;
 
 /// Every row, numbered as in the issue.
-pub const ROWS: [u8; 7] = [1, 2, 3, 4, 5, 6, 7];
+pub const ROWS: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
 /// Set in the environment of the release build that a dev build of xtask starts.
 const RELEASE_ENV: &str = "EDGE_CACHE_BENCH_RELEASE";
@@ -217,7 +221,7 @@ fn row_list(text: &str) -> anyhow::Result<BTreeSet<u8>> {
             .parse()
             .ok()
             .filter(|r| ROWS.contains(r))
-            .with_context(|| format!("`--only` expects row numbers 1 to 7, got `{part}`"))?;
+            .with_context(|| format!("`--only` expects row numbers 1 to 8, got `{part}`"))?;
         rows.insert(row);
     }
     ensure!(!rows.is_empty(), "`--only` needs at least one row");
@@ -486,7 +490,7 @@ mod tests {
     fn parse_defaults_flags_and_help() {
         assert_eq!(parse(&[]).unwrap(), BenchArgs::default());
         assert_eq!(parse(&[]).unwrap().keys, 1_000_000);
-        assert_eq!(parse(&[]).unwrap().rows.len(), 7);
+        assert_eq!(parse(&[]).unwrap().rows.len(), 8);
         let parsed = parse(&args(&["--keys", "5000", "--write", "docs/benchmarks.md"])).unwrap();
         assert_eq!(
             parsed,
@@ -541,7 +545,7 @@ mod tests {
         assert!(err(&["--keys", "0"]).contains("at least 1"));
         assert!(err(&["--keys", "1M"]).contains("expects a whole number"));
         assert!(err(&["--keys", "-5"]).contains("expects a whole number"));
-        assert!(err(&["--only", "8"]).contains("row numbers 1 to 7"));
+        assert!(err(&["--only", "9"]).contains("row numbers 1 to 8"));
         assert!(err(&["--only", ","]).contains("at least one row"));
         assert!(err(&["--quick=yes"]).contains("unknown argument"));
     }

@@ -304,11 +304,19 @@ derived once outside the timed loops (`EdgeCache::key`, then the `*_key` methods
    channel has a subscriber. After the timed writes, each implementation writes every key once
    more in a batch of its own, untimed, for Redis's CPU and commands per write (`INFO`) and the
    allocations the process makes per write on all its threads (the writer's, the connection
-   drivers', the subscribers' handling of the messages).
+   drivers', the subscribers' handling of the messages). What sequencing costs: the three
+   edge-cache writes and the floor also run on a node whose `RedisL2` and `RedisBus` keep no
+   event log (`RedisConfig::without_event_log`: the change is published, not numbered, logged
+   in a stream or trimmed), on a channel and key prefix of its own, in the same turns; the
+   floor without the log is the same script sent with a log length of 0, as such a node sends
+   it. Target: each sequenced write's p50 at most 1.10× the same write's without the log.
 4. **Propagation.** Node A and node B in one process on one monotonic clock: each event is
    timed from just before A's call to B's hook (edge-cache: `Observer::on_event_applied`;
    amalgam-cache: a plugin's memory `Remove`; raw: the subscriber's receipt), one event at a
-   time, implementations taking turns event by event.
+   time, implementations taking turns event by event. Both edge-cache flows also run between
+   two nodes without the event log (as in row 3), in the same turns. Target: each sequenced
+   flow's p50 at most 1.10× the same flow's without the log (p50: over 2,000 events the p99 is
+   the 20th slowest and moves by more than that between runs alone).
 5. **Stampede.** 1,000 tasks call `get_or_load` on one key no run has used; the loader counts
    its calls, sleeps 5 ms (a slow origin) and builds the offer. Time from the first spawn to the
    last caller served, against the loader alone.
@@ -328,6 +336,22 @@ derived once outside the timed loops (`EdgeCache::key`, then the `*_key` methods
    entries, charged as edge-cache charges them, each value a fresh `Arc<Offer>`, with no tag, one
    tag of its own (`gpu:<id>`) or one tag shared by 100 entries; the live heap it then holds
    (tag index included) is compared with the budget.
+8. **Recovery.** A reader node whose L1 holds 20,000 entries of `gpu_availability`, and a
+   writer, on the same server. The reader connects as a Redis user of its own: the user is
+   switched off (connections made keep working, new ones are refused) and the reader's
+   subscription killed (`CLIENT KILL USER ... TYPE pubsub`), then the writer makes K `set_key`
+   writes (1,000 or 10,000 distinct keys of the reader's L1; 32 in flight), each numbered and
+   logged, and waits until it heard them back; then the user is switched on, and the reader,
+   retrying every 10 to 50 ms, resubscribes. Timed from its `on_connection_state(Resubscribed)`
+   to caught up: its namespace L1 in use again (polled every 100 µs; it turns with
+   `Health::bus_connected`), which is once every missed event was replayed and every followed
+   log confirmed at its head. Its liveness check is set to 10 minutes, so no periodic check
+   replays part of the changes while it is away. Right after each recovery, the same K entries
+   are read with raw `XRANGE`s of 1,000 entries on one connection (the baseline) and with
+   `RedisL2::read_log`, pages of 1,000 (the floor: the catch-up's reads, nothing decoded or
+   applied). Then every unwritten key is read on the reader (each must be an L1 hit) and every
+   written one (each must be its new value, from L2). Five recoveries of each size (two with
+   `--quick`), the sizes alternating; medians reported.
 ";
 
 /// The UTC date and time of `now`, `YYYY-MM-DD HH:MM UTC`.

@@ -130,7 +130,7 @@ pub fn offers() -> Vec<Arc<Offer>> {
 }
 
 /// The rows the issue lists that the bench binary measures (row 6 is `cargo xtask bench`'s).
-pub const ROWS: [u8; 6] = [1, 2, 3, 4, 5, 7];
+pub const ROWS: [u8; 7] = [1, 2, 3, 4, 5, 7, 8];
 
 /// The options of the bench binary.
 #[derive(Debug, Clone)]
@@ -150,7 +150,7 @@ pub const USAGE: &str = "\
 Usage: cargo bench -p edge-cache-bench --bench compare -- [OPTIONS]
 
 Measures edge-cache side by side with amalgam-cache, moka, quick_cache and raw redis-rs (rows
-1-5 and 7 of `cargo xtask bench`; row 6 is run by the xtask itself).
+1-5, 7 and 8 of `cargo xtask bench`; row 6 is run by the xtask itself).
 
 Options:
       --redis URL   run on this Redis (a database of its own is best) instead of starting a
@@ -207,8 +207,8 @@ impl Args {
                         })?;
                         if !ROWS.contains(&row) {
                             bail!(
-                                "row {row} is not measured by the bench binary (rows: 1-5, 7; \
-                                 row 6 is run by `cargo xtask bench`)"
+                                "row {row} is not measured by the bench binary (rows: 1-5, 7, \
+                                 8; row 6 is run by `cargo xtask bench`)"
                             );
                         }
                         parsed.only.insert(row);
@@ -245,6 +245,8 @@ pub struct Sizes {
     pub events: usize,
     /// Stampedes per implementation.
     pub stampedes: usize,
+    /// Recoveries per number of missed changes (row 8).
+    pub recoveries: usize,
 }
 
 impl Sizes {
@@ -261,6 +263,7 @@ impl Sizes {
                 set_ops: 300,
                 events: 300,
                 stampedes: 2,
+                recoveries: 2,
             }
         } else {
             Sizes {
@@ -273,6 +276,7 @@ impl Sizes {
                 set_ops: 1_500,
                 events: 2_000,
                 stampedes: 5,
+                recoveries: 5,
             }
         }
     }

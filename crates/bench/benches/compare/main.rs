@@ -9,7 +9,9 @@
 //! 3. a write to an event-driven namespace ([`write`]);
 //! 4. invalidation propagation node A → node B ([`propagation`]);
 //! 5. a hot-key stampede ([`stampede`]);
-//! 7. L1 memory per entry and the byte budget under churn ([`memory`]).
+//! 7. L1 memory per entry and the byte budget under churn ([`memory`]);
+//! 8. recovery after a lost subscription: replaying the missed events from the log
+//!    ([`recovery`]).
 //!
 //! Run it through `cargo xtask bench` (which also runs row 6, runs this target once per row so
 //! that no row inherits another's process state, and writes `docs/benchmarks.md`), or alone:
@@ -26,6 +28,7 @@ mod l2;
 mod memory;
 mod nodes;
 mod propagation;
+mod recovery;
 mod stampede;
 mod write;
 
@@ -100,10 +103,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.only.contains(&5) {
         stampede::run(&rt, &url, sizes, &mut report)?;
     }
+    if args.only.contains(&8) {
+        recovery::run(&rt, &url, sizes, &mut report)?;
+    }
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
 
     report.setup.push(format!(
-        "client: release build; rows 2-5 on a multi-thread tokio runtime with 2 workers, row 1 \
+        "client: release build; rows 2-5 and 8 on a multi-thread tokio runtime with 2 workers, row 1 \
          on one current-thread runtime per reading thread; {} mode",
         if args.quick {
             "quick (fewer iterations)"

@@ -31,15 +31,45 @@ pub async fn edge_node(
     id: &str,
     observer: Option<Arc<dyn Observer>>,
 ) -> anyhow::Result<EdgeCache> {
-    let config = RedisConfig::new(url);
+    edge_node_with(&RedisConfig::new(url), id, observer).await
+}
+
+/// An edge-cache node on `RedisL2` + `RedisBus` built from `config`, otherwise as
+/// [`edge_node`].
+///
+/// # Errors
+/// When Redis cannot be reached or the node does not start.
+pub async fn edge_node_with(
+    config: &RedisConfig,
+    id: &str,
+    observer: Option<Arc<dyn Observer>>,
+) -> anyhow::Result<EdgeCache> {
     let mut builder = EdgeCache::builder()
         .node_id(id)
-        .l2(Arc::new(RedisL2::connect(&config).await?))
-        .bus(Arc::new(RedisBus::connect(&config).await?));
+        .l2(Arc::new(RedisL2::connect(config).await?))
+        .bus(Arc::new(RedisBus::connect(config).await?));
     if let Some(observer) = observer {
         builder = builder.observer(observer);
     }
     Ok(builder.build().await?)
+}
+
+/// The channel of the nodes that keep no event log.
+const UNLOGGED_CHANNEL: &str = "bench:unlogged:events";
+
+/// The key prefix of the nodes that keep no event log.
+const UNLOGGED_PREFIX: &str = "ecu:";
+
+/// The settings of a node that keeps no event log ([`RedisConfig::without_event_log`]: its
+/// writes and invalidations are published, not sequenced or logged, as before edge-cache had
+/// logs), for measuring what the log costs beside a node that keeps one. Its channel and key
+/// prefix are its own, so the two nodes of a row share no subscriber and no key: each hears only
+/// its own events, as a lone sequenced node does.
+pub fn unlogged_config(url: &str) -> RedisConfig {
+    RedisConfig::new(url)
+        .without_event_log()
+        .channel(UNLOGGED_CHANNEL)
+        .key_prefix(UNLOGGED_PREFIX)
 }
 
 /// Waits until `node` has received back every event it published (its own, ignored), so no

@@ -15,6 +15,12 @@
 //! - amalgam-cache `remove` on A (L2 remove, then the backplane message) → B's memory `Remove`,
 //!   seen by a plugin's `on_layer_event`.
 //!
+//! What sequencing costs: both edge-cache flows run again between two nodes whose `RedisL2` and
+//! `RedisBus` keep no event log (`RedisConfig::without_event_log`, on a channel and key prefix
+//! of their own), in the same turns. The target is at most 1.10x: each sequenced flow's p50
+//! divided by the same flow's p50 without the log (p50 rather than p99, the row's own target:
+//! over 2,000 events a p99 is the 20th slowest, and moves by more than 10% between runs alone).
+//!
 //! The implementations take turns event by event, so that load from elsewhere on the machine
 //! falls on all of them alike.
 
@@ -42,23 +48,43 @@ const RAW_CHANNEL: &str = "bench:raw:propagation";
 /// How long one event may take before the row fails.
 const DEADLINE: Duration = Duration::from_secs(5);
 
+/// The most a sequenced flow may take relative to the same flow without the event log.
+const SEQUENCING_TARGET: f64 = 1.10;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Imp {
     Raw,
     RawDel,
     Edge,
     EdgeNotify,
+    EdgeUnlogged,
+    EdgeNotifyUnlogged,
     Amalgam,
 }
 
 impl Imp {
-    const ALL: [Imp; 5] = [
+    const ALL: [Imp; 7] = [
         Imp::Raw,
         Imp::RawDel,
         Imp::Edge,
         Imp::EdgeNotify,
+        Imp::EdgeUnlogged,
+        Imp::EdgeNotifyUnlogged,
         Imp::Amalgam,
     ];
+
+    /// The same flow without the event log, for a sequenced one.
+    fn unlogged(self) -> Option<Imp> {
+        match self {
+            Imp::Edge => Some(Imp::EdgeUnlogged),
+            Imp::EdgeNotify => Some(Imp::EdgeNotifyUnlogged),
+            _ => None,
+        }
+    }
+
+    fn slot(self) -> usize {
+        Imp::ALL.iter().position(|&i| i == self).unwrap_or(0)
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -67,6 +93,10 @@ impl Imp {
             Imp::Edge => "edge-cache `invalidate_key` on A → B `on_event_applied`",
             Imp::EdgeNotify => {
                 "edge-cache `notify(gpu_availability_changed)` on A → B `on_event_applied`"
+            }
+            Imp::EdgeUnlogged => "edge-cache `invalidate_key`, no event log",
+            Imp::EdgeNotifyUnlogged => {
+                "edge-cache `notify(gpu_availability_changed)`, no event log"
             }
             Imp::Amalgam => "amalgam-cache `remove` on A → B's L1 entry removed (backplane)",
         }
@@ -109,6 +139,10 @@ struct Flows {
     edge_a: EdgeCache,
     edge_b: EdgeCache,
     edge_rx: UnboundedReceiver<Instant>,
+    /// Nodes A and B without an event log, and B's receipts.
+    unlogged_a: EdgeCache,
+    unlogged_b: EdgeCache,
+    unlogged_rx: UnboundedReceiver<Instant>,
     keys: Vec<CacheKey>,
     amalgam_a: Amalgam,
     amalgam_b: Amalgam,
@@ -122,6 +156,7 @@ impl Flows {
         // Nothing may be pending from an earlier event.
         while self.raw_rx.try_recv().is_ok() {}
         while self.edge_rx.try_recv().is_ok() {}
+        while self.unlogged_rx.try_recv().is_ok() {}
         while self.amalgam_rx.try_recv().is_ok() {}
         let started = Instant::now();
         let applied = match imp {
@@ -135,16 +170,25 @@ impl Flows {
                 pipe.query_async::<()>(&mut self.raw).await?;
                 recv(&mut self.raw_rx).await?
             }
-            Imp::Edge => {
-                self.edge_a.invalidate_key(&self.keys[i]).await?;
-                recv(&mut self.edge_rx).await?
+            Imp::Edge | Imp::EdgeUnlogged => {
+                let (a, rx) = if imp == Imp::Edge {
+                    (&self.edge_a, &mut self.edge_rx)
+                } else {
+                    (&self.unlogged_a, &mut self.unlogged_rx)
+                };
+                a.invalidate_key(&self.keys[i]).await?;
+                recv(rx).await?
             }
-            Imp::EdgeNotify => {
+            Imp::EdgeNotify | Imp::EdgeNotifyUnlogged => {
+                let (a, rx) = if imp == Imp::EdgeNotify {
+                    (&self.edge_a, &mut self.edge_rx)
+                } else {
+                    (&self.unlogged_a, &mut self.unlogged_rx)
+                };
                 let gpu = format!("g-{i:06}");
-                self.edge_a
-                    .notify(Notification::gpu_availability_changed(&gpu, "booked"))
+                a.notify(Notification::gpu_availability_changed(&gpu, "booked"))
                     .await?;
-                recv(&mut self.edge_rx).await?
+                recv(rx).await?
             }
             Imp::Amalgam => {
                 let key = self.names[i].as_str();
@@ -203,8 +247,9 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
     })?;
     let p50 = percentiles(&mut samples, 50);
     let p99 = percentiles(&mut samples, 99);
+    let mut sequencing = Vec::new();
     for (slot, imp) in Imp::ALL.into_iter().enumerate() {
-        let target = if matches!(imp, Imp::Edge | Imp::EdgeNotify) {
+        let mut target = if matches!(imp, Imp::Edge | Imp::EdgeNotify) {
             let r = ratio(p99[slot], p99[0]);
             format!(
                 "p99 ≤ 1.5× raw: {} ({}); p99 < 1 ms: {} ({})",
@@ -216,6 +261,25 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
         } else {
             String::new()
         };
+        if let Some(unlogged) = imp.unlogged() {
+            let u = unlogged.slot();
+            let r50 = ratio(p50[slot], p50[u]);
+            sequencing.push(format!(
+                "{} {} (p99 {})",
+                if imp == Imp::Edge {
+                    "`invalidate_key`"
+                } else {
+                    "`notify`"
+                },
+                times(r50),
+                times(ratio(p99[slot], p99[u]))
+            ));
+            target.push_str(&format!(
+                "; event log p50 ≤ {SEQUENCING_TARGET:.2}× without: {} ({})",
+                verdict(r50 <= SEQUENCING_TARGET),
+                times(r50)
+            ));
+        }
         report.line(
             "4. invalidation propagation, A → B applied",
             "p50 / p99",
@@ -229,17 +293,30 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
             target,
         );
     }
+    report.findings.push(format!(
+        "Row 4, what sequencing costs propagation (p50 A → B applied with the event log ÷ the \
+         same flow's p50 between two nodes without it, same run, the flows taking turns): {}.",
+        sequencing.join(", ")
+    ));
     let b = flows.edge_b.stats();
+    let unlogged_b = flows.unlogged_b.stats();
     report.checks.push(format!(
         "row 4: every one of the {} events per implementation reached B within {DEADLINE:?}; \
-         edge-cache's B applied {} events and rejected {}",
+         edge-cache's B applied {} events and rejected {} ({} gaps detected, {} replayed from \
+         the log); B without an event log applied {} and rejected {}",
         edge_cache_bench::thousands(sizes.events as u64),
         edge_cache_bench::thousands(b.events_applied),
-        b.events_rejected
+        b.events_rejected,
+        b.gaps_detected,
+        b.events_replayed,
+        edge_cache_bench::thousands(unlogged_b.events_applied),
+        unlogged_b.events_rejected
     ));
     rt.block_on(async {
         flows.edge_a.shutdown().await;
         flows.edge_b.shutdown().await;
+        flows.unlogged_a.shutdown().await;
+        flows.unlogged_b.shutdown().await;
         let _ = flows.amalgam_a.shutdown().await;
         let _ = flows.amalgam_b.shutdown().await;
     });
@@ -269,6 +346,15 @@ async fn setup(rt: &Runtime, url: &str) -> anyhow::Result<Flows> {
         Some(Arc::new(Applied(edge_tx)) as Arc<dyn Observer>),
     )
     .await?;
+    let (unlogged_tx, unlogged_rx) = unbounded_channel();
+    let unlogged = nodes::unlogged_config(url);
+    let unlogged_a = nodes::edge_node_with(&unlogged, "bench-propagation-unlogged-a", None).await?;
+    let unlogged_b = nodes::edge_node_with(
+        &unlogged,
+        "bench-propagation-unlogged-b",
+        Some(Arc::new(Applied(unlogged_tx)) as Arc<dyn Observer>),
+    )
+    .await?;
     let keys: Vec<CacheKey> = (0..KEYS)
         .map(|i| edge_a.key("gpu_availability", &data::params(i)))
         .collect::<cache_core::Result<_>>()?;
@@ -296,6 +382,9 @@ async fn setup(rt: &Runtime, url: &str) -> anyhow::Result<Flows> {
         edge_a,
         edge_b,
         edge_rx,
+        unlogged_a,
+        unlogged_b,
+        unlogged_rx,
         keys,
         amalgam_a,
         amalgam_b,

@@ -12,10 +12,18 @@
 //! costs shows as the floor's ratio; what edge-cache adds to it, as the distance from the floor
 //! to edge-cache.
 //!
-//! Each implementation has one subscriber on its channel, as a fleet would: edge-cache's node
+//! What sequencing costs (every announced change numbered, logged in a stream and published in
+//! the same script; see `crates/cache-redis/src/l2.rs`, "Event log"): the three edge-cache
+//! writes and the floor run again on a node whose `RedisL2` and `RedisBus` keep no event log
+//! (`RedisConfig::without_event_log`, on a channel and key prefix of its own), in the same turns.
+//! The target is at most 1.10x: each sequenced write's p50 divided by the same write's p50
+//! without the log.
+//!
+//! Each implementation has one subscriber on its channel, as a fleet would: each edge-cache node
 //! hears its own events back, amalgam-cache's backplane its own, and the raw channel has a
 //! subscriber that drains it.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,25 +48,75 @@ const RAW_GENERATION: &str = "bench:raw:g";
 const RAW_SEQUENCE: &str = "bench:raw:q";
 const RAW_LOG: &str = "bench:raw:l";
 
+/// The most a sequenced write may cost relative to the same write without the event log.
+const SEQUENCING_TARGET: f64 = 1.10;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Imp {
     Raw,
     RawChecked,
+    RawCheckedUnlogged,
     Edge,
     EdgeShared,
     EdgeL2Only,
+    EdgeUnlogged,
+    EdgeSharedUnlogged,
+    EdgeL2OnlyUnlogged,
     Amalgam,
 }
 
 impl Imp {
-    const ALL: [Imp; 6] = [
+    const ALL: [Imp; 10] = [
         Imp::Raw,
         Imp::RawChecked,
+        Imp::RawCheckedUnlogged,
         Imp::Edge,
         Imp::EdgeShared,
         Imp::EdgeL2Only,
+        Imp::EdgeUnlogged,
+        Imp::EdgeSharedUnlogged,
+        Imp::EdgeL2OnlyUnlogged,
         Imp::Amalgam,
     ];
+
+    /// The same write without the event log, for a sequenced one.
+    fn unlogged(self) -> Option<Imp> {
+        match self {
+            Imp::RawChecked => Some(Imp::RawCheckedUnlogged),
+            Imp::Edge => Some(Imp::EdgeUnlogged),
+            Imp::EdgeShared => Some(Imp::EdgeSharedUnlogged),
+            Imp::EdgeL2Only => Some(Imp::EdgeL2OnlyUnlogged),
+            _ => None,
+        }
+    }
+
+    fn slot(self) -> usize {
+        Imp::ALL.iter().position(|&i| i == self).unwrap_or(0)
+    }
+
+    /// How the findings name a sequenced write.
+    fn short(self) -> &'static str {
+        match self {
+            Imp::RawChecked => "the raw floor",
+            Imp::Edge => "`set_key` (`gpu_availability`)",
+            Imp::EdgeShared => "`set_key_shared`",
+            Imp::EdgeL2Only => "`set_key` (`provider_status`)",
+            _ => "",
+        }
+    }
+
+    /// One of edge-cache's writes, logged or not.
+    fn is_edge(self) -> bool {
+        matches!(
+            self,
+            Imp::Edge
+                | Imp::EdgeShared
+                | Imp::EdgeL2Only
+                | Imp::EdgeUnlogged
+                | Imp::EdgeSharedUnlogged
+                | Imp::EdgeL2OnlyUnlogged
+        )
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -66,11 +124,19 @@ impl Imp {
             Imp::RawChecked => {
                 "floor: raw set-if-current script (`SET` + `PUBLISH` if the generation is current)"
             }
+            Imp::RawCheckedUnlogged => {
+                "floor, no event log: the same script told to keep no log (`SET` + `PUBLISH`)"
+            }
             Imp::Edge => "edge-cache `set_key` (`gpu_availability`: L2 + L1 copy + event)",
             Imp::EdgeShared => {
                 "edge-cache `set_key_shared` (`gpu_availability`: L2 + the caller's `Arc` in L1 + event)"
             }
             Imp::EdgeL2Only => "edge-cache `set_key` (`provider_status`: L2 + event)",
+            Imp::EdgeUnlogged => "edge-cache `set_key` (`gpu_availability`), no event log",
+            Imp::EdgeSharedUnlogged => {
+                "edge-cache `set_key_shared` (`gpu_availability`), no event log"
+            }
+            Imp::EdgeL2OnlyUnlogged => "edge-cache `set_key` (`provider_status`), no event log",
             Imp::Amalgam => "amalgam-cache `set`, backplane publish awaited (L1 + L2 + backplane)",
         }
     }
@@ -78,6 +144,8 @@ impl Imp {
 
 struct Stores {
     node: EdgeCache,
+    /// A node that keeps no event log (`nodes::unlogged_config`).
+    unlogged: EdgeCache,
     critical: Vec<CacheKey>,
     l2_only: Vec<CacheKey>,
     raw: MultiplexedConnection,
@@ -90,6 +158,12 @@ struct Stores {
 }
 
 impl Stores {
+    /// Waits until both nodes have heard back every event they published.
+    async fn settle(&self) -> anyhow::Result<()> {
+        nodes::settle(&self.node).await?;
+        nodes::settle(&self.unlogged).await
+    }
+
     async fn write(&self, imp: Imp, i: usize) -> anyhow::Result<()> {
         let options = || SetOptions::new().ttl(TTL);
         match imp {
@@ -111,10 +185,17 @@ impl Stores {
                     .query_async::<()>(&mut conn)
                     .await?;
             }
-            Imp::RawChecked => {
+            Imp::RawChecked | Imp::RawCheckedUnlogged => {
                 let mut conn = self.raw.clone();
                 let ttl_ms = u64::try_from(TTL.as_millis()).unwrap_or(u64::MAX);
                 let key = &self.raw_keys[i];
+                // A log length of 0 is what a `RedisL2` without an event log sends: the script
+                // then publishes the event as it is, with no number and no log entry.
+                let log_length = if imp == Imp::RawChecked {
+                    cache_redis::DEFAULT_LOG_LENGTH
+                } else {
+                    0
+                };
                 // Built as `RedisL2` builds it: one `EVALSHA` command (the script was loaded
                 // at setup).
                 let _generation: Option<u64> = redis::cmd("EVALSHA")
@@ -130,7 +211,7 @@ impl Stores {
                     .arg(RAW_CHANNEL)
                     .arg(format!("{{\"k\":\"{}\"}}", key.as_str()))
                     .arg("\"raw\"")
-                    .arg(cache_redis::DEFAULT_LOG_LENGTH)
+                    .arg(log_length)
                     .query_async(&mut conn)
                     .await?;
             }
@@ -146,6 +227,21 @@ impl Stores {
             }
             Imp::EdgeL2Only => {
                 self.node
+                    .set_key(&self.l2_only[i], &self.offers[i], options())
+                    .await?;
+            }
+            Imp::EdgeUnlogged => {
+                self.unlogged
+                    .set_key(&self.critical[i], &self.offers[i], options())
+                    .await?;
+            }
+            Imp::EdgeSharedUnlogged => {
+                self.unlogged
+                    .set_key_shared(&self.critical[i], Arc::clone(&self.shared[i]), options())
+                    .await?;
+            }
+            Imp::EdgeL2OnlyUnlogged => {
+                self.unlogged
                     .set_key(&self.l2_only[i], &self.offers[i], options())
                     .await?;
             }
@@ -179,7 +275,7 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
                 stores.write(imp, i).await?;
             }
         }
-        nodes::settle(&stores.node).await?;
+        stores.settle().await?;
         // The implementations take turns write by write, in an order shuffled each turn (see
         // `data::turn_order`), so that load from elsewhere falls on all of them alike.
         let writes = sizes.rounds * order.len();
@@ -190,11 +286,12 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
                 samples[slot].push(t.elapsed());
             }
             if n % 100 == 99 {
-                // The node's listener decodes its own events back; keep it from falling behind.
-                nodes::settle(&stores.node).await?;
+                // The nodes' listeners hear their own events back; keep them from falling
+                // behind.
+                stores.settle().await?;
             }
         }
-        nodes::settle(&stores.node).await?;
+        stores.settle().await?;
         // What Redis spends per write: one batch per implementation between two `INFO` calls;
         // and what the process allocates for it, on every thread (the subscribers' handling of
         // the batch's messages included: the node's is waited for), counted in the same batch.
@@ -204,7 +301,7 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
                 for &i in &order {
                     stores.write(imp, i).await?;
                 }
-                nodes::settle(&stores.node).await
+                stores.settle().await
             })
             .await;
             written?;
@@ -218,13 +315,36 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
     let writes = order.len();
     let p50 = percentiles(&mut samples, 50);
     let p99 = percentiles(&mut samples, 99);
+    let mut sequencing = Vec::new();
     for (slot, imp) in Imp::ALL.into_iter().enumerate() {
-        let target = if matches!(imp, Imp::Edge | Imp::EdgeShared | Imp::EdgeL2Only) {
+        let mut target = if matches!(imp, Imp::Edge | Imp::EdgeShared | Imp::EdgeL2Only) {
             let r = ratio(p50[slot], p50[0]);
             format!("≤ 1.2× raw: {} ({})", verdict(r <= 1.2), times(r))
         } else {
             String::new()
         };
+        if let Some(unlogged) = imp.unlogged() {
+            let u = unlogged.slot();
+            let r50 = ratio(p50[slot], p50[u]);
+            let r99 = ratio(p99[slot], p99[u]);
+            sequencing.push(format!(
+                "{} {} (p99 {})",
+                imp.short(),
+                times(r50),
+                times(r99)
+            ));
+            if imp.is_edge() {
+                if !target.is_empty() {
+                    target.push_str("; ");
+                }
+                let _ = write!(
+                    target,
+                    "event log p50 ≤ {SEQUENCING_TARGET:.2}× without: {} ({})",
+                    verdict(r50 <= SEQUENCING_TARGET),
+                    times(r50)
+                );
+            }
+        }
         report.line(
             "3. write to an event-driven namespace",
             "latency p50 / p99 (Redis CPU, commands per write; allocations per write, all threads)",
@@ -245,15 +365,33 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
             target,
         );
     }
+    report.findings.push(format!(
+        "Row 3, what sequencing costs a write (its p50 with the event log ÷ the same write's p50 \
+         on a node without it, same run, the writes taking turns): {}.",
+        sequencing.join(", ")
+    ));
     let stats = stores.node.stats();
+    let unlogged = stores.unlogged.stats();
+    anyhow::ensure!(
+        unlogged.events_published == unlogged.sets && unlogged.publish_errors == 0,
+        "the node without an event log published {} events for {} writes ({} errors)",
+        unlogged.events_published,
+        unlogged.sets,
+        unlogged.publish_errors
+    );
     report.checks.push(format!(
-        "row 3: edge-cache completed {} writes and published {} events, with {} publish errors",
+        "row 3: edge-cache completed {} writes and published {} events, with {} publish errors, \
+         on the node with the event log; {} writes and {} events, with 0 publish errors, on the \
+         node without",
         edge_cache_bench::thousands(stats.sets),
         edge_cache_bench::thousands(stats.events_published),
-        stats.publish_errors
+        stats.publish_errors,
+        edge_cache_bench::thousands(unlogged.sets),
+        edge_cache_bench::thousands(unlogged.events_published),
     ));
     rt.block_on(async {
         stores.node.shutdown().await;
+        stores.unlogged.shutdown().await;
         let _ = stores.amalgam.shutdown().await;
     });
     Ok(())
@@ -274,6 +412,8 @@ async fn drain_raw_channel(url: String) -> anyhow::Result<()> {
 
 async fn setup(url: &str) -> anyhow::Result<Stores> {
     let node = nodes::edge_node(url, "bench-write", None).await?;
+    let unlogged =
+        nodes::edge_node_with(&nodes::unlogged_config(url), "bench-write-unlogged", None).await?;
     let derive = |ns: &str| -> anyhow::Result<Vec<CacheKey>> {
         (0..KEYS)
             .map(|i| {
@@ -306,6 +446,7 @@ async fn setup(url: &str) -> anyhow::Result<Stores> {
     set_if_current.load_async(&mut raw).await?;
     Ok(Stores {
         node,
+        unlogged,
         critical,
         l2_only,
         raw,
