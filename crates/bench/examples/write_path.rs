@@ -15,6 +15,12 @@
 //! `shared` (`set_key_shared` there) and `l2only` (`set_key` on `provider_status`). Each run
 //! prints the median and p99 latency; compare paths in runs made back to back, as timings on a
 //! shared machine move between runs.
+//!
+//! With `--no-event-log` after the other arguments, the node's `RedisL2` and `RedisBus` keep no
+//! event log (`RedisConfig::without_event_log`) and the floor sends the script with a log length
+//! of 0, as such a node does: the difference from a run without the flag is what sequencing
+//! (numbering, logging and trimming each announced change) costs that path (row 3 measures the
+//! same in its `no event log` lines).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +75,8 @@ enum Path {
 
 struct Writer {
     path: Path,
+    /// The log length the floor sends: the default, or 0 without an event log.
+    log_length: u64,
     node: EdgeCache,
     raw: redis::aio::MultiplexedConnection,
     script: redis::Script,
@@ -113,7 +121,7 @@ impl Writer {
                     .arg(CHANNEL)
                     .arg(format!("{{\"k\":\"{key}\"}}"))
                     .arg("\"example\"")
-                    .arg(cache_redis::DEFAULT_LOG_LENGTH)
+                    .arg(self.log_length)
                     .query_async(&mut self.raw.clone())
                     .await?;
             }
@@ -141,8 +149,12 @@ impl Writer {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let usage = "usage: write_path <redis-url> <raw|floor|edge|shared|l2only> [writes]";
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let unlogged = args.iter().any(|a| a == "--no-event-log");
+    args.retain(|a| a != "--no-event-log");
+    let mut args = args.into_iter();
+    let usage =
+        "usage: write_path <redis-url> <raw|floor|edge|shared|l2only> [writes] [--no-event-log]";
     let url = args.next().ok_or_else(|| anyhow::anyhow!(usage))?;
     let path = match args.next().as_deref() {
         Some("raw") => Path::Raw,
@@ -158,7 +170,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let config = RedisConfig::new(&url);
+        let config = if unlogged {
+            RedisConfig::new(&url).without_event_log()
+        } else {
+            RedisConfig::new(&url)
+        };
         let node = EdgeCache::builder()
             .node_id("write-path")
             .l2(Arc::new(RedisL2::connect(&config).await?))
@@ -189,6 +205,11 @@ fn main() -> anyhow::Result<()> {
         let offers: Vec<Offer> = (0..KEYS).map(Offer::new).collect();
         let writer = Writer {
             path,
+            log_length: if unlogged {
+                0
+            } else {
+                cache_redis::DEFAULT_LOG_LENGTH
+            },
             node,
             raw,
             script,
