@@ -73,6 +73,16 @@ where
 
     // A write: position 1 of a new epoch, published and logged alike.
     let (a, b) = (key("avail", 1), key("avail", 2));
+    // (An announcement that is no JSON object cannot carry positions: refused, nothing done.)
+    let refused = l2
+        .set(L2Write::new(a.clone(), b"v0".to_vec(), TTL).announce(b"not an event".to_vec()))
+        .await;
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        cache_core::ErrorKind::MalformedEvent
+    );
+    assert!(l2.get(&a).await.unwrap().is_none());
+    assert_eq!(l2.read_log("avail", 0, 1).await.unwrap().head, 0);
     let written = l2
         .set(L2Write::new(a.clone(), b"v1".to_vec(), TTL).announce(write_event(&a)))
         .await

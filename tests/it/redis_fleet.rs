@@ -513,7 +513,7 @@ async fn a_write_racing_a_namespace_invalidation_lands_after_it() {
     // Every write is announced, as a node's are when its bus shares L2's route.
     let write = |value: &str| {
         L2Write::new(key.clone(), value.as_bytes().to_vec(), DEADLINE)
-            .announce(format!("wrote {value}").into_bytes())
+            .announce(format!("{{\"wrote\":\"{value}\"}}").into_bytes())
     };
     // ...and learns it from its first write (a script).
     assert!(writer.set(write("old")).await.unwrap());
@@ -577,7 +577,7 @@ async fn a_plain_write_reloads_its_script_when_redis_lost_it() {
     let key = CacheKey::derive("gpu_avail", &json!({"gpu_id": "g-1"})).unwrap();
     let write = |value: &str| {
         L2Write::new(key.clone(), value.as_bytes().to_vec(), DEADLINE)
-            .announce(value.as_bytes().to_vec())
+            .announce(format!("{{\"wrote\":\"{value}\"}}").into_bytes())
     };
     assert!(writer.set(write("first")).await.unwrap());
     assert!(
@@ -676,7 +676,7 @@ async fn write_across_a_restart(announce: bool) -> Commands {
     let write = |value: &str| {
         let write = L2Write::new(key.clone(), value.as_bytes().to_vec(), DEADLINE);
         if announce {
-            write.announce(format!("wrote {value}").into_bytes())
+            write.announce(format!("{{\"wrote\":\"{value}\"}}").into_bytes())
         } else {
             write
         }

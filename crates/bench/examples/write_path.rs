@@ -119,7 +119,8 @@ impl Writer {
                     .arg(serde_json::to_vec(&self.offers[i])?)
                     .arg(ttl_ms)
                     .arg(CHANNEL)
-                    .arg(format!("{{\"k\":\"{key}\"}}"))
+                    // The event without its closing brace, as `RedisL2` sends it.
+                    .arg(format!("{{\"k\":\"{key}\""))
                     .arg("\"example\"")
                     .arg(self.log_length)
                     .query_async(&mut self.raw.clone())

@@ -69,37 +69,52 @@ end
 return out
 ";
 
-/// The Lua function every announcing script starts with (see [`crate::l2`]'s "Event log"):
+/// The Lua functions every announcing script starts with (see [`crate::l2`]'s "Event log").
 /// `announce(q, l, names, ev, maxlen, channel)` gives the change the next number of each
 /// namespace it touches (`q[i]` the namespace's sequence hash, `l[i]` its log stream, `names[i]`
 /// its name as a JSON string), starting a new epoch (from Redis's clock) where the namespace has
-/// none, appends `ev` with its positions spliced in as its last field to each log (trimmed to
-/// about `maxlen` entries) and publishes it on `channel`. All in the script's one atomic step,
-/// after the change it announces. A `maxlen` of `'0'` (the event log switched off) publishes
-/// `ev` as it is.
+/// none, appends the event with its positions as its last field to each log (trimmed to about
+/// `maxlen` entries) and publishes it on `channel`; `announce1(q, l, name, ev, maxlen, channel)`
+/// does the same for one namespace, without building tables (most changes touch one). All in
+/// the script's one atomic step, after the change it announces. `ev` is the event *without its
+/// closing brace*, so the positions are appended with one concatenation. A `maxlen` of `'0'`
+/// (the event log switched off) publishes the event as it is.
 macro_rules! announce_lua {
     () => {
         r#"
+local function new_epoch(q, l)
+  local t = redis.call('TIME')
+  local e = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('HSET', q, 'e', e, 'n', 1)
+  if redis.call('EXISTS', l) == 1 then redis.call('DEL', l) end
+  return e, 1
+end
+local function announce1(q, l, name, ev, maxlen, channel)
+  if maxlen == '0' then
+    redis.call('PUBLISH', channel, ev .. '}')
+    return
+  end
+  local n = redis.call('HINCRBY', q, 'n', 1)
+  local e = redis.call('HGET', q, 'e')
+  if n == 1 or not e then e, n = new_epoch(q, l) end
+  local msg = ev .. ',"pos":[[' .. name .. ',' .. e .. ',' .. n .. ']]}'
+  redis.call('XADD', l, 'MAXLEN', '~', maxlen, n .. '-0', 'm', msg)
+  redis.call('PUBLISH', channel, msg)
+end
 local function announce(q, l, names, ev, maxlen, channel)
   if maxlen == '0' then
-    redis.call('PUBLISH', channel, ev)
+    redis.call('PUBLISH', channel, ev .. '}')
     return
   end
   local parts, seqs = {}, {}
   for i = 1, #names do
     local n = redis.call('HINCRBY', q[i], 'n', 1)
     local e = redis.call('HGET', q[i], 'e')
-    if n == 1 or not e then
-      local t = redis.call('TIME')
-      e = t[1] .. string.format('%06d', tonumber(t[2]))
-      n = 1
-      redis.call('HSET', q[i], 'e', e, 'n', 1)
-      if redis.call('EXISTS', l[i]) == 1 then redis.call('DEL', l[i]) end
-    end
+    if n == 1 or not e then e, n = new_epoch(q[i], l[i]) end
     parts[i] = '[' .. names[i] .. ',' .. e .. ',' .. n .. ']'
     seqs[i] = n
   end
-  local msg = string.sub(ev, 1, -2) .. ',"pos":[' .. table.concat(parts, ',') .. ']}'
+  local msg = ev .. ',"pos":[' .. table.concat(parts, ',') .. ']}'
   for i = 1, #names do
     redis.call('XADD', l[i], 'MAXLEN', '~', maxlen, seqs[i] .. '-0', 'm', msg)
   end
@@ -132,7 +147,7 @@ for i = 11, #ARGV do
   if redis.call('PTTL', t) < ttl then redis.call('PEXPIRE', t, ttl) end
 end
 if ARGV[7] ~= '' then
-  announce({KEYS[1] .. 'q'}, {KEYS[1] .. 'l'}, {ARGV[9]}, ARGV[8], ARGV[10], ARGV[7])
+  announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[9], ARGV[8], ARGV[10], ARGV[7])
 end
 return {1, g}
 "
@@ -155,7 +170,7 @@ pub const SET_IF_CURRENT_SCRIPT: &str = concat!(
 local g = redis.call('GET', KEYS[1]) or '0'
 if g ~= ARGV[1] then return g end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-announce({KEYS[3]}, {KEYS[4]}, {ARGV[6]}, ARGV[5], ARGV[7], ARGV[4])
+announce1(KEYS[3], KEYS[4], ARGV[6], ARGV[5], ARGV[7], ARGV[4])
 return g
 "
 );
@@ -187,7 +202,7 @@ local g = redis.call('GET', KEYS[1] .. 'g') or '0'
 redis.call('INCR', KEYS[1] .. 'f')
 local removed = redis.call('DEL', KEYS[1] .. g .. ':' .. ARGV[1])
 if ARGV[2] ~= '' then
-  announce({KEYS[1] .. 'q'}, {KEYS[1] .. 'l'}, {ARGV[4]}, ARGV[3], ARGV[5], ARGV[2])
+  announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[4], ARGV[3], ARGV[5], ARGV[2])
 end
 return removed
 "
@@ -206,7 +221,7 @@ end
 redis.call('DEL', t)
 redis.call('INCR', KEYS[1] .. 'f')
 if ARGV[2] ~= '' then
-  announce({KEYS[1] .. 'q'}, {KEYS[1] .. 'l'}, {ARGV[4]}, ARGV[3], ARGV[5], ARGV[2])
+  announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[4], ARGV[3], ARGV[5], ARGV[2])
 end
 return removed
 "
@@ -427,7 +442,7 @@ impl RedisL2 {
             .arg(envelope)
             .arg(ttl_ms)
             .arg(&self.channel)
-            .arg(event.as_slice())
+            .arg(open_event(event)?)
             .arg(json_name(namespace))
             .arg(self.log_length);
         let current: Option<u64> = evalsha_or_load(conn, &self.set_if_current, &evalsha)
@@ -437,15 +452,15 @@ impl RedisL2 {
     }
 
     /// The channel and event to pass a script: empty for none.
-    fn announcement<'a>(&'a self, announce: &'a Option<Vec<u8>>) -> (&'a str, &'a [u8]) {
+    fn announcement<'a>(&'a self, announce: &'a Option<Vec<u8>>) -> Result<(&'a str, &'a [u8])> {
         match announce {
-            Some(event) => (self.channel.as_str(), event.as_slice()),
-            None => ("", &[]),
+            Some(event) => Ok((self.channel.as_str(), open_event(event)?)),
+            None => Ok(("", &[])),
         }
     }
 
     async fn delete_with(&self, key: &CacheKey, announce: Option<Vec<u8>>) -> Result<bool> {
-        let (channel, event) = self.announcement(&announce);
+        let (channel, event) = self.announcement(&announce)?;
         let mut conn = self.conn.clone();
         let removed: i64 = self
             .delete
@@ -467,7 +482,7 @@ impl RedisL2 {
         tag: &str,
         announce: Option<Vec<u8>>,
     ) -> Result<u64> {
-        let (channel, event) = self.announcement(&announce);
+        let (channel, event) = self.announcement(&announce)?;
         let mut conn = self.conn.clone();
         self.invalidate_tag
             .key(self.ns_prefix(key_namespace))
@@ -676,7 +691,7 @@ impl L2Store for RedisL2 {
             Some(Fence(f)) => ("1", (f >> 32).to_string(), (f & 0xffff_ffff).to_string()),
             None => ("0", String::new(), String::new()),
         };
-        let (channel, event) = self.announcement(&write.announce);
+        let (channel, event) = self.announcement(&write.announce)?;
         let mut invocation = self.set.key(self.ns_prefix(namespace));
         invocation
             .arg(write.key.digest().to_hex())
@@ -739,7 +754,7 @@ impl L2Store for RedisL2 {
         }
         invocation
             .arg(&self.channel)
-            .arg(event)
+            .arg(open_event(&event)?)
             .arg(self.log_length);
         for key_namespace in key_namespaces {
             invocation.arg(json_name(key_namespace));
@@ -950,6 +965,20 @@ fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An encoded event without its closing brace, as the announcing scripts take it (they append
+/// the positions and the brace in one concatenation).
+///
+/// # Errors
+/// [`ErrorKind::MalformedEvent`] for bytes that do not end in `}`: no event of ours.
+fn open_event(event: &[u8]) -> Result<&[u8]> {
+    event.strip_suffix(b"}").ok_or_else(|| {
+        Error::new(
+            ErrorKind::MalformedEvent,
+            "an announced event must be a JSON object; nothing was written",
+        )
+    })
 }
 
 /// A namespace's name as a JSON string, as a position names it on the wire.

@@ -209,7 +209,8 @@ impl Stores {
                     .arg(serde_json::to_vec(&self.offers[i])?)
                     .arg(ttl_ms)
                     .arg(RAW_CHANNEL)
-                    .arg(format!("{{\"k\":\"{}\"}}", key.as_str()))
+                    // The event without its closing brace, as `RedisL2` sends it.
+                    .arg(format!("{{\"k\":\"{}\"", key.as_str()))
                     .arg("\"raw\"")
                     .arg(log_length)
                     .query_async(&mut conn)
