@@ -1,1 +1,4 @@
-//! Cross-crate integration suites of edge-cache live in `it/`; this library is empty.
+//! Cross-crate integration suites of edge-cache live in `it/`. This library holds what the
+//! suites share with `cargo xtask`: [`sim`], the deterministic fleet simulation.
+
+pub mod sim;

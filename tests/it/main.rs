@@ -10,6 +10,7 @@ mod redis_faults;
 mod redis_fleet;
 mod redis_tls;
 mod seed_defects;
+mod simulation;
 
 use std::sync::Arc;
 use std::time::Duration;
