@@ -12,6 +12,7 @@
 //!   `docs/benchmarks.md`.
 
 mod bench;
+mod chaos;
 mod demo;
 
 use std::process::{Command, ExitCode};
@@ -25,7 +26,9 @@ commands:
           docs with warnings denied, and the demo's chaos audit
   demo    run the simulated GPU marketplace on the embedded backends (demo --help for options)
   bench   edge-cache vs amalgam-cache, moka, quick_cache, raw redis-rs and the seed, on a
-          private redis-server, in release builds; one table (bench --help for options)";
+          private redis-server, in release builds; one table (bench --help for options)
+  chaos   the deterministic fleet simulation: --seeds N [--first S], each seed a fleet under
+          faults judged against the staleness bound (chaos --help for options)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
             }
             bench::run(bench)
         }),
+        Some("chaos") => chaos::parse(&args[1..]).and_then(chaos::run),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             Ok(())
