@@ -66,10 +66,7 @@ where
     assert_eq!(l2.announce_route(), bus.route());
     let mut sub = bus.subscribe().await.unwrap();
     let empty = l2.read_log("avail", 0, 100).await.unwrap();
-    assert_eq!(
-        (empty.epoch, empty.head, empty.entries.len()),
-        (NO_EPOCH, 0, 0)
-    );
+    assert_eq!((empty.head, empty.first, empty.entries.len()), (0, 1, 0));
 
     // A write: position 1 of a new epoch, published and logged alike.
     let (a, b) = (key("avail", 1), key("avail", 2));
@@ -93,6 +90,10 @@ where
     assert_eq!(positions.len(), 1);
     let epoch = positions[0].epoch;
     assert_ne!(epoch, NO_EPOCH);
+    assert_eq!(
+        epoch, empty.epoch,
+        "the first read gave the log its epoch; the first change keeps it"
+    );
     assert_eq!(positions[0], LogPosition::new("avail", epoch, 1));
     let decoded = Event::decode(&heard).unwrap();
     assert_eq!(decoded.positions, positions);
@@ -159,12 +160,20 @@ where
     // A reset: a new epoch, from 1, and an empty store.
     reset().await;
     assert!(l2.get(&b).await.unwrap().is_none());
-    assert_eq!(l2.read_log("avail", 0, 10).await.unwrap().epoch, NO_EPOCH);
+    let restarted = l2.read_log("avail", 0, 10).await.unwrap();
+    assert_ne!(
+        restarted.epoch, epoch,
+        "the empty log a reset leaves is another epoch than the one read before"
+    );
+    assert_eq!((restarted.head, restarted.entries.len()), (0, 0));
     l2.set(L2Write::new(a.clone(), b"v3".to_vec(), TTL).announce(write_event(&a)))
         .await
         .unwrap();
     let after_reset = l2.read_log("avail", 0, 10).await.unwrap();
-    assert_ne!(after_reset.epoch, epoch, "a reset starts another epoch");
+    assert_eq!(
+        after_reset.epoch, restarted.epoch,
+        "and the next change keeps it"
+    );
     assert_eq!((after_reset.head, after_reset.first), (1, 1));
 }
 

@@ -460,3 +460,162 @@ async fn a_liveness_interval_not_shorter_than_the_bound_is_refused() {
     assert_eq!(err.kind(), cache_core::ErrorKind::InvalidConfig);
     assert!(err.to_string().contains("liveness interval"), "{err}");
 }
+
+// Regressions found by the simulation (`tests/sim`), each reduced to one interleaving.
+
+/// Focused reproduction of what overlapping writes find (no faults at all): node A's write of
+/// v1 lands in L2; before its reply reaches A, node B writes v2 and A applies B's event; then
+/// A's reply arrives and A caches v1, which it serves until the entry's TTL.
+mod write_reply_overtaken {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use cache_core::log::LogRead;
+    use cache_core::{
+        CacheKey, Clock, EventBus, Fence, L2Entry, L2Store, L2Write, Result, Timestamp,
+    };
+    use cache_edge::{EdgeCache, SetOptions};
+    use cache_memory::{ManualClock, MemoryBus, MemoryL2};
+
+    /// The shared L2, with every write's reply 10 ms on its way back.
+    struct SlowReplies(Arc<MemoryL2>);
+
+    #[async_trait]
+    impl L2Store for SlowReplies {
+        async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>> {
+            self.0.get(key).await
+        }
+        async fn set(&self, write: L2Write) -> Result<bool> {
+            let out = self.0.set(write).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            out
+        }
+        async fn delete(&self, key: &CacheKey) -> Result<bool> {
+            self.0.delete(key).await
+        }
+        async fn invalidate_namespace(&self, ns: &str) -> Result<()> {
+            self.0.invalidate_namespace(ns).await
+        }
+        async fn invalidate_namespaces(&self, ns: &[String], e: Option<Vec<u8>>) -> Result<()> {
+            self.0.invalidate_namespaces(ns, e).await
+        }
+        async fn delete_and_announce(&self, key: &CacheKey, e: Vec<u8>) -> Result<bool> {
+            self.0.delete_and_announce(key, e).await
+        }
+        fn announce_route(&self) -> Option<String> {
+            self.0.announce_route()
+        }
+        fn sequenced(&self) -> bool {
+            self.0.sequenced()
+        }
+        async fn read_log(&self, ns: &str, after: u64, limit: usize) -> Result<LogRead> {
+            self.0.read_log(ns, after, limit).await
+        }
+        async fn invalidate_tag(&self, ns: &str, tag: &str) -> Result<u64> {
+            self.0.invalidate_tag(ns, tag).await
+        }
+        async fn fence(&self, key: &CacheKey) -> Result<Fence> {
+            self.0.fence(key).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_whose_reply_is_overtaken_by_a_newer_change_is_not_cached() {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_nanos(1 << 60)));
+        let bus = Arc::new(MemoryBus::new());
+        let l2 = Arc::new(
+            MemoryL2::new(1 << 20, clock.clone() as Arc<dyn Clock>).announce_on(bus.clone()),
+        );
+        let node = |id: &str, l2: Arc<dyn L2Store>| {
+            EdgeCache::builder()
+                .node_id(id)
+                .l2(l2)
+                .bus(bus.clone() as Arc<dyn EventBus>)
+                .clock(clock.clone() as Arc<dyn Clock>)
+                .staleness_bound(Duration::from_secs(1))
+                .liveness_interval(Duration::from_millis(250))
+                .build()
+        };
+        let a = node("a", Arc::new(SlowReplies(l2.clone()))).await.unwrap();
+        let b = node("b", l2.clone()).await.unwrap();
+        let key = a.key("gpu_availability", "g-1").unwrap();
+
+        let writer = {
+            let (a, key) = (a.clone(), key.clone());
+            tokio::spawn(async move { a.set_key(&key, &1_u64, SetOptions::new()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(2)).await; // A's v1 is in L2, its reply not back
+        b.set("gpu_availability", "g-1", &2_u64).await.unwrap(); // acknowledged to B's caller
+        tokio::time::sleep(Duration::from_millis(2)).await; // A applied B's event
+        writer.await.unwrap().unwrap(); // A's reply arrives: A caches v1
+
+        // Long past the bound, with the liveness checks confirming A is up to date all along.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            clock.advance(Duration::from_millis(250));
+        }
+        let read = a.get_key::<u64>(&key).await.unwrap().map(|v| *v);
+        assert_eq!(read, Some(2), "A serves v1 5 s after v2 was acknowledged");
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+}
+
+/// Focused reproduction of seed 494: an empty log (no epoch) after an L2 restart looks the
+/// same as the empty log after a second restart, so changes made in the epoch between the two
+/// and missed on the bus are never replayed.
+mod epoch_lost_between_two_empty_logs {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use cache_core::{Clock, EventBus, L2Store, Timestamp};
+    use cache_edge::{EdgeCache, SetOptions};
+    use cache_memory::{ManualClock, MemoryBus, MemoryL2};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_in_an_epoch_lost_between_two_empty_logs_is_not_served_stale() {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_nanos(1 << 60)));
+        let bus = Arc::new(MemoryBus::new());
+        let l2 = Arc::new(
+            MemoryL2::new(1 << 20, clock.clone() as Arc<dyn Clock>).announce_on(bus.clone()),
+        );
+        let node = |id: &str| {
+            EdgeCache::builder()
+                .node_id(id)
+                .l2(l2.clone() as Arc<dyn L2Store>)
+                .bus(bus.clone() as Arc<dyn EventBus>)
+                .clock(clock.clone() as Arc<dyn Clock>)
+                .staleness_bound(Duration::from_secs(1))
+                .liveness_interval(Duration::from_millis(250))
+                .build()
+        };
+        let (writer, reader) = (node("w").await.unwrap(), node("r").await.unwrap());
+        let key = reader.key("gpu_availability", "g-1").unwrap();
+        // The log of gpu_avail has no epoch yet; the reader loads v1 into its L1.
+        let loaded = reader
+            .get_or_load_key(&key, SetOptions::new(), || async {
+                Ok::<_, std::io::Error>(1_u64)
+            })
+            .await
+            .unwrap();
+        assert_eq!(*loaded, 1);
+        // Within one liveness interval: v2 is written and acknowledged (its event lost on the
+        // way to the reader), then L2 restarts empty, taking the epoch of v2's log entry along.
+        bus.drop_next(1);
+        writer.set("gpu_availability", "g-1", &2_u64).await.unwrap();
+        l2.restart_empty();
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            clock.advance(Duration::from_millis(250));
+        }
+        let read = reader.get_key::<u64>(&key).await.unwrap().map(|v| *v);
+        assert_ne!(
+            read,
+            Some(1),
+            "the reader serves v1 5 s after v2 was acknowledged"
+        );
+        writer.shutdown().await;
+        reader.shutdown().await;
+    }
+}

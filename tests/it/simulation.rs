@@ -37,7 +37,7 @@ fn seeds_750_to_999_keep_every_read_within_the_bound() {
 }
 
 /// Replays one seed, `EDGE_CACHE_SIM_SEED` (default 0) with the flags in `EDGE_CACHE_SIM_FLAGS`
-/// (e.g. `--overlapping-writes`), printing its stats: what a failure's report tells you to run.
+/// (e.g. `--no-overlapping-writes`), printing its stats: what a failure's report tells you to run.
 #[test]
 fn replay_one_seed() {
     let seed = std::env::var("EDGE_CACHE_SIM_SEED")
@@ -106,26 +106,31 @@ fn a_node_bound_looser_than_the_promise_is_caught() {
 fn a_failure_names_the_command_that_replays_it() {
     let outcome = sim::run(SimConfig::new(5).plant(Plant::StaleReads));
     let mut failure = outcome.into_result().expect_err("planted");
-    failure.0.config = SimConfig::new(5).overlapping_writes(true);
+    failure.0.config = SimConfig::new(5).overlapping_writes(false);
     let text = failure.to_string();
     assert!(
-        text.contains("cargo xtask chaos --seeds 1 --first 5 --overlapping-writes"),
+        text.contains("cargo xtask chaos --seeds 1 --first 5 --no-overlapping-writes"),
         "{text}"
     );
     assert!(
-        text.contains(r#"EDGE_CACHE_SIM_SEED=5 EDGE_CACHE_SIM_FLAGS="--overlapping-writes""#),
+        text.contains(r#"EDGE_CACHE_SIM_SEED=5 EDGE_CACHE_SIM_FLAGS="--no-overlapping-writes""#),
         "{text}"
     );
 }
 
 #[test]
 fn flags_round_trip_and_unknown_ones_are_refused() {
-    let all = SimConfig::from_flags(9, &["--all-faults"]).unwrap();
-    assert!(all.overlapping_writes && all.repeated_restarts);
-    assert_eq!(SimConfig::from_flags(9, &all.flags()).unwrap(), all);
+    let neither =
+        SimConfig::from_flags(9, &["--no-overlapping-writes", "--no-repeated-restarts"]).unwrap();
+    assert!(!neither.overlapping_writes && !neither.repeated_restarts);
+    assert_eq!(SimConfig::from_flags(9, &neither.flags()).unwrap(), neither);
     assert_eq!(
-        sim::replay_command(&all),
-        "cargo xtask chaos --seeds 1 --first 9 --overlapping-writes --repeated-restarts"
+        sim::replay_command(&neither),
+        "cargo xtask chaos --seeds 1 --first 9 --no-overlapping-writes --no-repeated-restarts"
+    );
+    assert_eq!(
+        sim::replay_command(&SimConfig::new(9)),
+        "cargo xtask chaos --seeds 1 --first 9"
     );
     assert_eq!(
         SimConfig::from_flags::<&str>(9, &[]).unwrap(),

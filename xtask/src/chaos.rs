@@ -10,18 +10,17 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use edge_cache_tests::sim::{self, SimConfig};
 
-const HELP: &str = "usage: cargo xtask chaos --seeds N [--first S] [--overlapping-writes] \
-[--repeated-restarts] [--all-faults]
+const HELP: &str = "usage: cargo xtask chaos --seeds N [--first S] [--no-overlapping-writes] \
+[--no-repeated-restarts]
 
 Runs the deterministic fleet simulation on N seeds (from S; default: the Unix time in seconds),
 each a fleet of 3 to 5 nodes under faults drawn from the seed, judged read by read against the
 staleness bound. A failing seed prints its report and the command that replays it.
 
-  --overlapping-writes   let a key's next change land while the call that made the previous one
-                         is still returning (off by default: a known write-path bug)
-  --repeated-restarts    let L2 lose its logs twice while nodes follow them (off by default: a
-                         known bug with logs that have no epoch)
-  --all-faults           both";
+  --no-overlapping-writes  never let a key's next change land while the call that made the
+                           previous one is still returning
+  --no-repeated-restarts   never let L2 lose its logs twice while nodes follow them
+(both patterns are in by default; leaving one out tells whether a failure needs it)";
 
 /// What `chaos` was asked to do.
 #[derive(Debug, PartialEq, Eq)]
@@ -120,13 +119,20 @@ mod tests {
 
     #[test]
     fn seeds_first_and_flags_parse_and_nonsense_does_not() {
-        let chaos = parse(&args(&["--seeds", "200", "--first", "7", "--all-faults"])).unwrap();
+        let chaos = parse(&args(&[
+            "--seeds",
+            "200",
+            "--first",
+            "7",
+            "--no-repeated-restarts",
+        ]))
+        .unwrap();
         assert_eq!(
             chaos,
             Chaos {
                 seeds: 200,
                 first: Some(7),
-                flags: vec!["--all-faults".to_owned()],
+                flags: vec!["--no-repeated-restarts".to_owned()],
                 help: false,
             }
         );

@@ -33,9 +33,10 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-/// The epoch of a namespace whose log holds nothing yet: no sequenced change was made since
-/// the store started (or since it lost its data). The first change starts a real epoch, whose
-/// number 1 follows this one's 0 without a gap.
+/// No epoch: what [`LogRead::empty`] reports. Stores give a log an epoch when it is first read
+/// (see [`crate::L2Store::read_log`]), so a real log never has this one; a cursor that
+/// follows it takes the first epoch it meets as the continuation of nothing (its number 1
+/// follows this one's 0 without a gap).
 pub const NO_EPOCH: u64 = 0;
 
 /// How many out-of-order positions a cursor remembers above its contiguous mark before it gives

@@ -305,7 +305,10 @@ pub trait L2Store: Send + Sync {
 
     /// Reads `key_namespace`'s log in one atomic step: its epoch, its head, the first number
     /// it still holds, and the entries after `after`, at most `limit` of them (see
-    /// [`LogRead`]). A namespace with no log yet reads as [`LogRead::empty`].
+    /// [`LogRead`]). A namespace with no log yet is given one, in the same step: a new epoch
+    /// with nothing in it, which the next change continues. (Were an empty log reported
+    /// without an epoch, the empty log a restart leaves behind would look like the one a reader
+    /// saw before a change it missed.)
     ///
     /// # Errors
     /// [`crate::ErrorKind::L2`] when the store cannot be reached;

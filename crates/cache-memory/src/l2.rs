@@ -740,12 +740,14 @@ impl L2Store for MemoryL2 {
             ));
         }
         self.check_available()?;
-        let state = self.lock();
+        // Reading a log gives it an epoch even before its first change, so the empty log a
+        // restart leaves is another epoch than the empty log a node read before it.
+        let mut state = self.lock();
         Ok(state
-            .namespaces
-            .get(key_namespace)
-            .and_then(|ns| ns.log.as_ref())
-            .map_or_else(LogRead::empty, |log| log.read(after, limit)))
+            .namespace_mut(key_namespace)
+            .log
+            .get_or_insert_with(Log::start)
+            .read(after, limit))
     }
 
     async fn fence(&self, key: &CacheKey) -> Result<Fence> {

@@ -82,12 +82,12 @@ return out
 macro_rules! announce_lua {
     () => {
         r#"
-local function new_epoch(q, l)
+local function new_epoch(q, l, n)
   local t = redis.call('TIME')
   local e = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('HSET', q, 'e', e, 'n', 1)
+  redis.call('HSET', q, 'e', e, 'n', n)
   if redis.call('EXISTS', l) == 1 then redis.call('DEL', l) end
-  return e, 1
+  return e, n
 end
 local function announce1(q, l, name, ev, maxlen, channel)
   if maxlen == '0' then
@@ -96,7 +96,7 @@ local function announce1(q, l, name, ev, maxlen, channel)
   end
   local n = redis.call('HINCRBY', q, 'n', 1)
   local e = redis.call('HGET', q, 'e')
-  if n == 1 or not e then e, n = new_epoch(q, l) end
+  if not e then e, n = new_epoch(q, l, 1) end
   local msg = ev .. ',"pos":[[' .. name .. ',' .. e .. ',' .. n .. ']]}'
   redis.call('XADD', l, 'MAXLEN', '~', maxlen, n .. '-0', 'm', msg)
   redis.call('PUBLISH', channel, msg)
@@ -110,7 +110,7 @@ local function announce(q, l, names, ev, maxlen, channel)
   for i = 1, #names do
     local n = redis.call('HINCRBY', q[i], 'n', 1)
     local e = redis.call('HGET', q[i], 'e')
-    if n == 1 or not e then e, n = new_epoch(q[i], l[i]) end
+    if not e then e, n = new_epoch(q[i], l[i], 1) end
     parts[i] = '[' .. names[i] .. ',' .. e .. ',' .. n .. ']'
     seqs[i] = n
   end
@@ -228,16 +228,24 @@ return removed
 );
 
 /// One namespace's log, read in one step. KEYS: the sequence hash, the log stream; ARGV: the
-/// number to read after, the most entries to return. Returns epoch ('0' for none), head, the
-/// first number held, then each entry's id and message.
+/// number to read after, the most entries to return. A namespace without a log is given one
+/// (a new epoch, with nothing in it), so that the empty log a restart leaves behind is another
+/// epoch than the one a reader saw before it. Returns epoch, head, the first number held, then
+/// each entry's id and message.
 const READ_LOG: &str = r"
 local q = redis.call('HMGET', KEYS[1], 'e', 'n')
-if not q[1] then return {'0', '0', '1'} end
-local head = tonumber(q[2])
+local e, head = q[1], tonumber(q[2] or '0')
+if not e then
+  local t = redis.call('TIME')
+  e = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('HSET', KEYS[1], 'e', e, 'n', 0)
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DEL', KEYS[2]) end
+  head = 0
+end
 local first = head + 1
 local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 if #oldest > 0 then first = tonumber(string.match(oldest[1][1], '^(%d+)')) end
-local out = {q[1], q[2], tostring(first)}
+local out = {e, tostring(head), tostring(first)}
 local after = tonumber(ARGV[1])
 if after < head then
   local entries = redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', '+', 'COUNT', ARGV[2])

@@ -158,6 +158,10 @@ impl<C: Codec> EdgeCache<C> {
             }
             other => other,
         };
+        // Read before the write is sent: a change of this namespace's L1 while the write is on
+        // its way (an event applied, an invalidation issued here) may be newer than the write,
+        // and the write's copy must not be cached over it.
+        let epoch = ns.epoch.load(std::sync::atomic::Ordering::SeqCst);
         let written = match inner.l2.set(write).await {
             Err(e) if announced_by_l2 && inner.published_late(&e) => true,
             Ok(written) => written,
@@ -192,16 +196,25 @@ impl<C: Codec> EdgeCache<C> {
             // on top of it. Without a copy (L1 was bypassed when the write began: the bus was
             // down) the key is dropped instead: the bus may be back by now, and a read since
             // may have found the previous value in L2.
-            inner.change_l1(ns, |l1| match l1_copy {
-                Some(copy) => l1.insert(
-                    *key.digest(),
-                    L1Entry::new(copy, inner.clock.now().saturating_add(ttl), size_bytes),
-                    &tags,
-                ),
-                None => {
-                    l1.remove(key.digest());
+            // Under the gate, as `change_l1` does, and only if nothing changed L1 since the
+            // write was sent; otherwise the key is dropped (a miss, never a stale hit).
+            let _gate = ns
+                .gate
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let unchanged = ns.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == epoch;
+            if let Some(l1) = ns.l1.as_deref() {
+                match l1_copy {
+                    Some(copy) if unchanged => l1.insert(
+                        *key.digest(),
+                        L1Entry::new(copy, inner.clock.now().saturating_add(ttl), size_bytes),
+                        &tags,
+                    ),
+                    _ => {
+                        l1.remove(key.digest());
+                    }
                 }
-            });
+            }
         }
         inner.counters.sets.add(1);
         match publish_after {
