@@ -556,12 +556,14 @@ impl Workload {
         self.acks.load(SeqCst)
     }
 
-    /// Waits until `n` more changes are acknowledged.
+    /// Waits until `n` more changes are acknowledged (times the scale `cargo xtask chaos
+    /// --faults SCALE` sets, for the long versions).
     async fn progress(&self, n: u64) {
-        let target = self.acks() + n;
+        let scale = scale();
+        let target = self.acks() + n * scale;
         eventually(
             &format!("{target} changes acknowledged"),
-            DEADLINE,
+            DEADLINE * u32::try_from(scale).unwrap_or(u32::MAX),
             || async { self.acks() >= target },
         )
         .await;
@@ -1547,4 +1549,14 @@ async fn race_round(fleet: &Fleet, held: &HeldL2, round: usize, race: Race) {
             "{race:?}: round {round} served what the fill brought after the change was applied"
         );
     }
+}
+
+/// How many times longer each workload phase runs: `EDGE_CACHE_FAULT_SCALE` (at least 1; 1, the
+/// short versions, by default). `cargo xtask chaos --faults SCALE` sets it.
+fn scale() -> u64 {
+    std::env::var("EDGE_CACHE_FAULT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1)
 }

@@ -1,6 +1,8 @@
-//! `cargo xtask chaos --seeds N [--first S] [flags]`: the deterministic fleet simulation
-//! (`edge_cache_tests::sim`) over `N` seeds from `S`, on every core; a failing seed prints its
-//! report and the one command that replays it.
+//! `cargo xtask chaos --seeds N [--first S] [flags] [--faults SCALE]`: the deterministic fleet
+//! simulation (`edge_cache_tests::sim`) over `N` seeds from `S`, on every core; a failing seed
+//! prints its report and the one command that replays it. With `--faults`, then the real-Redis
+//! fault suite (`tests/it/redis_faults.rs`) in a release build, each workload `SCALE` times as
+//! long as in `cargo xtask test`.
 //!
 //! Without `--first`, the seeds start at the current Unix time in seconds, so each run explores
 //! seeds the test suite (0..1000) does not; the range is printed first.
@@ -10,8 +12,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use edge_cache_tests::sim::{self, SimConfig};
 
-const HELP: &str = "usage: cargo xtask chaos --seeds N [--first S] [--no-overlapping-writes] \
-[--no-repeated-restarts]
+const HELP: &str = "usage: cargo xtask chaos [--seeds N] [--first S] [--no-overlapping-writes] \
+[--no-repeated-restarts] [--faults SCALE]
 
 Runs the deterministic fleet simulation on N seeds (from S; default: the Unix time in seconds),
 each a fleet of 3 to 5 nodes under faults drawn from the seed, judged read by read against the
@@ -20,7 +22,10 @@ staleness bound. A failing seed prints its report and the command that replays i
   --no-overlapping-writes  never let a key's next change land while the call that made the
                            previous one is still returning
   --no-repeated-restarts   never let L2 lose its logs twice while nodes follow them
-(both patterns are in by default; leaving one out tells whether a failure needs it)";
+(both patterns are in by default; leaving one out tells whether a failure needs it)
+  --faults SCALE           then run the real-Redis fault suite (each test starts its own
+                           redis-server) with every workload SCALE times as long as in
+                           `cargo xtask test`; at least one of --seeds and --faults is needed";
 
 /// What `chaos` was asked to do.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,6 +33,7 @@ pub(crate) struct Chaos {
     seeds: u64,
     first: Option<u64>,
     flags: Vec<String>,
+    faults: Option<u64>,
     help: bool,
 }
 
@@ -36,6 +42,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Chaos> {
         seeds: 0,
         first: None,
         flags: Vec::new(),
+        faults: None,
         help: false,
     };
     let mut seeds = None;
@@ -52,6 +59,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Chaos> {
         match arg.as_str() {
             "--seeds" => seeds = Some(number("--seeds")?),
             "--first" => chaos.first = Some(number("--first")?),
+            "--faults" => chaos.faults = Some(number("--faults")?.max(1)),
             "--help" | "-h" => chaos.help = true,
             flag => {
                 SimConfig::from_flags(0, &[flag]).map_err(|e| anyhow::anyhow!("{e}\n\n{HELP}"))?;
@@ -62,8 +70,8 @@ pub(crate) fn parse(args: &[String]) -> Result<Chaos> {
     match seeds {
         Some(n) if n > 0 => chaos.seeds = n,
         Some(_) => bail!("--seeds must be at least 1"),
-        None if chaos.help => {}
-        None => bail!("--seeds N is required\n\n{HELP}"),
+        None if chaos.help || chaos.faults.is_some() => {}
+        None => bail!("--seeds N or --faults SCALE is required\n\n{HELP}"),
     }
     Ok(chaos)
 }
@@ -73,13 +81,40 @@ pub(crate) fn run(chaos: Chaos) -> Result<()> {
         println!("{HELP}");
         return Ok(());
     }
+    if chaos.seeds > 0 {
+        simulate(&chaos)?;
+    }
+    if let Some(scale) = chaos.faults {
+        let scale = scale.to_string();
+        crate::run_with_env(
+            "cargo",
+            &[
+                "test",
+                "--release",
+                "--package",
+                "edge-cache-tests",
+                "--test",
+                "it",
+                "redis_faults",
+                "--",
+                "--nocapture",
+            ],
+            &[("EDGE_CACHE_FAULT_SCALE", &scale)],
+        )
+        .context("the real-Redis fault suite failed")?;
+    }
+    Ok(())
+}
+
+/// The simulation over the seeds `chaos` names.
+fn simulate(chaos: &Chaos) -> Result<()> {
     let first = chaos.first.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs())
     });
     let seeds = first..first.saturating_add(chaos.seeds);
-    let flags = chaos.flags;
+    let flags = &chaos.flags;
     println!(
         "xtask: chaos: seeds {}..{}{}{}",
         seeds.start,
@@ -89,7 +124,7 @@ pub(crate) fn run(chaos: Chaos) -> Result<()> {
     );
     let started = Instant::now();
     let result = sim::run_seeds_with(seeds, |seed| {
-        SimConfig::from_flags(seed, &flags).expect("the flags were checked when parsed")
+        SimConfig::from_flags(seed, flags).expect("the flags were checked when parsed")
     });
     let elapsed = started.elapsed();
     match result {
@@ -133,11 +168,16 @@ mod tests {
                 seeds: 200,
                 first: Some(7),
                 flags: vec!["--no-repeated-restarts".to_owned()],
+                faults: None,
                 help: false,
             }
         );
         assert!(parse(&args(&["--help"])).unwrap().help);
-        assert!(parse(&args(&[])).is_err(), "--seeds is required");
+        assert!(
+            parse(&args(&[])).is_err(),
+            "--seeds or --faults is required"
+        );
+        assert_eq!(parse(&args(&["--faults", "20"])).unwrap().faults, Some(20));
         assert!(parse(&args(&["--seeds", "0"])).is_err());
         assert!(parse(&args(&["--seeds", "x"])).is_err());
         assert!(parse(&args(&["--seeds", "1", "--fast"])).is_err());
