@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use cache_core::event::WriteAnnouncement;
 use cache_core::log::{positions_in_tail, LogPosition, NO_EPOCH};
-use cache_core::{BusItem, CacheKey, Event, EventBus, EventType, L2Store, L2Write, Subscription};
+use cache_core::{
+    BusItem, CacheKey, ErrorKind, Event, EventBus, EventType, Fence, L2Store, L2Write,
+    LoggedChange, Subscription,
+};
 use cache_redis::{RedisBus, RedisConfig, RedisL2};
 use test_support::RedisServer;
 
@@ -201,6 +204,111 @@ pub(crate) async fn trimming(l2: Arc<dyn L2Store>, length: u64) {
     assert_eq!(seqs, (log.first..=log.head).collect::<Vec<_>>());
 }
 
+/// `L2Store::change_and_log`: each change is made, sequenced and logged exactly as an
+/// announced one, the message as logged is returned, and nothing is published on `bus` (the
+/// store's own route).
+pub(crate) async fn logging_without_publishing(l2: Arc<dyn L2Store>, bus: Arc<dyn EventBus>) {
+    let l2 = &*l2;
+    let mut sub = bus.subscribe().await.unwrap();
+    let ns = "split";
+    let start = l2.read_log(ns, 0, 100).await.unwrap();
+    let epoch = start.epoch;
+    let positions = |msg: &[u8]| {
+        positions_in_tail(msg)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.key_namespace, p.epoch, p.seq))
+            .collect::<Vec<_>>()
+    };
+
+    let (a, b) = (key(ns, 1), key(ns, 2));
+    let set = l2
+        .change_and_log(
+            LoggedChange::Set(
+                L2Write::new(a.clone(), b"v1".to_vec(), TTL).tags(vec!["t".to_owned()]),
+            ),
+            write_event(&a),
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.count, 1);
+    let first = set.message.unwrap();
+    assert_eq!(positions(&first), vec![(ns.to_owned(), epoch, 1)]);
+    assert_eq!(l2.get(&a).await.unwrap().unwrap().bytes, b"v1");
+
+    let deleted = l2
+        .change_and_log(LoggedChange::Delete(b.clone()), write_event(&b))
+        .await
+        .unwrap();
+    assert_eq!(deleted.count, 0, "b was never written");
+    assert_eq!(
+        positions(&deleted.message.unwrap()),
+        vec![(ns.to_owned(), epoch, 2)]
+    );
+
+    let tagged = l2
+        .change_and_log(
+            LoggedChange::InvalidateTag {
+                key_namespace: ns.to_owned(),
+                tag: "t".to_owned(),
+            },
+            event(&[ns]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tagged.count, 1);
+    assert!(l2.get(&a).await.unwrap().is_none());
+
+    let other = l2.read_log("split_other", 0, 1).await.unwrap();
+    let both = l2
+        .change_and_log(
+            LoggedChange::InvalidateNamespaces(vec![ns.to_owned(), "split_other".to_owned()]),
+            event(&[ns, "split_other"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.count, 2);
+    let both = both.message.unwrap();
+    assert_eq!(
+        positions(&both),
+        vec![
+            (ns.to_owned(), epoch, 4),
+            ("split_other".to_owned(), other.epoch, 1)
+        ]
+    );
+
+    // A fill that writes nothing is not logged.
+    let fence = l2.fence(&a).await.unwrap();
+    l2.set(L2Write::new(a.clone(), b"v2".to_vec(), TTL))
+        .await
+        .unwrap();
+    let fill = l2
+        .change_and_log(
+            LoggedChange::Set(
+                L2Write::new(a.clone(), b"old".to_vec(), TTL).fence(Some(Fence(fence.0))),
+            ),
+            write_event(&a),
+        )
+        .await
+        .unwrap();
+    assert_eq!((fill.count, fill.message), (0, None));
+    assert_eq!(
+        l2.change_and_log(LoggedChange::Delete(a.clone()), b"not an event".to_vec())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::MalformedEvent
+    );
+
+    let log = l2.read_log(ns, 0, 100).await.unwrap();
+    assert_eq!((log.epoch, log.head), (epoch, 4), "nothing else was logged");
+    assert_eq!(log.entries[0], (1, first));
+    assert_eq!(log.entries[3], (4, both));
+    // Nothing was published: the first message the subscription gets is this one.
+    bus.publish(b"{\"marker\":1}".to_vec()).await.unwrap();
+    assert_eq!(next_message(&mut sub).await, b"{\"marker\":1}");
+}
+
 fn redis_config(server: &RedisServer) -> RedisConfig {
     RedisConfig::new(server.url()).log_length(10)
 }
@@ -267,5 +375,44 @@ async fn redis_without_an_event_log_publishes_events_as_they_are() {
     assert_eq!(
         l2.read_log("avail", 0, 10).await.unwrap_err().kind(),
         cache_core::ErrorKind::InvalidConfig
+    );
+}
+
+#[tokio::test]
+async fn redis_logs_a_change_without_publishing_it() {
+    let server = RedisServer::start();
+    let config = redis_config(&server);
+    let l2: Arc<dyn L2Store> = Arc::new(RedisL2::connect(&config).await.unwrap());
+    let bus: Arc<dyn EventBus> = Arc::new(RedisBus::connect(&config).await.unwrap());
+    logging_without_publishing(l2, bus).await;
+    let unlogged = RedisL2::connect(&RedisConfig::new(server.url()).without_event_log())
+        .await
+        .unwrap();
+    let k = key("split", 1);
+    assert_eq!(
+        unlogged
+            .change_and_log(LoggedChange::Delete(k.clone()), write_event(&k))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidConfig
+    );
+}
+
+#[tokio::test]
+async fn the_in_process_store_logs_a_change_without_publishing_it() {
+    let bus = Arc::new(cache_memory::MemoryBus::new());
+    let l2 = cache_memory::MemoryL2::new(64 << 20, Arc::new(cache_memory::SystemClock))
+        .announce_on(bus.clone());
+    logging_without_publishing(Arc::new(l2), bus).await;
+    let unlogged = cache_memory::MemoryL2::new(1 << 20, Arc::new(cache_memory::SystemClock));
+    let k = key("split", 1);
+    assert_eq!(
+        unlogged
+            .change_and_log(LoggedChange::Delete(k.clone()), write_event(&k))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidConfig
     );
 }

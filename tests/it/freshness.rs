@@ -32,13 +32,27 @@ impl Fleet {
     }
 
     async fn with(namespaces: Namespaces, log_capacity: usize) -> Self {
+        Self::build(namespaces, log_capacity, None).await
+    }
+
+    /// Nodes whose bus is not on L2's route: L2 announces on `l2_bus`, the nodes publish and
+    /// subscribe on another.
+    async fn split(l2_bus: Arc<MemoryBus>) -> Self {
+        Self::build(Namespaces::defaults(), usize::MAX, Some(l2_bus)).await
+    }
+
+    async fn build(
+        namespaces: Namespaces,
+        log_capacity: usize,
+        l2_bus: Option<Arc<MemoryBus>>,
+    ) -> Self {
         let clock = Arc::new(ManualClock::new(Timestamp::from_nanos(
             1_750_000_000_000_000_000,
         )));
         let bus = Arc::new(MemoryBus::new());
         let l2 = Arc::new(
             MemoryL2::new(64 << 20, clock.clone() as Arc<dyn Clock>)
-                .announce_on(bus.clone())
+                .announce_on(l2_bus.unwrap_or_else(|| bus.clone()))
                 .log_capacity(log_capacity.min(100_000)),
         );
         let node = |id: &str| {
@@ -618,4 +632,119 @@ mod epoch_lost_between_two_empty_logs {
         writer.shutdown().await;
         reader.shutdown().await;
     }
+}
+
+/// The next message on `sub`, skipping connection states.
+async fn next_message(sub: &mut Box<dyn cache_core::Subscription>) -> Vec<u8> {
+    loop {
+        match tokio::time::timeout(DEADLINE, sub.next()).await {
+            Ok(Some(cache_core::BusItem::Message(bytes))) => return bytes,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the subscription ended"),
+            Err(_) => panic!("no message within {DEADLINE:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn nodes_whose_bus_is_not_on_l2s_route_follow_the_log() {
+    let l2_bus = Arc::new(MemoryBus::new());
+    let fleet = Fleet::split(l2_bus.clone()).await;
+    assert_ne!(fleet.l2.announce_route(), fleet.bus.route());
+    fleet.warm("gpu_availability").await;
+    let applied = fleet.reader.stats().namespaces[0].log_applied;
+    assert!(
+        applied.is_some_and(|(_, seq)| seq >= u64::from(WARM)),
+        "the writes' positions reached the reader: {applied:?}"
+    );
+    fleet.bus.drop_next(1);
+    fleet.write("gpu_availability", 0, "v1").await;
+    fleet.write("gpu_availability", 1, "v1").await;
+    eventually("the lost write's event is replayed", DEADLINE, || async {
+        fleet.read("gpu_availability", 0).await.as_deref() == Some("v1")
+    })
+    .await;
+    let stats = fleet.reader.stats();
+    assert!(stats.gaps_detected >= 1, "{stats:?}");
+    assert!(stats.events_replayed >= 1, "{stats:?}");
+    assert_eq!(
+        stats.resyncs + stats.drops_trimmed + stats.drops_new_epoch,
+        0
+    );
+    assert_eq!(
+        fleet.surviving("gpu_availability", &[0, 1]).await,
+        u64::from(WARM) - 2,
+        "every other warm entry is still served from L1"
+    );
+    // Invalidations go the same way: logged by L2, published by the node.
+    fleet
+        .writer
+        .invalidate_namespace("gpu_availability", "test")
+        .await
+        .unwrap();
+    eventually("the reader applies the invalidation", DEADLINE, || async {
+        fleet.reader.stats().namespaces[0].l1_entries == 0
+    })
+    .await;
+    assert_eq!(
+        l2_bus.published(),
+        0,
+        "L2 published nothing on its own route"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_publication_is_pending_retried_and_the_reader_converges_from_the_log() {
+    let fleet = Fleet::split(Arc::new(MemoryBus::new())).await;
+    fleet.warm("gpu_availability").await;
+    // A receiver that only hears the bus (no log): it gets what the republishing sends.
+    let mut listener = fleet.bus.subscribe().await.unwrap();
+    fleet.bus.fail_publishes(true);
+    let key = json!({ "id": 3 });
+    for value in ["v1", "v2"] {
+        let err = fleet
+            .writer
+            .set("gpu_availability", &key, &value.to_owned())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), cache_core::ErrorKind::Bus);
+        assert!(err.to_string().contains("pending"), "{err}");
+    }
+    assert_eq!(
+        fleet.writer.stats().pending_publications,
+        1,
+        "two failed writes of one key leave one pending publication: the newest"
+    );
+    // The change is in the log: the reader's liveness check replays it within the bound.
+    eventually("the reader converges from the log", DEADLINE, || async {
+        fleet.read("gpu_availability", 3).await.as_deref() == Some("v2")
+    })
+    .await;
+    assert!(fleet.reader.stats().events_replayed >= 2);
+    eventually(
+        "the writer retries while publishes fail",
+        DEADLINE,
+        || async { fleet.writer.stats().publish_retries >= 1 },
+    )
+    .await;
+    assert_eq!(fleet.writer.stats().pending_publications, 1);
+    fleet.bus.fail_publishes(false);
+    eventually("the pending set empties", DEADLINE, || async {
+        fleet.writer.stats().pending_publications == 0
+    })
+    .await;
+    let key_namespace = &fleet
+        .writer
+        .namespace("gpu_availability")
+        .unwrap()
+        .key_namespace;
+    let head = fleet.l2.read_log(key_namespace, 0, 100_000).await.unwrap();
+    let newest = head.entries.last().unwrap().1.clone();
+    assert_eq!(
+        next_message(&mut listener).await,
+        newest,
+        "the newest write's message, as logged, is republished (the older one is superseded)"
+    );
+    fleet.shutdown().await;
 }

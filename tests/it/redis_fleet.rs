@@ -846,3 +846,87 @@ async fn a_write_from_a_node_behind_an_invalidation_is_not_lost() {
         "both nodes applied everything since set_key of \"new\" returned Ok"
     );
 }
+
+/// A node whose L2 is on one redis-server and whose bus is on another follows the logs all the
+/// same: L2 logs each change without publishing it (no PUBLISH ever runs on L2's server) and
+/// the node publishes the message as logged. A write whose publication fails (the bus's server
+/// is down) is acknowledged as made and logged with `ErrorKind::Bus`, kept pending, and
+/// published once the bus is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_whose_bus_is_on_another_server_follow_the_log_and_retry_failed_publications() {
+    let l2_server = RedisServer::start();
+    let mut bus_server = RedisServer::start();
+    let split_node = |id: &'static str| {
+        let (l2_config, bus_config) = (config(&l2_server), config(&bus_server));
+        async move {
+            let l2: Arc<dyn L2Store> = Arc::new(RedisL2::connect(&l2_config).await.unwrap());
+            let bus: Arc<dyn EventBus> = Arc::new(RedisBus::connect(&bus_config).await.unwrap());
+            assert_ne!(l2.announce_route(), bus.route());
+            EdgeCache::builder()
+                .node_id(id)
+                .l2(l2)
+                .bus(bus)
+                .staleness_bound(Duration::from_millis(1_500))
+                .liveness_interval(Duration::from_millis(100))
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let writer = split_node("writer").await;
+    let reader = split_node("reader").await;
+    let gpu = json!({"gpu_id": "g-1"});
+    writer
+        .set("gpu_availability", &gpu, &"v1".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(avail(&reader, "g-1").await.as_deref(), Some("v1"));
+    writer
+        .set("gpu_availability", &gpu, &"v2".to_owned())
+        .await
+        .unwrap();
+    eventually("the reader hears the write", DEADLINE, || async {
+        avail(&reader, "g-1").await.as_deref() == Some("v2")
+    })
+    .await;
+    let applied = reader.stats().namespaces[0].log_applied;
+    assert!(
+        applied.is_some_and(|(_, seq)| seq >= 2),
+        "the reader follows the log: {applied:?}"
+    );
+
+    bus_server.stop();
+    let err = writer
+        .set("gpu_availability", &gpu, &"v3".to_owned())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), cache_core::ErrorKind::Bus, "{err}");
+    assert!(err.to_string().contains("pending"), "{err}");
+    assert_eq!(writer.stats().pending_publications, 1);
+    // Within the bound: L2 has it, and the reader's L1 is bypassed once it notices its bus is
+    // gone, or told by the log.
+    eventually("the reader reads the write", DEADLINE, || async {
+        avail(&reader, "g-1").await.as_deref() == Some("v3")
+    })
+    .await;
+
+    bus_server.restart();
+    eventually("the pending publication goes out", DEADLINE, || async {
+        writer.stats().pending_publications == 0
+    })
+    .await;
+    assert!(writer.stats().publish_retries >= 1);
+    eventually("the reader is back on its L1", DEADLINE, || async {
+        reader.health().await.bus_connected
+            && reader.stats().namespaces[0].l1_in_use
+            && avail(&reader, "g-1").await.as_deref() == Some("v3")
+    })
+    .await;
+    assert_eq!(
+        calls(&l2_server, "publish").await,
+        0,
+        "L2 published nothing"
+    );
+    writer.shutdown().await;
+    reader.shutdown().await;
+}

@@ -119,6 +119,8 @@ pub(crate) struct NodeL2 {
     pub(crate) store: Arc<MemoryL2>,
     pub(crate) link: Arc<NodeLink>,
     pub(crate) world: Arc<World>,
+    /// Reports no event log (a planted bug: the node follows none).
+    pub(crate) unsequenced: bool,
 }
 
 #[async_trait]
@@ -206,7 +208,7 @@ impl L2Store for NodeL2 {
     }
 
     fn sequenced(&self) -> bool {
-        self.store.sequenced()
+        !self.unsequenced && self.store.sequenced()
     }
 
     async fn read_log(&self, key_namespace: &str, after: u64, limit: usize) -> Result<LogRead> {

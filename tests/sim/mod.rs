@@ -102,8 +102,9 @@ pub enum Plant {
     None,
     /// node-0's reads are recorded one version older than they returned.
     StaleReads,
-    /// node-0's bus does not share L2's route, so it follows no log, and its subscription goes
-    /// deaf for long stretches: it misses invalidations silently. (It issues no changes.)
+    /// node-0's L2 reports no event log (and its bus does not share L2's route), so it follows
+    /// no log, and its subscription goes deaf for long stretches: it misses invalidations
+    /// silently. (It issues no changes.)
     UnsequencedNode,
     /// The nodes are built with a staleness bound four times the one checked, and node-0 (which
     /// issues no changes) is cut off from L2 and the bus for longer than the checked bound.
@@ -776,6 +777,7 @@ async fn simulate(config: SimConfig) -> Outcome {
             store: Arc::clone(&l2),
             link: Arc::clone(link),
             world: Arc::clone(&world),
+            unsequenced: params.unsequenced == Some(i),
         };
         let node_bus = NodeBus {
             bus: Arc::clone(&bus),

@@ -37,7 +37,8 @@ pub use log::{HeadCheck, LogCursor, LogPosition, LogRead, Observed};
 pub use namespace::{NamespaceConfig, Namespaces, OutagePolicy};
 pub use routing::Routing;
 pub use store::{
-    Fence, L1Entry, L1Factory, L1Store, L1Usage, L2Entry, L2Info, L2Store, L2Write, SharedValue,
+    Fence, L1Entry, L1Factory, L1Store, L1Usage, L2Entry, L2Info, L2Store, L2Write, Logged,
+    LoggedChange, SharedValue,
 };
 pub use time::{Clock, Timestamp};
 

@@ -190,6 +190,46 @@ impl L2Write {
     }
 }
 
+/// A change for [`L2Store::change_and_log`]: what the store makes, sequences and logs in one
+/// step.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoggedChange {
+    /// [`L2Store::set`] of this write (its [`L2Write::announce`] is ignored).
+    Set(L2Write),
+    /// [`L2Store::delete`] of this key.
+    Delete(CacheKey),
+    /// [`L2Store::invalidate_tag`] of `tag` in `key_namespace`.
+    InvalidateTag {
+        /// The namespace whose entries carry the tag.
+        key_namespace: String,
+        /// The tag.
+        tag: String,
+    },
+    /// [`L2Store::invalidate_namespaces`] of these namespaces.
+    InvalidateNamespaces(Vec<String>),
+}
+
+/// What [`L2Store::change_and_log`] did.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// What the change reports: 1 or 0 for a write (0 only for a fenced write that wrote
+    /// nothing) and for a delete (whether the key was there), the entries removed for a tag
+    /// invalidation, the namespaces invalidated for a namespaces invalidation.
+    pub count: u64,
+    /// The event as logged, its positions spliced in: what the caller publishes on its bus.
+    /// `None` when nothing changed (a fenced write that wrote nothing), so nothing was logged.
+    pub message: Option<Vec<u8>>,
+}
+
+impl Logged {
+    /// A change reporting `count`, logged as `message`.
+    pub fn new(count: u64, message: Option<Vec<u8>>) -> Self {
+        Self { count, message }
+    }
+}
+
 /// The shared second-tier store (Redis in production, in-process when embedded).
 ///
 /// Contract for implementors: entries expire after their TTL; an entry written before an
@@ -301,6 +341,27 @@ pub trait L2Store: Send + Sync {
     /// [`L2Store::read_log`]. Default: false.
     fn sequenced(&self) -> bool {
         false
+    }
+
+    /// Makes `change`, gives it the next position in the log of each namespace it touches
+    /// and appends `event` (an encoded event ending in `}`) with those positions spliced in to
+    /// those logs, in one atomic step, exactly as an announcing change of a
+    /// [`L2Store::sequenced`] store does, but publishes nothing: the event *as logged* is
+    /// returned for the caller to publish on its own bus. For a node whose bus is not on this
+    /// store's [`L2Store::announce_route`]: receivers that miss the publication (or that the
+    /// caller fails to publish) replay it from the log. A fenced write that writes nothing is
+    /// neither sequenced nor logged.
+    ///
+    /// # Errors
+    /// As the change itself; [`crate::ErrorKind::MalformedEvent`] for an `event` that does not
+    /// end in `}` (nothing changed); [`crate::ErrorKind::InvalidConfig`] from a store that is
+    /// not sequenced (the default).
+    async fn change_and_log(&self, change: LoggedChange, event: Vec<u8>) -> Result<Logged> {
+        let _ = (change, event);
+        Err(crate::Error::new(
+            crate::ErrorKind::InvalidConfig,
+            "this L2 store keeps no event log",
+        ))
     }
 
     /// Reads `key_namespace`'s log in one atomic step: its epoch, its head, the first number
@@ -434,6 +495,9 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     }
     async fn read_log(&self, key_namespace: &str, after: u64, limit: usize) -> Result<LogRead> {
         (**self).read_log(key_namespace, after, limit).await
+    }
+    async fn change_and_log(&self, change: LoggedChange, event: Vec<u8>) -> Result<Logged> {
+        (**self).change_and_log(change, event).await
     }
     async fn fence(&self, key: &CacheKey) -> Result<Fence> {
         (**self).fence(key).await

@@ -175,8 +175,8 @@ impl<C: Codec> EdgeCacheBuilder<C> {
     }
 
     /// The staleness bound B; default [`DEFAULT_STALENESS_BOUND`]. On a node whose L2 keeps
-    /// an event log ([`L2Store::sequenced`], with L2 announcing on this node's bus: Redis, or
-    /// [`MemoryL2::announce_on`]), L1 of an event-driven namespace is served only while the
+    /// an event log ([`L2Store::sequenced`]: Redis, or [`MemoryL2::announce_on`], whatever
+    /// route this node's bus is on), L1 of an event-driven namespace is served only while the
     /// log confirmed, less than B ago, that the node had applied every change; so no read
     /// returns a value older than a change acknowledged more than B before it, whatever happens
     /// to connections or delivery. While the transport is healthy, staleness is the propagation

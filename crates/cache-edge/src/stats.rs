@@ -113,6 +113,9 @@ macro_rules! counters {
             /// The node's region.
             pub region: String,
             $( $(#[$doc])* pub $name: u64, )*
+            /// Publications of logged changes that failed and wait to be republished (a node
+            /// whose bus is not on L2's route; receivers replay those changes from the log).
+            pub pending_publications: u64,
             /// When the last event was applied.
             pub last_event_time: Option<Timestamp>,
             /// How late applied events were, from their issue to their application here.
@@ -128,6 +131,7 @@ macro_rules! counters {
                     node_id: node_id.to_owned(),
                     region: region.to_owned(),
                     $( $name: self.$name.get(), )*
+                    pending_publications: 0,
                     last_event_time: (last != 0).then(|| Timestamp::from_nanos(last)),
                     propagation_lag: LagHistogram {
                         buckets: LAG_BUCKETS
@@ -224,6 +228,9 @@ counters! {
     events_published,
     /// Publishes that failed.
     publish_errors,
+    /// Attempts to republish a pending publication (see
+    /// [`Stats::pending_publications`]).
+    publish_retries,
     /// Messages received from the bus (own ones included).
     events_received,
     /// Events applied to L1 (received from others or issued here).

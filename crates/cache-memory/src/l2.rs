@@ -31,7 +31,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use async_trait::async_trait;
 use cache_core::log::{splice_positions, LogPosition, LogRead};
 use cache_core::{
-    CacheKey, Clock, Error, ErrorKind, Fence, L2Entry, L2Store, L2Write, Result, Timestamp,
+    CacheKey, Clock, Error, ErrorKind, Fence, L2Entry, L2Store, L2Write, Logged, LoggedChange,
+    Result, Timestamp,
 };
 use quick_cache::unsync::Cache;
 use quick_cache::Weighter;
@@ -440,6 +441,8 @@ impl MemoryL2 {
     /// [`MemoryBus::fail_publishes`]), the change and its log entries stay, since the log is
     /// the durable record that receivers replay, and the call returns the [`ErrorKind::Bus`]
     /// error. The bus's other fault controls apply to these publishes as to any other.
+    /// [`L2Store::change_and_log`] makes, sequences and logs a change the same way without
+    /// publishing it, for a node whose bus is another one.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -748,6 +751,64 @@ impl L2Store for MemoryL2 {
             .log
             .get_or_insert_with(Log::start)
             .read(after, limit))
+    }
+
+    /// The change, its positions and its log entries under the one lock, as an announced
+    /// change of [`MemoryL2::announce_on`] makes them, without the publish.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] without [`MemoryL2::announce_on`];
+    /// [`ErrorKind::MalformedEvent`] for an event not ending in `}`; [`ErrorKind::L2`] while
+    /// the store is unavailable.
+    async fn change_and_log(&self, change: LoggedChange, event: Vec<u8>) -> Result<Logged> {
+        self.check_available()?;
+        self.announcer(&event)?;
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let capacity = self.log_capacity;
+        let logged = match change {
+            LoggedChange::Set(mut write) => {
+                write.announce = None;
+                let key_namespace = write.key.key_namespace().to_owned();
+                if !state.set(write, now, self.max_entry_weight) {
+                    return Ok(Logged::new(0, None));
+                }
+                Logged::new(1, Some(state.sequence(&[&key_namespace], &event, capacity)))
+            }
+            LoggedChange::Delete(key) => {
+                let removed = state.delete(&key, now);
+                let message = state.sequence(&[key.key_namespace()], &event, capacity);
+                Logged::new(u64::from(removed), Some(message))
+            }
+            LoggedChange::InvalidateTag { key_namespace, tag } => {
+                let removed = state.invalidate_tag(&key_namespace, &tag, now);
+                let message = state.sequence(&[&key_namespace], &event, capacity);
+                Logged::new(removed, Some(message))
+            }
+            LoggedChange::InvalidateNamespaces(key_namespaces) => {
+                let mut touched: Vec<&str> = Vec::with_capacity(key_namespaces.len());
+                for key_namespace in &key_namespaces {
+                    if !touched.contains(&key_namespace.as_str()) {
+                        touched.push(key_namespace);
+                    }
+                }
+                for key_namespace in &touched {
+                    state.invalidate_namespace(key_namespace);
+                }
+                let message = state.sequence(&touched, &event, capacity);
+                Logged::new(
+                    u64::try_from(touched.len()).unwrap_or(u64::MAX),
+                    Some(message),
+                )
+            }
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("the in-process L2 cannot log {other:?}"),
+                ))
+            }
+        };
+        Ok(logged)
     }
 
     async fn fence(&self, key: &CacheKey) -> Result<Fence> {

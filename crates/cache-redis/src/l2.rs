@@ -22,7 +22,9 @@
 //! hash to eviction, starts another), splices the positions into the event as its last field,
 //! `XADD`s it under id `<n>-0` to the namespace's stream trimmed to about
 //! [`crate::RedisConfig::log_length`] entries (`MAXLEN ~`), and `PUBLISH`es it: the change, its
-//! position, its log entry and its publication are one atomic step. A receiver reads the log
+//! position, its log entry and its publication are one atomic step ([`L2Store::change_and_log`]
+//! runs the same scripts with no channel: they log, publish nothing and return the message as
+//! logged, for a node whose bus is on another server to publish). A receiver reads the log
 //! back with one script ([`L2Store::read_log`]): epoch, head, the oldest number still held
 //! (the trim point), and the entries it asked for, by id range.
 //!
@@ -52,7 +54,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cache_core::{
-    CacheKey, Error, ErrorKind, Fence, L2Entry, L2Info, L2Store, L2Write, LogRead, Result,
+    CacheKey, Error, ErrorKind, Fence, L2Entry, L2Info, L2Store, L2Write, LogRead, Logged,
+    LoggedChange, Result,
 };
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
@@ -78,7 +81,9 @@ return out
 /// does the same for one namespace, without building tables (most changes touch one). All in
 /// the script's one atomic step, after the change it announces. `ev` is the event *without its
 /// closing brace*, so the positions are appended with one concatenation. A `maxlen` of `'0'`
-/// (the event log switched off) publishes the event as it is.
+/// (the event log switched off) publishes the event as it is. An empty `channel` logs without
+/// publishing and returns the message as logged, for the caller to publish on another server
+/// ([`L2Store::change_and_log`]); callers only pass one with a log.
 macro_rules! announce_lua {
     () => {
         r#"
@@ -99,6 +104,7 @@ local function announce1(q, l, name, ev, maxlen, channel)
   if not e then e, n = new_epoch(q, l, 1) end
   local msg = ev .. ',"pos":[[' .. name .. ',' .. e .. ',' .. n .. ']]}'
   redis.call('XADD', l, 'MAXLEN', '~', maxlen, n .. '-0', 'm', msg)
+  if channel == '' then return msg end
   redis.call('PUBLISH', channel, msg)
 end
 local function announce(q, l, names, ev, maxlen, channel)
@@ -118,6 +124,7 @@ local function announce(q, l, names, ev, maxlen, channel)
   for i = 1, #names do
     redis.call('XADD', l[i], 'MAXLEN', '~', maxlen, seqs[i] .. '-0', 'm', msg)
   end
+  if channel == '' then return msg end
   redis.call('PUBLISH', channel, msg)
 end
 "#
@@ -125,9 +132,10 @@ end
 }
 
 /// ARGV: hash, envelope, ttl ms, fenced (0/1), expected generation, expected fence, channel
-/// ('' for none), event, namespace name (JSON), log length, tags... The event is sequenced and
-/// published only after a write that happened. Returns whether it wrote (1 or 0) and the
-/// generation it wrote under.
+/// ('' to log without publishing), event ('' for none), namespace name (JSON), log length,
+/// tags... The event is sequenced and published only after a write that happened. Returns
+/// whether it wrote (1 or 0) and the generation it wrote under, then, when it logged without
+/// publishing, the message as logged.
 const SET: &str = concat!(
     announce_lua!(),
     r"
@@ -146,8 +154,9 @@ for i = 11, #ARGV do
   redis.call('SADD', t, k)
   if redis.call('PTTL', t) < ttl then redis.call('PEXPIRE', t, ttl) end
 end
-if ARGV[7] ~= '' then
-  announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[9], ARGV[8], ARGV[10], ARGV[7])
+if ARGV[8] ~= '' then
+  local msg = announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[9], ARGV[8], ARGV[10], ARGV[7])
+  if msg then return {1, g, msg} end
 end
 return {1, g}
 "
@@ -175,40 +184,48 @@ return g
 "
 );
 
-/// KEYS: the namespaces' prefixes; ARGV: channel ('' for none), event, log length, then each
-/// namespace's name as a JSON string, in the order of KEYS.
+/// KEYS: the namespaces' prefixes; ARGV: channel ('' to log without publishing), event ('' for
+/// none), log length, then each namespace's name as a JSON string, in the order of KEYS.
+/// Returns the number of namespaces, and, when it logged without publishing, the message as
+/// logged.
 const INVALIDATE_NAMESPACES: &str = concat!(
     announce_lua!(),
     r"
 for i = 1, #KEYS do redis.call('INCR', KEYS[i] .. 'g') end
-if ARGV[1] ~= '' then
+if ARGV[2] ~= '' then
   local q, l, names = {}, {}, {}
   for i = 1, #KEYS do
     q[i] = KEYS[i] .. 'q'
     l[i] = KEYS[i] .. 'l'
     names[i] = ARGV[3 + i]
   end
-  announce(q, l, names, ARGV[2], ARGV[3], ARGV[1])
+  local msg = announce(q, l, names, ARGV[2], ARGV[3], ARGV[1])
+  if msg then return {#KEYS, msg} end
 end
 return #KEYS
 "
 );
 
-/// ARGV: hash, channel ('' for none), event, namespace name (JSON), log length.
+/// ARGV: hash, channel ('' to log without publishing), event ('' for none), namespace name
+/// (JSON), log length. Returns how many entries it removed, and, when it logged without
+/// publishing, the message as logged.
 const DELETE: &str = concat!(
     announce_lua!(),
     r"
 local g = redis.call('GET', KEYS[1] .. 'g') or '0'
 redis.call('INCR', KEYS[1] .. 'f')
 local removed = redis.call('DEL', KEYS[1] .. g .. ':' .. ARGV[1])
-if ARGV[2] ~= '' then
-  announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[4], ARGV[3], ARGV[5], ARGV[2])
+if ARGV[3] ~= '' then
+  local msg = announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[4], ARGV[3], ARGV[5], ARGV[2])
+  if msg then return {removed, msg} end
 end
 return removed
 "
 );
 
-/// ARGV: tag, channel ('' for none), event, namespace name (JSON), log length.
+/// ARGV: tag, channel ('' to log without publishing), event ('' for none), namespace name
+/// (JSON), log length. Returns how many entries it removed, and, when it logged without
+/// publishing, the message as logged.
 const INVALIDATE_TAG: &str = concat!(
     announce_lua!(),
     r"
@@ -220,8 +237,9 @@ for i = 1, #members, 512 do
 end
 redis.call('DEL', t)
 redis.call('INCR', KEYS[1] .. 'f')
-if ARGV[2] ~= '' then
-  announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[4], ARGV[3], ARGV[5], ARGV[2])
+if ARGV[3] ~= '' then
+  local msg = announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[4], ARGV[3], ARGV[5], ARGV[2])
+  if msg then return {removed, msg} end
 end
 return removed
 "
@@ -459,6 +477,109 @@ impl RedisL2 {
         Ok((current.unwrap_or(0), None))
     }
 
+    /// `write`'s envelope and TTL in milliseconds.
+    ///
+    /// # Errors
+    /// [`ErrorKind::ValueTooLarge`] over the configured limit.
+    fn envelope(&self, write: &L2Write) -> Result<(Vec<u8>, u64)> {
+        if write.bytes.len() > self.max_value_bytes {
+            return Err(Error::new(
+                ErrorKind::ValueTooLarge,
+                format!(
+                    "{}: value of {} bytes exceeds the L2 limit of {} bytes; nothing was sent",
+                    write.key,
+                    write.bytes.len(),
+                    self.max_value_bytes
+                ),
+            ));
+        }
+        let ttl_ms = u64::try_from(write.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let expires_at_ms = unix_millis().saturating_add(ttl_ms);
+        Ok((
+            envelope::encode(expires_at_ms, &write.tags, &write.bytes),
+            ttl_ms,
+        ))
+    }
+
+    /// The SET script for `write`; `channel` and `event` as [`SET`] takes them. Returns whether
+    /// it wrote and, when it logged without publishing, the message as logged.
+    async fn set_script(
+        &self,
+        conn: &mut ConnectionManager,
+        write: &L2Write,
+        envelope: Vec<u8>,
+        ttl_ms: u64,
+        channel: &str,
+        event: &[u8],
+    ) -> Result<(bool, Option<Vec<u8>>)> {
+        let namespace = write.key.key_namespace();
+        let epoch = self.generations.epoch();
+        let (fenced, generation, fence) = match write.fence {
+            Some(Fence(f)) => ("1", (f >> 32).to_string(), (f & 0xffff_ffff).to_string()),
+            None => ("0", String::new(), String::new()),
+        };
+        let mut invocation = self.set.key(self.ns_prefix(namespace));
+        invocation
+            .arg(write.key.digest().to_hex())
+            .arg(envelope)
+            .arg(ttl_ms)
+            .arg(fenced)
+            .arg(generation)
+            .arg(fence)
+            .arg(channel)
+            .arg(event)
+            .arg(json_name(namespace))
+            .arg(self.log_length);
+        for tag in &write.tags {
+            invocation.arg(tag);
+        }
+        let reply: Vec<Value> = invocation
+            .invoke_async(conn)
+            .await
+            .map_err(|e| self.fail("SET", e))?;
+        let bad = || Error::new(ErrorKind::L2, "unexpected reply to the SET script");
+        let mut reply = reply.into_iter();
+        let written: i64 = reply
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .ok_or_else(bad)?;
+        let generation: u64 = reply
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .ok_or_else(bad)?;
+        let message = match reply.next() {
+            Some(v) => Some(redis::from_redis_value::<Vec<u8>>(v).map_err(|_| bad())?),
+            None => None,
+        };
+        // Remembered as a read's generation is, so the next write can skip the script.
+        self.generations.remember(namespace, generation, epoch);
+        Ok((written == 1, message))
+    }
+
+    /// The INVALIDATE_NAMESPACES script; `channel` and `event` as it takes them.
+    async fn invalidate_namespaces_script<T: redis::FromRedisValue>(
+        &self,
+        key_namespaces: &[String],
+        channel: &str,
+        event: &[u8],
+    ) -> Result<T> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.invalidate_namespaces.prepare_invoke();
+        for key_namespace in key_namespaces {
+            invocation.key(self.ns_prefix(key_namespace));
+        }
+        invocation.arg(channel).arg(event).arg(self.log_length);
+        for key_namespace in key_namespaces {
+            invocation.arg(json_name(key_namespace));
+        }
+        invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.fail("invalidate and announce", e))
+    }
+
     /// The channel and event to pass a script: empty for none.
     fn announcement<'a>(&'a self, announce: &'a Option<Vec<u8>>) -> Result<(&'a str, &'a [u8])> {
         match announce {
@@ -469,9 +590,19 @@ impl RedisL2 {
 
     async fn delete_with(&self, key: &CacheKey, announce: Option<Vec<u8>>) -> Result<bool> {
         let (channel, event) = self.announcement(&announce)?;
+        let removed: i64 = self.delete_script(key, channel, event).await?;
+        Ok(removed > 0)
+    }
+
+    /// The DELETE script; `channel` and `event` as [`DELETE`] takes them.
+    async fn delete_script<T: redis::FromRedisValue>(
+        &self,
+        key: &CacheKey,
+        channel: &str,
+        event: &[u8],
+    ) -> Result<T> {
         let mut conn = self.conn.clone();
-        let removed: i64 = self
-            .delete
+        self.delete
             .key(self.ns_prefix(key.key_namespace()))
             .arg(key.digest().to_hex())
             .arg(channel)
@@ -480,8 +611,7 @@ impl RedisL2 {
             .arg(self.log_length)
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.fail("DEL", e))?;
-        Ok(removed > 0)
+            .map_err(|e| self.fail("DEL", e))
     }
 
     async fn invalidate_tag_with(
@@ -491,6 +621,18 @@ impl RedisL2 {
         announce: Option<Vec<u8>>,
     ) -> Result<u64> {
         let (channel, event) = self.announcement(&announce)?;
+        self.invalidate_tag_script(key_namespace, tag, channel, event)
+            .await
+    }
+
+    /// The INVALIDATE_TAG script; `channel` and `event` as [`INVALIDATE_TAG`] takes them.
+    async fn invalidate_tag_script<T: redis::FromRedisValue>(
+        &self,
+        key_namespace: &str,
+        tag: &str,
+        channel: &str,
+        event: &[u8],
+    ) -> Result<T> {
         let mut conn = self.conn.clone();
         self.invalidate_tag
             .key(self.ns_prefix(key_namespace))
@@ -644,22 +786,7 @@ impl L2Store for RedisL2 {
     }
 
     async fn set(&self, write: L2Write) -> Result<bool> {
-        if write.bytes.len() > self.max_value_bytes {
-            return Err(Error::new(
-                ErrorKind::ValueTooLarge,
-                format!(
-                    "{}: value of {} bytes exceeds the L2 limit of {} bytes; nothing was sent",
-                    write.key,
-                    write.bytes.len(),
-                    self.max_value_bytes
-                ),
-            ));
-        }
-        let ttl_ms = u64::try_from(write.ttl.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let expires_at_ms = unix_millis().saturating_add(ttl_ms);
-        let envelope = envelope::encode(expires_at_ms, &write.tags, &write.bytes);
+        let (envelope, ttl_ms) = self.envelope(&write)?;
         let namespace = write.key.key_namespace();
         let mut conn = self.conn.clone();
         if write.fence.is_none() && write.tags.is_empty() {
@@ -694,34 +821,11 @@ impl L2Store for RedisL2 {
                 }
             }
         }
-        let epoch = self.generations.epoch();
-        let (fenced, generation, fence) = match write.fence {
-            Some(Fence(f)) => ("1", (f >> 32).to_string(), (f & 0xffff_ffff).to_string()),
-            None => ("0", String::new(), String::new()),
-        };
         let (channel, event) = self.announcement(&write.announce)?;
-        let mut invocation = self.set.key(self.ns_prefix(namespace));
-        invocation
-            .arg(write.key.digest().to_hex())
-            .arg(envelope)
-            .arg(ttl_ms)
-            .arg(fenced)
-            .arg(generation)
-            .arg(fence)
-            .arg(channel)
-            .arg(event)
-            .arg(json_name(namespace))
-            .arg(self.log_length);
-        for tag in &write.tags {
-            invocation.arg(tag);
-        }
-        let (written, generation): (i64, u64) = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.fail("SET", e))?;
-        // Remembered as a read's generation is, so the next write can skip the script.
-        self.generations.remember(namespace, generation, epoch);
-        Ok(written == 1)
+        let (written, _) = self
+            .set_script(&mut conn, &write, envelope, ttl_ms, channel, event)
+            .await?;
+        Ok(written)
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
@@ -756,22 +860,47 @@ impl L2Store for RedisL2 {
                 .map_err(|e| self.fail("INCR", e))?;
             return Ok(());
         };
-        let mut invocation = self.invalidate_namespaces.prepare_invoke();
-        for key_namespace in key_namespaces {
-            invocation.key(self.ns_prefix(key_namespace));
-        }
-        invocation
-            .arg(&self.channel)
-            .arg(open_event(&event)?)
-            .arg(self.log_length);
-        for key_namespace in key_namespaces {
-            invocation.arg(json_name(key_namespace));
-        }
-        let _: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.fail("invalidate and announce", e))?;
+        let _: i64 = self
+            .invalidate_namespaces_script(key_namespaces, &self.channel, open_event(&event)?)
+            .await?;
         Ok(())
+    }
+
+    async fn change_and_log(&self, change: LoggedChange, event: Vec<u8>) -> Result<Logged> {
+        if !self.sequenced() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "this RedisL2 keeps no event log (RedisConfig::without_event_log)",
+            ));
+        }
+        let event = open_event(&event)?;
+        // An empty channel: each script logs the change and returns the message as logged.
+        let reply: Value = match change {
+            LoggedChange::Set(write) => {
+                let (envelope, ttl_ms) = self.envelope(&write)?;
+                let mut conn = self.conn.clone();
+                let (written, message) = self
+                    .set_script(&mut conn, &write, envelope, ttl_ms, "", event)
+                    .await?;
+                return Ok(Logged::new(u64::from(written), message));
+            }
+            LoggedChange::Delete(key) => self.delete_script(&key, "", event).await?,
+            LoggedChange::InvalidateTag { key_namespace, tag } => {
+                self.invalidate_tag_script(&key_namespace, &tag, "", event)
+                    .await?
+            }
+            LoggedChange::InvalidateNamespaces(key_namespaces) => {
+                self.invalidate_namespaces_script(&key_namespaces, "", event)
+                    .await?
+            }
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("RedisL2 cannot log {other:?}"),
+                ))
+            }
+        };
+        logged_reply(reply)
     }
 
     fn announce_route(&self) -> Option<String> {
@@ -992,6 +1121,21 @@ fn open_event(event: &[u8]) -> Result<&[u8]> {
 /// A namespace's name as a JSON string, as a position names it on the wire.
 fn json_name(key_namespace: &str) -> String {
     serde_json::to_string(key_namespace).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+/// The reply of a script that logged without publishing: its count, then the message as
+/// logged.
+fn logged_reply(reply: Value) -> Result<Logged> {
+    let bad = || Error::new(ErrorKind::L2, "unexpected reply to a logged change");
+    let Value::Array(values) = reply else {
+        return Err(bad());
+    };
+    let Ok([count, message]) = <[Value; 2]>::try_from(values) else {
+        return Err(bad());
+    };
+    let count: u64 = redis::from_redis_value(count).map_err(|_| bad())?;
+    let message: Vec<u8> = redis::from_redis_value(message).map_err(|_| bad())?;
+    Ok(Logged::new(count, Some(message)))
 }
 
 /// The reply of [`READ_LOG`]: epoch, head, first, then id and message of each entry.

@@ -3,11 +3,12 @@
 
 use std::future::Future;
 
-use cache_core::{CacheKey, Codec, Event, EventType, Result, Scope};
+use cache_core::{CacheKey, Codec, Event, EventType, LoggedChange, Result, Scope};
 use serde_json::{json, Map, Value};
 
 use crate::notify::Notification;
 
+use super::pending::PendingKey;
 use super::{new_event_id, EdgeCache, Inner};
 
 // For the links in the docs of the errors an invalidation reports, and of resource tags.
@@ -23,7 +24,11 @@ impl<C: Codec> EdgeCache<C> {
     /// [`ErrorKind::UnknownNamespace`]; [`ErrorKind::L2`] when L2 could not be changed: this
     /// node's L1 is still dropped, but nothing is announced (other nodes would otherwise count
     /// an invalidation as done and read back what L2 still holds), so issue it again;
-    /// [`ErrorKind::Bus`] when L2 changed but the announcement failed.
+    /// [`ErrorKind::Bus`] when L2 changed but the announcement failed. Where L2 keeps an event
+    /// log ([`cache_core::L2Store::sequenced`]) the change was logged with it: nodes replay it
+    /// from the log within the staleness bound, and a node whose bus is not on L2's route
+    /// keeps the publication pending and retries it in the background (see
+    /// [`crate::Stats::pending_publications`]); do not issue it again.
     pub async fn invalidate_namespace(&self, namespace: &str, reason: &str) -> Result<()> {
         let inner = &*self.inner;
         inner.check_open()?;
@@ -54,8 +59,12 @@ impl<C: Codec> EdgeCache<C> {
         inner.counters.invalidations.add(1);
         let l2 = &inner.l2;
         let key_namespace = ns.config.key_namespace.as_str();
+        let logged = || LoggedChange::InvalidateTag {
+            key_namespace: key_namespace.to_owned(),
+            tag: resource.to_owned(),
+        };
         inner
-            .change_l2_and_issue(&event, "invalidate_tag", |announce| async move {
+            .change_l2_and_issue(&event, "invalidate_tag", logged, |announce| async move {
                 match announce {
                     Some(event) => {
                         l2.invalidate_tag_and_announce(key_namespace, resource, event)
@@ -84,8 +93,9 @@ impl<C: Codec> EdgeCache<C> {
         event.scope = Scope::Keys(vec![key.as_str().to_owned()]);
         inner.counters.invalidations.add(1);
         let l2 = &inner.l2;
+        let logged = || LoggedChange::Delete(key.clone());
         inner
-            .change_l2_and_issue(&event, "delete", |announce| async move {
+            .change_l2_and_issue(&event, "delete", logged, |announce| async move {
                 match announce {
                     Some(event) => l2.delete_and_announce(key, event).await,
                     None => l2.delete(key).await,
@@ -145,7 +155,8 @@ impl<C: Codec> Inner<C> {
         if namespaces.is_empty() {
             return self.issue(event, Ok(())).await;
         }
-        self.change_l2_and_issue(event, "invalidate_namespaces", |announce| {
+        let logged = || LoggedChange::InvalidateNamespaces(namespaces.clone());
+        self.change_l2_and_issue(event, "invalidate_namespaces", logged, |announce| {
             self.l2.invalidate_namespaces(namespaces, announce)
         })
         .await
@@ -155,14 +166,45 @@ impl<C: Codec> Inner<C> {
     /// publishes it, in that order: no receiver can see the event before L2 changed. Where L2
     /// publishes for the bus, `change` is given the encoded event and the change and the publish
     /// are one step (one round trip on Redis); otherwise it is given `None` and the event goes
-    /// out on the bus afterwards. This node's L1 is cleared whatever happened; a failed change
-    /// is neither announced (beyond what Redis's script did before failing to reply) nor
-    /// counted as applied.
-    async fn change_l2_and_issue<F, Fut>(&self, event: &Event, what: &str, change: F) -> Result<()>
+    /// out on the bus afterwards. Where L2 logs for a bus on another route, `logged` names the
+    /// change, which L2 makes and logs in one step, and the message as logged is published
+    /// (kept pending and retried if the bus fails). This node's L1 is cleared whatever
+    /// happened; a failed change is neither announced (beyond what Redis's script did before
+    /// failing to reply) nor counted as applied.
+    async fn change_l2_and_issue<F, Fut>(
+        &self,
+        event: &Event,
+        what: &str,
+        logged: impl FnOnce() -> LoggedChange,
+        change: F,
+    ) -> Result<()>
     where
         F: FnOnce(Option<Vec<u8>>) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
+        if self.publish_logged {
+            return match self.l2.change_and_log(logged(), event.encode()).await {
+                Ok(logged) => {
+                    self.apply(event);
+                    match logged.message {
+                        Some(message) => {
+                            let event_id = &event.event_id;
+                            self.publish_logged(
+                                message,
+                                || PendingKey::Event(event_id.clone()),
+                                event_id,
+                            )
+                            .await
+                        }
+                        None => Ok(()),
+                    }
+                }
+                Err(e) => {
+                    self.apply_to_l1(event);
+                    Err(self.l2_failed(what, e))
+                }
+            };
+        }
         if !self.announce_via_l2 {
             let l2 = change(None).await.map_err(|e| self.l2_failed(what, e));
             return self.issue(event, l2).await;

@@ -8,6 +8,7 @@ mod connection;
 mod freshness;
 mod invalidate;
 mod load;
+mod pending;
 mod read;
 mod write;
 
@@ -33,6 +34,7 @@ use crate::stats::{Counters, Health, HealthStatus, NamespaceStats, Stats};
 
 use self::freshness::{Freshness, NsFreshness};
 use self::load::Flight;
+use self::pending::Pending;
 
 /// One node's two-tier cache. Cheap to clone: clones share the node.
 ///
@@ -86,9 +88,16 @@ pub(crate) struct Inner<C> {
     events_handled: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
-    /// Whether this node follows its event-driven namespaces' logs (L2 sequences what it
-    /// announces, and announces on this node's bus): see [`freshness`].
+    /// Whether this node follows its event-driven namespaces' logs (L2 sequences and logs what
+    /// is announced): see [`freshness`].
     sequenced: bool,
+    /// Whether this node has L2 log its announced changes without publishing them and
+    /// publishes them on its own bus (sequenced, but the bus is not on L2's route).
+    publish_logged: bool,
+    /// Publications of logged changes that failed, retried by `republisher`.
+    pending: Pending,
+    /// The republishing task of a node that publishes what L2 logged.
+    republisher: Mutex<Option<JoinHandle<()>>>,
     freshness: Freshness,
     /// The liveness task of a sequenced node.
     liveness: Mutex<Option<JoinHandle<()>>>,
@@ -134,15 +143,17 @@ impl<C: Codec> EdgeCache<C> {
         let queued_events = subscription.queue_gauge();
         let l2_route = l2.announce_route();
         let announce_via_l2 = matches!((&l2_route, bus.route()), (Some(a), Some(b)) if *a == b);
-        let sequenced = announce_via_l2 && l2.sequenced();
-        if !announce_via_l2 && l2_route.is_some() && l2.sequenced() {
-            tracing::warn!(
+        let sequenced = l2.sequenced();
+        // A bus on another route than L2's: L2 logs each announced change without publishing
+        // it, and this node publishes what was logged (retrying failures from a pending set).
+        let publish_logged = sequenced && !announce_via_l2;
+        if publish_logged {
+            tracing::info!(
                 l2_route = ?l2_route,
                 bus_route = ?bus.route(),
-                "L2 keeps an event log but this node's bus is not on L2's route (another server, \
-                 address or channel): the node cannot follow the log, so it drops event-driven \
-                 L1 on every lost subscription, cannot repair a lost message and promises no \
-                 staleness bound; point the bus and L2 at the same address and channel"
+                "this node's bus is not on L2's route: L2 logs each announced change and the \
+                 node publishes it on its bus, retrying failed publications; nodes follow the \
+                 logs either way"
             );
         }
         let namespaces = b
@@ -160,6 +171,7 @@ impl<C: Codec> EdgeCache<C> {
             .collect();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shutdown_rx_liveness = shutdown_rx.clone();
+        let shutdown_rx_republisher = shutdown_rx.clone();
         let node_id = b.node_id.unwrap_or_else(default_node_id);
         let inner = Arc::new(Inner {
             codec: b.codec,
@@ -186,6 +198,9 @@ impl<C: Codec> EdgeCache<C> {
             shutdown_tx,
             listener: Mutex::new(None),
             sequenced,
+            publish_logged,
+            pending: Pending::default(),
+            republisher: Mutex::new(None),
             freshness: Freshness::new(b.staleness_bound, b.liveness_interval),
             liveness: Mutex::new(None),
         });
@@ -207,6 +222,10 @@ impl<C: Codec> EdgeCache<C> {
             }
             let task = tokio::spawn(freshness::run(Arc::clone(&inner), shutdown_rx_liveness));
             *lock(&inner.liveness) = Some(task);
+        }
+        if publish_logged {
+            let task = tokio::spawn(pending::run(Arc::clone(&inner), shutdown_rx_republisher));
+            *lock(&inner.republisher) = Some(task);
         }
         tracing::info!(node_id = %inner.node_id, region = %inner.region, "edge cache started");
         Ok(EdgeCache { inner })
@@ -265,9 +284,12 @@ impl<C: Codec> EdgeCache<C> {
                 }
             })
             .collect();
-        inner
+        let mut stats = inner
             .counters
-            .snapshot(&inner.node_id, &inner.region, namespaces)
+            .snapshot(&inner.node_id, &inner.region, namespaces);
+        stats.pending_publications =
+            u64::try_from(inner.pending_publications()).unwrap_or(u64::MAX);
+        stats
     }
 
     /// L2's own figures (for Redis: `used_memory` and `connected_clients`, as the seed
@@ -371,6 +393,12 @@ impl<C: Codec> EdgeCache<C> {
         if let Some(liveness) = liveness {
             if let Err(e) = liveness.await {
                 tracing::warn!(node_id = %inner.node_id, error = %e, "liveness task ended abnormally");
+            }
+        }
+        let republisher = lock(&inner.republisher).take();
+        if let Some(republisher) = republisher {
+            if let Err(e) = republisher.await {
+                tracing::warn!(node_id = %inner.node_id, error = %e, "republishing task ended abnormally");
             }
         }
         inner.leave_feed();

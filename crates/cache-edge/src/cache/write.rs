@@ -3,12 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{CacheKey, Codec, Error, ErrorKind, L1Entry, L2Write, Result, WriteAnnouncement};
+use cache_core::{
+    CacheKey, Codec, Error, ErrorKind, L1Entry, L2Write, LoggedChange, Result, WriteAnnouncement,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::options::SetOptions;
 
+use super::pending::PendingKey;
 use super::{len64, new_event_id, EdgeCache, Inner, NsState};
 
 impl<C: Codec> EdgeCache<C> {
@@ -56,8 +59,12 @@ impl<C: Codec> EdgeCache<C> {
     /// limit (nothing written), [`ErrorKind::Encode`] when `value` cannot be encoded, or (on a
     /// node that keeps an L1 copy) when its encoding does not decode back as a `T` (nothing
     /// written); [`ErrorKind::L2`] when L2 refused the write (L1 and the fleet untouched);
-    /// [`ErrorKind::Bus`] when the write landed but the announcement failed (other nodes may
-    /// keep their old copy until its TTL).
+    /// [`ErrorKind::Bus`] when the write landed but the announcement failed. Where L2 keeps an
+    /// event log ([`cache_core::L2Store::sequenced`]) the write was logged with it: nodes
+    /// replay it from the log within the staleness bound, and a node whose bus is not on L2's
+    /// route keeps the publication pending and retries it in the background (a later write of
+    /// the key replaces it; see [`crate::Stats::pending_publications`]). Without a log, other
+    /// nodes may keep their old copy until its TTL.
     pub async fn set_key<T>(&self, key: &CacheKey, value: &T, options: SetOptions) -> Result<()>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -148,21 +155,36 @@ impl<C: Codec> EdgeCache<C> {
         });
         let size_bytes = len64(&bytes);
         let mut write = L2Write::new(key.clone(), bytes, ttl).tags(tags.clone());
-        // Where L2 can publish for the bus, the write and its announcement are one step;
-        // otherwise the announcement is published once the write is made.
+        // Where L2 can publish for the bus, the write and its announcement are one step. Where
+        // it logs for a bus on another route, the write and its log entry are one step and the
+        // message as logged is published once the write is made; otherwise the announcement
+        // is published once the write is made.
         let announced_by_l2 = announcement.is_some() && inner.announce_via_l2;
-        let publish_after = match announcement {
+        let (publish_after, logged_by_l2) = match announcement {
             Some((_, payload)) if announced_by_l2 => {
                 write = write.announce(payload);
-                None
+                (None, None)
             }
-            other => other,
+            Some(announcement) if inner.publish_logged => (None, Some(announcement)),
+            other => (other, None),
         };
         // Read before the write is sent: a change of this namespace's L1 while the write is on
         // its way (an event applied, an invalidation issued here) may be newer than the write,
         // and the write's copy must not be cached over it.
         let epoch = ns.epoch.load(std::sync::atomic::Ordering::SeqCst);
-        let written = match inner.l2.set(write).await {
+        let mut publish_logged = None;
+        let result = match logged_by_l2 {
+            Some((event_id, payload)) => inner
+                .l2
+                .change_and_log(LoggedChange::Set(write), payload)
+                .await
+                .map(|logged| {
+                    publish_logged = logged.message.map(|message| (event_id, message));
+                    logged.count > 0
+                }),
+            None => inner.l2.set(write).await,
+        };
+        let written = match result {
             Err(e) if announced_by_l2 && inner.published_late(&e) => true,
             Ok(written) => written,
             Err(e) => {
@@ -217,9 +239,14 @@ impl<C: Codec> EdgeCache<C> {
             }
         }
         inner.counters.sets.add(1);
-        match publish_after {
-            Some((event_id, payload)) => inner.publish_encoded(payload, event_id).await,
-            None => Ok(()),
+        match (publish_after, publish_logged) {
+            (Some((event_id, payload)), _) => inner.publish_encoded(payload, event_id).await,
+            (None, Some((event_id, message))) => {
+                inner
+                    .publish_logged(message, || PendingKey::key(key), event_id)
+                    .await
+            }
+            (None, None) => Ok(()),
         }
     }
 }

@@ -27,6 +27,7 @@ async fn an_l2_that_errors_degrades_reads_to_misses_and_fails_writes_loudly() {
     l2.expect_get().times(1).returning(|_| Err(l2_down()));
     l2.expect_set().times(1).returning(|_| Err(l2_down()));
     l2.expect_announce_route().return_const(None);
+    l2.expect_sequenced().return_const(false);
     l2.expect_invalidation_feed().return_const(());
     let node = fleet.builder("a").l2(Arc::new(l2)).build().await.unwrap();
     let p = json!({"gpu_id": "g"});
@@ -68,6 +69,7 @@ async fn an_unfenced_write_that_l2_did_not_store_is_an_error() {
         .withf(|write| write.fence.is_none())
         .returning(|_| Ok(false));
     l2.expect_announce_route().return_const(None);
+    l2.expect_sequenced().return_const(false);
     l2.expect_invalidation_feed().return_const(());
     let node = fleet.builder("a").l2(Arc::new(l2)).build().await.unwrap();
     let p = json!({"gpu_id": "g"});
@@ -114,6 +116,7 @@ async fn a_notification_whose_l2_invalidation_fails_drops_l1_but_is_not_applied(
     l2.expect_get().times(1).returning(|_| Ok(None));
     l2.expect_namespace_invalidated().return_const(());
     l2.expect_announce_route().return_const(None);
+    l2.expect_sequenced().return_const(false);
     l2.expect_invalidation_feed().return_const(());
     let applied = Arc::new(Applied::default());
     let observer: Arc<dyn cache_edge::Observer> = applied.clone();
