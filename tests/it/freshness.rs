@@ -748,3 +748,192 @@ async fn a_failed_publication_is_pending_retried_and_the_reader_converges_from_t
     );
     fleet.shutdown().await;
 }
+
+/// `OutagePolicy::ShortenedTtl`: with the log unreadable past the bound, the namespace's L1 is
+/// emptied and refilled with short-lived entries; once the log confirms again, fills live as
+/// long as usual.
+mod shortened_ttl {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use cache_core::log::LogRead;
+    use cache_core::{
+        CacheKey, Clock, Error, ErrorKind, EventBus, Fence, L2Entry, L2Store, L2Write,
+        NamespaceConfig, Namespaces, OutagePolicy, Result, Timestamp,
+    };
+    use cache_edge::EdgeCache;
+    use cache_memory::{ManualClock, MemoryBus, MemoryL2};
+    use serde_json::json;
+    use test_support::eventually;
+
+    /// The shared L2, whose log cannot be read while `down` (everything else works).
+    struct LogOutage {
+        l2: Arc<MemoryL2>,
+        down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl L2Store for LogOutage {
+        async fn get(&self, key: &CacheKey) -> Result<Option<L2Entry>> {
+            self.l2.get(key).await
+        }
+        async fn set(&self, write: L2Write) -> Result<bool> {
+            self.l2.set(write).await
+        }
+        async fn delete(&self, key: &CacheKey) -> Result<bool> {
+            self.l2.delete(key).await
+        }
+        async fn invalidate_namespace(&self, ns: &str) -> Result<()> {
+            self.l2.invalidate_namespace(ns).await
+        }
+        fn announce_route(&self) -> Option<String> {
+            self.l2.announce_route()
+        }
+        fn sequenced(&self) -> bool {
+            self.l2.sequenced()
+        }
+        async fn read_log(&self, ns: &str, after: u64, limit: usize) -> Result<LogRead> {
+            if self.down.load(SeqCst) {
+                return Err(Error::new(ErrorKind::L2, "the log is unreachable (test)"));
+            }
+            self.l2.read_log(ns, after, limit).await
+        }
+        async fn invalidate_tag(&self, ns: &str, tag: &str) -> Result<u64> {
+            self.l2.invalidate_tag(ns, tag).await
+        }
+        async fn fence(&self, key: &CacheKey) -> Result<Fence> {
+            self.l2.fence(key).await
+        }
+    }
+
+    const BOUND: Duration = Duration::from_secs(3);
+    const SHORT: Duration = Duration::from_secs(2);
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn past_the_bound_l1_is_emptied_and_refilled_with_short_lived_entries() {
+        let mut namespaces = Namespaces::defaults();
+        let stats = namespaces.get("market_stats").unwrap().clone();
+        namespaces
+            .replace(
+                NamespaceConfig::new(&stats.name, &stats.key_namespace, Duration::from_secs(600))
+                    .event_driven(true)
+                    .critical(true)
+                    .outage_policy(OutagePolicy::ShortenedTtl { ttl: SHORT }),
+            )
+            .unwrap();
+        let clock = Arc::new(ManualClock::new(Timestamp::from_nanos(
+            1_750_000_000_000_000_000,
+        )));
+        let bus = Arc::new(MemoryBus::new());
+        let shared = Arc::new(
+            MemoryL2::new(64 << 20, clock.clone() as Arc<dyn Clock>).announce_on(bus.clone()),
+        );
+        let outage = Arc::new(LogOutage {
+            l2: shared.clone(),
+            down: AtomicBool::new(false),
+        });
+        let node = |id: &str, l2: Arc<dyn L2Store>| {
+            EdgeCache::builder()
+                .node_id(id)
+                .namespaces(namespaces.clone())
+                .l2(l2)
+                .bus(bus.clone() as Arc<dyn EventBus>)
+                .clock(clock.clone() as Arc<dyn Clock>)
+                .staleness_bound(BOUND)
+                .liveness_interval(Duration::from_millis(50))
+                .build()
+        };
+        let writer = node("writer", shared.clone()).await.unwrap();
+        let reader = node("reader", outage.clone()).await.unwrap();
+        let read = |id: u32| {
+            let reader = reader.clone();
+            async move {
+                reader
+                    .get::<String, _>("market_stats", &json!({ "id": id }))
+                    .await
+                    .unwrap()
+                    .map(|v| (*v).clone())
+            }
+        };
+        let ns = |reader: &EdgeCache| {
+            reader
+                .stats()
+                .namespaces
+                .into_iter()
+                .find(|n| n.name == "market_stats")
+                .unwrap()
+        };
+        for id in 0..3 {
+            writer
+                .set("market_stats", &json!({ "id": id }), &"v0".to_owned())
+                .await
+                .unwrap();
+        }
+        for id in 0..3 {
+            assert_eq!(read(id).await.as_deref(), Some("v0"));
+        }
+        assert_eq!(ns(&reader).l1_entries, 3);
+
+        // The log goes away; within the bound nothing changes.
+        outage.down.store(true, SeqCst);
+        let hits = reader.stats().l1_hits;
+        assert_eq!(read(0).await.as_deref(), Some("v0"));
+        assert_eq!(reader.stats().l1_hits, hits + 1);
+        // Past it, L1 is emptied and used again, with short-lived fills.
+        clock.advance(BOUND + Duration::from_millis(1));
+        eventually(
+            "the namespace enters its shortened-TTL mode",
+            DEADLINE,
+            || async { reader.stats().shortened_ttl_modes >= 1 },
+        )
+        .await;
+        assert_eq!(
+            ns(&reader).l1_entries,
+            0,
+            "what it held may be stale: dropped"
+        );
+        assert!(ns(&reader).l1_in_use);
+        let before = reader.stats();
+        assert_eq!(read(1).await.as_deref(), Some("v0"));
+        assert_eq!(read(1).await.as_deref(), Some("v0"));
+        let after = reader.stats();
+        assert_eq!(
+            (
+                after.l2_hits - before.l2_hits,
+                after.l1_hits - before.l1_hits
+            ),
+            (1, 1),
+            "filled from L2, then served from L1"
+        );
+        clock.advance(SHORT + Duration::from_millis(1));
+        let before = reader.stats();
+        assert_eq!(read(1).await.as_deref(), Some("v0"));
+        assert_eq!(
+            reader.stats().l1_hits,
+            before.l1_hits,
+            "the short-lived entry expired"
+        );
+
+        // The log is back: the next confirmation ends the mode, and fills live long again.
+        outage.down.store(false, SeqCst);
+        let confirmed = ns(&reader).log_confirmed_at;
+        eventually("the log confirms the reader again", DEADLINE, || async {
+            ns(&reader).log_confirmed_at > confirmed
+        })
+        .await;
+        assert_eq!(read(2).await.as_deref(), Some("v0"));
+        clock.advance(SHORT + Duration::from_millis(1));
+        let before = reader.stats();
+        assert_eq!(read(2).await.as_deref(), Some("v0"));
+        assert_eq!(
+            reader.stats().l1_hits,
+            before.l1_hits + 1,
+            "a full-length entry"
+        );
+        writer.shutdown().await;
+        reader.shutdown().await;
+    }
+}

@@ -50,6 +50,16 @@ pub enum OutagePolicy {
         /// The longest a value may be served past the last confirmation.
         max_age: Duration,
     },
+    /// Reads keep using L1 through a lost subscription or a pending gap for the node's bound
+    /// after the last confirmation; past that, the namespace's L1 is emptied and refilled from
+    /// L2 with entries that live at most `ttl`, until the node is sure again. The namespace's
+    /// staleness bound becomes `max(B, ttl)`, and L1 keeps absorbing reads through a long
+    /// outage. For hot data the origin could not reload at once but that must not be old for
+    /// long (prices).
+    ShortenedTtl {
+        /// The longest an entry filled while the node is unsure lives in L1.
+        ttl: Duration,
+    },
 }
 
 impl NamespaceConfig {

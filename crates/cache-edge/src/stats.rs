@@ -270,6 +270,9 @@ counters! {
     drops_new_epoch,
     /// Namespace L1 drops because the log went back (a failover lost its last entries).
     drops_regressed,
+    /// Times a namespace under the shortened-TTL policy had its L1 emptied and refilled with
+    /// short-lived entries because the log had not confirmed it within the bound.
+    shortened_ttl_modes,
     /// Times the subscription was found deaf (the log moved for two liveness intervals and it
     /// delivered nothing) and asked to resubscribe.
     deaf_subscriptions,

@@ -38,6 +38,12 @@ pub(super) struct NsFreshness {
     window: Duration,
     /// Whether a lost subscription alone sends reads past L1 (the `Bypass` policy).
     pub(super) bypass_when_down: bool,
+    /// Under [`OutagePolicy::ShortenedTtl`], how long an entry filled while unsure may live.
+    short_ttl: Option<Duration>,
+    /// Whether the namespace is in its shortened-TTL mode: its L1 was emptied when the bound
+    /// ran out, and what it holds now was filled with `short_ttl` at most. Left at the next
+    /// confirmation.
+    pub(super) short_mode: AtomicBool,
     /// Time L1 was found out of use at the liveness task's samples, in nanoseconds.
     outage_nanos: AtomicU64,
     /// When the liveness task last sampled (0: not yet).
@@ -46,9 +52,10 @@ pub(super) struct NsFreshness {
 
 impl NsFreshness {
     pub(super) fn new(policy: OutagePolicy, bound: Duration) -> Self {
-        let (window, bypass_when_down) = match policy {
-            OutagePolicy::ServeStale { max_age } => (max_age.max(bound), false),
-            _ => (bound, true),
+        let (window, bypass_when_down, short_ttl) = match policy {
+            OutagePolicy::ServeStale { max_age } => (max_age.max(bound), false, None),
+            OutagePolicy::ShortenedTtl { ttl } => (bound, false, Some(ttl)),
+            _ => (bound, true, None),
         };
         Self {
             cursor: Mutex::new(LogCursor::default()),
@@ -56,6 +63,8 @@ impl NsFreshness {
             sure_at: AtomicU64::new(0),
             window,
             bypass_when_down,
+            short_ttl,
+            short_mode: AtomicBool::new(false),
             outage_nanos: AtomicU64::new(0),
             sampled_at: AtomicU64::new(0),
         }
@@ -65,6 +74,15 @@ impl NsFreshness {
     pub(super) fn applied(&self) -> Option<(u64, u64)> {
         let cursor = lock(&self.cursor);
         cursor.epoch().map(|epoch| (epoch, cursor.applied()))
+    }
+
+    /// How long an L1 entry of this namespace filled now may live, given the TTL it would
+    /// have: shortened while in the shortened-TTL mode.
+    pub(super) fn l1_ttl(&self, ttl: Duration) -> Duration {
+        match self.short_ttl {
+            Some(short) if self.short_mode.load(Relaxed) => ttl.min(short),
+            _ => ttl,
+        }
     }
 
     /// Time L1 was out of use, as sampled.
@@ -203,6 +221,7 @@ impl<C: Codec> Inner<C> {
             let Some(fresh) = self.fresh(ns) else {
                 continue;
             };
+            self.shorten_if_unsure(ns, fresh);
             let last = fresh.sampled_at.swap(now.as_nanos(), Relaxed);
             if last != 0 && ns.l1.is_some() && !self.l1_trusted(ns, self.clock.expiry_now()) {
                 fresh
@@ -210,6 +229,25 @@ impl<C: Codec> Inner<C> {
                     .fetch_add(now.as_nanos().saturating_sub(last), Relaxed);
             }
         }
+    }
+
+    /// Enters the shortened-TTL mode of a namespace whose policy has one, once its bound has
+    /// run out: its L1 is emptied (what it held may be older than changes the node missed) and
+    /// refilled with short-lived entries. Until the mode is entered, L1 is not served.
+    fn shorten_if_unsure(&self, ns: &NsState, fresh: &NsFreshness) {
+        if fresh.short_ttl.is_none() || fresh.short_mode.load(SeqCst) {
+            return;
+        }
+        if self.clock.expiry_now().as_nanos() < fresh.serve_until.load(SeqCst) {
+            return;
+        }
+        let _cursor = lock(&fresh.cursor);
+        self.change_l1(ns, |l1| {
+            l1.clear();
+        });
+        fresh.short_mode.store(true, SeqCst);
+        self.counters.shortened_ttl_modes.add(1);
+        tracing::warn!(node_id = %self.node_id, namespace = %ns.config.name, "the event log has not confirmed this namespace within the bound; L1 emptied and refilled with short-lived entries");
     }
 
     /// Sets every followed namespace's cursor at its log's head, at start: L1 is empty, so
@@ -278,6 +316,7 @@ impl<C: Codec> Inner<C> {
                 fresh.sure_at.fetch_max(started.as_nanos(), SeqCst);
                 let until = started.saturating_add(fresh.window).as_nanos();
                 fresh.serve_until.store(until, SeqCst);
+                fresh.short_mode.store(false, SeqCst);
             }
         }
         Ok(())

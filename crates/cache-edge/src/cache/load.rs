@@ -210,7 +210,7 @@ impl<C: Codec> Inner<C> {
         } else if let Some(l1) = self.usable_l1(ns) {
             let entry = L1Entry::new(
                 value.clone(),
-                self.clock.now().saturating_add(ttl),
+                self.clock.now().saturating_add(self.l1_ttl(ns, ttl)),
                 len64(&bytes),
             );
             self.fenced_insert(ns, l1, key, entry, tags, epoch);

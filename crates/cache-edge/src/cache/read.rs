@@ -2,6 +2,7 @@
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
+use std::time::Duration;
 
 use cache_core::{CacheKey, Codec, L1Entry, L1Store, Result, Timestamp};
 use serde::de::DeserializeOwned;
@@ -174,6 +175,12 @@ impl<C: Codec> Inner<C> {
         self.l1_trusted(ns, self.clock.expiry_now()).then_some(l1)
     }
 
+    /// How long an L1 entry of `ns` filled now may live, given the TTL it would have (shortened
+    /// in a namespace's shortened-TTL mode).
+    pub(super) fn l1_ttl(&self, ns: &NsState, ttl: Duration) -> Duration {
+        ns.fresh.as_ref().map_or(ttl, |fresh| fresh.l1_ttl(ttl))
+    }
+
     /// Whether an event-driven namespace's L1 may be trusted at `now` (the coarse clock, never
     /// behind the wall clock): without a log, while the bus is up; with one, while the last
     /// confirmation from the log is recent enough (`serve_until`) and, under the `Bypass`
@@ -187,7 +194,8 @@ impl<C: Codec> Inner<C> {
             None => !self.bus_down.load(Relaxed),
             Some(fresh) => {
                 !(fresh.bypass_when_down && self.bus_down.load(Relaxed))
-                    && now.as_nanos() < fresh.serve_until.load(Relaxed)
+                    && (now.as_nanos() < fresh.serve_until.load(Relaxed)
+                        || fresh.short_mode.load(Relaxed))
             }
         }
     }
@@ -245,7 +253,7 @@ impl<C: Codec> Inner<C> {
             }
         };
         if let Some(l1) = self.usable_l1(ns) {
-            let ttl = entry.ttl_remaining.min(self.backfill_ttl_cap);
+            let ttl = self.l1_ttl(ns, entry.ttl_remaining.min(self.backfill_ttl_cap));
             if !ttl.is_zero() {
                 let l1_entry = L1Entry::new(
                     typed.clone(),

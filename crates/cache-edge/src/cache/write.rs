@@ -229,7 +229,11 @@ impl<C: Codec> EdgeCache<C> {
                 match l1_copy {
                     Some(copy) if unchanged => l1.insert(
                         *key.digest(),
-                        L1Entry::new(copy, inner.clock.now().saturating_add(ttl), size_bytes),
+                        L1Entry::new(
+                            copy,
+                            inner.clock.now().saturating_add(inner.l1_ttl(ns, ttl)),
+                            size_bytes,
+                        ),
                         &tags,
                     ),
                     _ => {
