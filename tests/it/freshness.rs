@@ -126,6 +126,25 @@ impl Fleet {
         self.reader.stats().l1_hits - before
     }
 
+    /// Cuts every subscription and waits until the reader knows.
+    async fn disconnect(&self) {
+        self.bus.disconnect();
+        eventually("the reader knows its bus is down", DEADLINE, || async {
+            !self.reader.health().await.bus_connected
+        })
+        .await;
+    }
+
+    /// Restores the subscriptions and waits until the reader has replayed what it missed and
+    /// reports its bus up again.
+    async fn reconnect(&self) {
+        self.bus.reconnect();
+        eventually("the reader replays and is back", DEADLINE, || async {
+            self.reader.health().await.bus_connected
+        })
+        .await;
+    }
+
     async fn shutdown(self) {
         self.writer.shutdown().await;
         self.reader.shutdown().await;
@@ -230,11 +249,7 @@ async fn a_subscription_deaf_while_the_log_moves_is_made_to_resubscribe() {
 async fn a_lost_subscription_keeps_l1_bypassed_then_replays_exactly_what_was_missed() {
     let fleet = Fleet::new().await;
     fleet.warm("gpu_availability").await;
-    fleet.bus.disconnect();
-    eventually("the reader knows its bus is down", DEADLINE, || async {
-        !fleet.reader.health().await.bus_connected
-    })
-    .await;
+    fleet.disconnect().await;
     fleet.write("gpu_availability", 5, "v1").await;
     fleet.write("gpu_availability", 6, "v1").await;
     // Bypassed meanwhile (the default policy): reads go to L2, which has the new value.
@@ -253,11 +268,7 @@ async fn a_lost_subscription_keeps_l1_bypassed_then_replays_exactly_what_was_mis
         "L1 is not read while unsure"
     );
     assert!(!fleet.reader.stats().namespaces[0].l1_in_use);
-    fleet.bus.reconnect();
-    eventually("the reader replays and uses L1 again", DEADLINE, || async {
-        fleet.reader.health().await.bus_connected
-    })
-    .await;
+    fleet.reconnect().await;
     let stats = fleet.reader.stats();
     assert_eq!(stats.events_replayed, 2, "{stats:?}");
     assert_eq!(stats.resyncs, 0, "nothing was flushed");
@@ -277,22 +288,14 @@ async fn a_log_trimmed_past_the_gap_drops_that_namespace_only() {
     let fleet = Fleet::new().await;
     fleet.warm("gpu_availability").await;
     fleet.warm("gpu_pricing").await;
-    fleet.bus.disconnect();
-    eventually("the reader knows its bus is down", DEADLINE, || async {
-        !fleet.reader.health().await.bus_connected
-    })
-    .await;
+    fleet.disconnect().await;
     for round in 0..10 {
         fleet
             .write("gpu_availability", 0, &format!("r{round}"))
             .await;
     }
     fleet.l2.trim_log("gpu_avail", 3);
-    fleet.bus.reconnect();
-    eventually("the reader is back", DEADLINE, || async {
-        fleet.reader.health().await.bus_connected
-    })
-    .await;
+    fleet.reconnect().await;
     let stats = fleet.reader.stats();
     assert_eq!(stats.drops_trimmed, 1, "{stats:?}");
     assert_eq!(
@@ -397,11 +400,7 @@ async fn serve_stale_keeps_l1_through_a_lost_subscription_until_its_max_age() {
         .unwrap();
     let fleet = Fleet::with(namespaces, usize::MAX).await;
     fleet.warm("market_stats").await;
-    fleet.bus.disconnect();
-    eventually("the reader knows its bus is down", DEADLINE, || async {
-        !fleet.reader.health().await.bus_connected
-    })
-    .await;
+    fleet.disconnect().await;
     assert_eq!(fleet.surviving("market_stats", &[]).await, u64::from(WARM));
     // Its changes still reach the reader within the liveness interval, from the log.
     fleet.write("market_stats", 2, "v1").await;
