@@ -1,9 +1,9 @@
 //! Project automation, reached as `cargo xtask <command>` (alias in `.cargo/config.toml`).
 //!
-//! - `cargo xtask test`: installs `redis-server` if it is missing, then runs the format check,
-//!   clippy with warnings denied, every test of the workspace, the API docs with warnings denied,
-//!   and the demo's freshness audit under `--chaos` for 3 s on each backend. CI runs exactly
-//!   this.
+//! - `cargo xtask test`: installs `redis-server`, `openssl` and `python3` where missing, then runs
+//!   the format check, clippy with warnings denied, every test of the workspace, the API docs with
+//!   warnings denied, and the demo's freshness audit under `--chaos` for 3 s on each backend. CI
+//!   runs exactly this.
 //! - `cargo xtask demo [--duration SECS] [--nodes N] ...`: the simulated GPU marketplace on the
 //!   embedded (in-process) backends, with a freshness audit that must find no stale read.
 //! - `cargo xtask bench [--quick] [--only ROWS] [--keys N] [--write PATH]`: edge-cache side by
@@ -22,8 +22,8 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test    install redis-server and openssl if missing, then fmt check, clippy -D warnings, every test,
-          docs with warnings denied, and the demo's chaos audit
+  test    install redis-server, openssl and python3 if missing, then fmt check, clippy -D warnings,
+          every test, docs with warnings denied, and the demo's chaos audit
   demo    run the simulated GPU marketplace on the embedded backends (demo --help for options)
   bench   edge-cache vs amalgam-cache, moka, quick_cache, raw redis-rs and the seed, on a
           private redis-server, in release builds; one table (bench --help for options)
@@ -147,8 +147,14 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 /// Programs the test suites run, with the Debian package that provides each: the Redis suites
-/// start their own `redis-server`, and the TLS suite makes its certificates with `openssl`.
-const TOOLS: [(&str, &str); 2] = [("redis-server", "redis-server"), ("openssl", "openssl")];
+/// start their own `redis-server`, the TLS suite makes its certificates with `openssl`, and
+/// cache-core's `python_keys` test checks key derivation against the Python seed's own code in
+/// `python3`.
+const TOOLS: [(&str, &str); 3] = [
+    ("redis-server", "redis-server"),
+    ("openssl", "openssl"),
+    ("python3", "python3"),
+];
 
 /// Installs whatever of [`TOOLS`] is missing (apt-get, as root), or stops with the one command
 /// that does.
