@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{CacheKey, Codec, Error, ErrorKind, Fence, L1Entry, L2Write, Result, SharedValue};
+use cache_core::{
+    CacheKey, Codec, Digest, Error, ErrorKind, Fence, L1Entry, L2Write, Result, SharedValue,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
@@ -59,7 +61,14 @@ impl<C: Codec> EdgeCache<C> {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let key = self.key(namespace, params)?;
+        let inner = &*self.inner;
+        let (_, ns) = inner.ns_by_name(namespace)?;
+        // As `get`: an L1 hit needs only the digest.
+        let digest = Digest::of_params(params)?;
+        if let Some(hit) = inner.l1_hit_in::<T>(ns, &digest) {
+            return Ok(hit);
+        }
+        let key = CacheKey::from_digest(&ns.key_ns, digest);
         self.get_or_load_key(&key, options, loader).await
     }
 
@@ -82,7 +91,7 @@ impl<C: Codec> EdgeCache<C> {
         let inner = &*self.inner;
         inner.check_open()?;
         let (index, ns) = inner.ns_by_key(key)?;
-        if let Some(hit) = inner.l1_get::<T>(ns, key) {
+        if let Some(hit) = inner.l1_get::<T>(ns, key.digest()) {
             inner.counters.l1_hits.add(1);
             return Ok(hit);
         }
@@ -111,7 +120,7 @@ impl<C: Codec> EdgeCache<C> {
             .cell
             .get_or_init(|| async {
                 // Another flight may have filled the key between our miss and joining this one.
-                if let Some(hit) = inner.l1_get::<T>(ns, key) {
+                if let Some(hit) = inner.l1_get::<T>(ns, key.digest()) {
                     return Ok((hit as SharedValue, Source::L1));
                 }
                 if let Some(hit) = inner.l2_get::<T>(ns, key).await {

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{CacheKey, Codec, L1Entry, L1Store, Result, Timestamp};
+use cache_core::{CacheKey, Codec, Digest, L1Entry, L1Store, Result, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -27,8 +27,15 @@ impl<C: Codec> EdgeCache<C> {
         T: DeserializeOwned + Send + Sync + 'static,
         P: Serialize + ?Sized,
     {
-        let key = self.key(namespace, params)?;
-        self.get_key(&key).await
+        let inner = &*self.inner;
+        let (_, ns) = inner.ns_by_name(namespace)?;
+        // The L1 is keyed by the digest: a hit needs neither the key's text nor an allocation.
+        let digest = Digest::of_params(params)?;
+        if let Some(hit) = inner.l1_hit_in::<T>(ns, &digest) {
+            return Ok(Some(hit));
+        }
+        self.get_key_past_l1(&CacheKey::from_digest(&ns.key_ns, digest))
+            .await
     }
 
     /// [`EdgeCache::get`] with a key derived by [`EdgeCache::key`].
@@ -56,7 +63,7 @@ impl<C: Codec> EdgeCache<C> {
         let (_, ns) = inner.ns_by_key(key)?;
         if !Arc::ptr_eq(&ns.key_ns, key.key_namespace_shared()) {
             // Not derived by this node: `l1_hit` did not look this key up.
-            if let Some(hit) = inner.l1_get::<T>(ns, key) {
+            if let Some(hit) = inner.l1_get::<T>(ns, key.digest()) {
                 inner.counters.l1_hits.add(1);
                 return Ok(Some(hit));
             }
@@ -91,7 +98,7 @@ impl<C: Codec> EdgeCache<C> {
         let mut found: Vec<Option<Arc<T>>> = vec![None; keys.len()];
         let mut missing = Vec::new();
         for (i, (key, ns)) in keys.iter().zip(&namespaces).enumerate() {
-            match inner.l1_get::<T>(ns, key) {
+            match inner.l1_get::<T>(ns, key.digest()) {
                 Some(hit) => {
                     inner.counters.l1_hits.add(1);
                     found[i] = Some(hit);
@@ -154,15 +161,25 @@ impl<C: Codec> Inner<C> {
     /// full path, which reports errors (shut down, unknown namespace) and reads L2.
     #[inline]
     fn l1_hit<T: Send + Sync + 'static>(&self, key: &CacheKey) -> Option<Arc<T>> {
-        if self.closed.load(Relaxed) {
-            return None;
-        }
         let shared = key.key_namespace_shared();
         let ns = self
             .namespaces
             .iter()
             .find(|ns| Arc::ptr_eq(&ns.key_ns, shared))?;
-        let hit = self.l1_get::<T>(ns, key)?;
+        self.l1_hit_in(ns, key.digest())
+    }
+
+    /// [`Inner::l1_hit`] once the namespace is known.
+    #[inline]
+    pub(super) fn l1_hit_in<T: Send + Sync + 'static>(
+        &self,
+        ns: &NsState,
+        digest: &Digest,
+    ) -> Option<Arc<T>> {
+        if self.closed.load(Relaxed) {
+            return None;
+        }
+        let hit = self.l1_get::<T>(ns, digest)?;
         self.counters.l1_hits.add(1);
         Some(hit)
     }
@@ -205,14 +222,14 @@ impl<C: Codec> Inner<C> {
     pub(super) fn l1_get<T: Send + Sync + 'static>(
         &self,
         ns: &NsState,
-        key: &CacheKey,
+        digest: &Digest,
     ) -> Option<Arc<T>> {
         let l1 = ns.l1.as_deref()?;
         let now = self.clock.expiry_now();
         if !self.l1_trusted(ns, now) {
             return None;
         }
-        let value = l1.get(key.digest(), now)?;
+        let value = l1.get(digest, now)?;
         // A value of another type (a caller reading the namespace with a different type) is
         // not an error here: fall through to L2 and decode it as asked.
         value.downcast::<T>().ok()

@@ -547,3 +547,85 @@ async fn many_keys_are_read_in_order_from_l1_then_one_batch_from_l2() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// `get` and `get_or_load` find L1 entries by the digest of the parameters alone: a struct, a
+/// JSON value with its keys in another order and a derived key all reach the same entry, and
+/// the errors are the ones the key API reports.
+#[tokio::test]
+async fn get_by_params_reaches_the_same_entry_from_any_spelling() {
+    #[derive(Serialize)]
+    struct Params<'a> {
+        zone: &'a str,
+        gpu_id: &'a str,
+    }
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let as_struct = Params {
+        zone: "eu-1",
+        gpu_id: "g-9",
+    };
+    let as_json = json!({"gpu_id": "g-9", "zone": "eu-1"});
+    a.set("gpu_availability", &as_struct, &avail("g-9", true))
+        .await
+        .unwrap();
+    let key = a.key("gpu_availability", &as_json).unwrap();
+
+    let before = a.stats();
+    let by_struct = a
+        .get::<Availability, _>("gpu_availability", &as_struct)
+        .await
+        .unwrap()
+        .unwrap();
+    let by_json = a
+        .get::<Availability, _>("gpu_availability", &as_json)
+        .await
+        .unwrap()
+        .unwrap();
+    let by_key = a.get_key::<Availability>(&key).await.unwrap().unwrap();
+    let loaded = a
+        .get_or_load("gpu_availability", &as_json, SetOptions::new(), || async {
+            Err::<Availability, _>("the loader must not run on an L1 hit")
+        })
+        .await
+        .unwrap();
+    assert!(Arc::ptr_eq(&by_struct, &by_json));
+    assert!(Arc::ptr_eq(&by_struct, &by_key));
+    assert!(Arc::ptr_eq(&by_struct, &loaded));
+    let after = a.stats();
+    assert_eq!(
+        (
+            after.l1_hits - before.l1_hits,
+            after.l2_hits - before.l2_hits,
+            after.misses - before.misses
+        ),
+        (4, 0, 0)
+    );
+
+    // A miss through `get` still reads L2 under the derived key, then fills L1.
+    let b = fleet.node("b").await;
+    let from_l2 = b
+        .get::<Availability, _>("gpu_availability", &as_struct)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*from_l2, avail("g-9", true));
+    assert_eq!(b.stats().l2_hits, 1);
+
+    let unknown = a
+        .get::<Availability, _>("no_such_namespace", &as_json)
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.kind(), ErrorKind::UnknownNamespace);
+    let nan = a
+        .get::<Availability, _>("gpu_availability", &[f64::NAN])
+        .await
+        .unwrap_err();
+    assert_eq!(nan.kind(), ErrorKind::Encode);
+    a.shutdown().await;
+    let closed = a
+        .get::<Availability, _>("gpu_availability", &as_json)
+        .await
+        .unwrap_err();
+    assert_eq!(closed.kind(), ErrorKind::Shutdown);
+    b.shutdown().await;
+}
