@@ -43,7 +43,7 @@ pub use builder::{
     EdgeCacheBuilder, DEFAULT_BACKFILL_TTL_CAP, DEFAULT_LIVENESS_INTERVAL, DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_STALENESS_BOUND,
 };
-pub use cache::EdgeCache;
+pub use cache::{EdgeCache, TypedNamespace};
 pub use notify::Notification;
 pub use observer::{NoopObserver, Observer};
 pub use options::SetOptions;

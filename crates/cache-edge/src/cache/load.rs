@@ -61,8 +61,27 @@ impl<C: Codec> EdgeCache<C> {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let (index, _) = self.inner.ns_by_name(namespace)?;
+        self.get_or_load_in(index, params, options, loader).await
+    }
+
+    /// [`EdgeCache::get_or_load`] in the namespace at `index` (of the configuration).
+    pub(crate) async fn get_or_load_in<T, P, F, Fut, E>(
+        &self,
+        index: usize,
+        params: &P,
+        options: SetOptions,
+        loader: F,
+    ) -> Result<Arc<T>>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        P: Serialize + ?Sized,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let inner = &*self.inner;
-        let (_, ns) = inner.ns_by_name(namespace)?;
+        let ns = inner.ns_at(index);
         // As `get`: an L1 hit needs only the digest.
         let digest = Digest::of_params(params)?;
         if let Some(hit) = inner.l1_hit_in::<T>(ns, &digest) {

@@ -10,7 +10,10 @@ mod invalidate;
 mod load;
 mod pending;
 mod read;
+mod typed;
 mod write;
+
+pub use typed::TypedNamespace;
 
 use std::collections::HashMap;
 use std::sync::atomic::{
@@ -445,6 +448,11 @@ impl<C: Codec> Inner<C> {
                     ),
                 )
             })
+    }
+
+    /// The namespace at `index` of the configuration (an index [`Inner::ns_by_name`] gave).
+    fn ns_at(&self, index: usize) -> &NsState {
+        &self.namespaces[index]
     }
 
     fn ns_by_key_namespace(&self, key_namespace: &str) -> Option<&NsState> {

@@ -27,8 +27,18 @@ impl<C: Codec> EdgeCache<C> {
         T: DeserializeOwned + Send + Sync + 'static,
         P: Serialize + ?Sized,
     {
+        let (index, _) = self.inner.ns_by_name(namespace)?;
+        self.get_in(index, params).await
+    }
+
+    /// [`EdgeCache::get`] in the namespace at `index` (of the configuration).
+    pub(crate) async fn get_in<T, P>(&self, index: usize, params: &P) -> Result<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+        P: Serialize + ?Sized,
+    {
         let inner = &*self.inner;
-        let (_, ns) = inner.ns_by_name(namespace)?;
+        let ns = inner.ns_at(index);
         // The L1 is keyed by the digest: a hit needs neither the key's text nor an allocation.
         let digest = Digest::of_params(params)?;
         if let Some(hit) = inner.l1_hit_in::<T>(ns, &digest) {

@@ -9,3 +9,4 @@ mod health;
 mod invalidation;
 mod load;
 mod read_write;
+mod typed;
