@@ -24,6 +24,9 @@
 //!    value types) and checked back to `Value` with `downcast`. The least edge-cache's L1 can do.
 //! 5. `reads_memory_l1`: the shipped [`MemoryL1`] (through `dyn L1Store`), clock and downcast.
 //! 6. `reads_edge`: `EdgeCache::get_key` on an embedded-default node.
+//! 7. `reads_get_json`: `EdgeCache::get(namespace, &params)` with the parameters as a
+//!    `serde_json::Value` built beforehand, so the key is derived on every read.
+//! 8. `reads_get_struct`: the same with a small `#[derive(Serialize)]` struct.
 //!
 //! Rounds time every step once, in an order shuffled each round; each step's figure is the
 //! median over rounds of its time divided by the baseline's in the same round, so a burst of load
@@ -39,6 +42,7 @@ use cache_memory::{MemoryL1, SystemClock};
 use serde::{Deserialize, Serialize};
 
 const KEYS: usize = 10_000;
+const NAMESPACE: &str = "gpu_availability";
 const READS: usize = 200_000;
 /// Timed rounds unless `L1_HIT_ROUNDS` says otherwise (under callgrind, 1 is enough).
 const ROUNDS: usize = 15;
@@ -76,6 +80,8 @@ impl<V> Slot<V> {
 /// Everything the steps read from.
 struct Stores {
     keys: Vec<CacheKey>,
+    json_params: Vec<serde_json::Value>,
+    ids: Vec<String>,
     quick: quick_cache::sync::Cache<Digest, Arc<Value>>,
     typed: quick_cache::sync::Cache<Digest, Slot<Arc<Value>>>,
     erased: quick_cache::sync::Cache<Digest, Slot<SharedValue>>,
@@ -92,16 +98,20 @@ enum Step {
     ErasedClock,
     MemoryL1,
     Edge,
+    GetJson,
+    GetStruct,
 }
 
 impl Step {
-    const ALL: [Step; 6] = [
+    const ALL: [Step; 8] = [
         Step::QuickCache,
         Step::Typed,
         Step::TypedClock,
         Step::ErasedClock,
         Step::MemoryL1,
         Step::Edge,
+        Step::GetJson,
+        Step::GetStruct,
     ];
 
     fn name(self) -> &'static str {
@@ -112,6 +122,8 @@ impl Step {
             Step::ErasedClock => "4. + type erasure, downcast",
             Step::MemoryL1 => "5. MemoryL1::get, clock, downcast",
             Step::Edge => "6. EdgeCache::get_key",
+            Step::GetJson => "7. EdgeCache::get, JSON value params",
+            Step::GetStruct => "8. EdgeCache::get, struct params",
         }
     }
 
@@ -124,6 +136,8 @@ impl Step {
             Step::ErasedClock => reads_erased_clock(&stores.erased, &stores.keys, order),
             Step::MemoryL1 => reads_memory_l1(&*stores.memory_l1, &stores.keys, order),
             Step::Edge => reads_edge(&stores.rt, &stores.node, &stores.keys, order),
+            Step::GetJson => reads_get_json(&stores.rt, &stores.node, &stores.json_params, order),
+            Step::GetStruct => reads_get_struct(&stores.rt, &stores.node, &stores.ids, order),
         }
     }
 }
@@ -233,6 +247,49 @@ fn reads_edge(
     })
 }
 
+/// The parameters of one offer, as a user would declare them.
+#[derive(Serialize)]
+struct GpuParams<'a> {
+    gpu_id: &'a str,
+}
+
+#[inline(never)]
+fn reads_get_json(
+    rt: &tokio::runtime::Runtime,
+    node: &EdgeCache,
+    params: &[serde_json::Value],
+    order: &[usize],
+) -> usize {
+    rt.block_on(async {
+        let mut hits = 0;
+        for &i in order {
+            let value = node.get::<Value, _>(NAMESPACE, &params[i]).await;
+            hits += usize::from(matches!(&value, Ok(Some(v)) if v.vcpus > 0));
+            black_box(value.ok());
+        }
+        hits
+    })
+}
+
+#[inline(never)]
+fn reads_get_struct(
+    rt: &tokio::runtime::Runtime,
+    node: &EdgeCache,
+    ids: &[String],
+    order: &[usize],
+) -> usize {
+    rt.block_on(async {
+        let mut hits = 0;
+        for &i in order {
+            let params = GpuParams { gpu_id: &ids[i] };
+            let value = node.get::<Value, _>(NAMESPACE, &params).await;
+            hits += usize::from(matches!(&value, Ok(Some(v)) if v.vcpus > 0));
+            black_box(value.ok());
+        }
+        hits
+    })
+}
+
 /// A xorshift generator: the same sequence on every run.
 struct Rng(u64);
 
@@ -251,17 +308,30 @@ impl Rng {
 
 /// Fills every store with the same values; the node's copy is what every step hands out.
 fn setup() -> anyhow::Result<Stores> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // One worker runs the node's background tasks (its liveness checks among them) while the
+    // reads, which never yield, run on this thread: on a current-thread runtime those checks
+    // would wait for the reads, the node's confirmation would age past its staleness bound and
+    // reads would go to L2.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
-    let node = rt.block_on(EdgeCache::builder().node_id("l1-hit").build())?;
-    let keys: Vec<CacheKey> = (0..KEYS)
-        .map(|i| {
-            node.key(
-                "gpu_availability",
-                &serde_json::json!({ "gpu_id": format!("g-{i:06}") }),
-            )
-        })
+    // A bound far beyond the run, so that under valgrind, where the worker is starved, the
+    // node still trusts its L1.
+    let node = rt.block_on(
+        EdgeCache::builder()
+            .node_id("l1-hit")
+            .staleness_bound(Duration::from_secs(3600))
+            .build(),
+    )?;
+    let ids: Vec<String> = (0..KEYS).map(|i| format!("g-{i:06}")).collect();
+    let json_params: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| serde_json::json!({ "gpu_id": id }))
+        .collect();
+    let keys: Vec<CacheKey> = json_params
+        .iter()
+        .map(|params| node.key(NAMESPACE, params))
         .collect::<cache_core::Result<_>>()?;
     let quick = quick_cache::sync::Cache::new(KEYS * 2);
     let typed = quick_cache::sync::Cache::new(KEYS * 2);
@@ -299,6 +369,8 @@ fn setup() -> anyhow::Result<Stores> {
     })?;
     Ok(Stores {
         keys,
+        json_params,
+        ids,
         quick,
         typed,
         erased,
@@ -311,7 +383,15 @@ fn setup() -> anyhow::Result<Stores> {
 fn main() -> anyhow::Result<()> {
     let stores = setup()?;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let order: Vec<usize> = (0..READS).map(|_| rng.below(KEYS)).collect();
+    // `L1_HIT_SPAN` reads only the first keys (all of them by default): a small span keeps the
+    // parameters and entries read in the CPU cache, so the derivation alone shows.
+    let span = std::env::var("L1_HIT_SPAN")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(KEYS)
+        .clamp(1, KEYS);
+    let order: Vec<usize> = (0..READS).map(|_| rng.below(span)).collect();
+    let l2_before = stores.node.stats().l2_hits;
     let rounds = std::env::var("L1_HIT_ROUNDS")
         .ok()
         .and_then(|n| n.parse::<usize>().ok())
@@ -341,6 +421,11 @@ fn main() -> anyhow::Result<()> {
             ratios[slot].push(elapsed[slot] / elapsed[0]);
         }
     }
+    let l2_reads = stores.node.stats().l2_hits - l2_before;
+    anyhow::ensure!(
+        l2_reads == 0,
+        "{l2_reads} timed reads of the node went to L2: the steps would not compare L1 hits"
+    );
     println!("{READS} reads of {KEYS} keys, {rounds} rounds; medians:");
     for (slot, step) in Step::ALL.into_iter().enumerate() {
         println!(
