@@ -776,7 +776,6 @@ const PLAIN: [bool; 256] = {
 /// a UTF-16 surrogate pair).
 fn push_string(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
     out.push(b'"');
     // Parameters are nearly always plain: one scan, one copy.
     if all_plain(bytes) {
@@ -794,6 +793,9 @@ fn push_string(out: &mut Vec<u8>, s: &str) {
 /// Whether every byte of `bytes` is [`PLAIN`], eight at a time.
 #[inline]
 fn all_plain(bytes: &[u8]) -> bool {
+    if bytes.len() < 16 {
+        return bytes.iter().all(|&b| PLAIN[usize::from(b)]);
+    }
     let (words, tail) = bytes.as_chunks::<8>();
     if !words
         .iter()
