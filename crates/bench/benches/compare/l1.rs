@@ -12,8 +12,12 @@
 //! (the least an L1 that serves many value types from one store does: edge-cache's).
 //! quick_cache and moka are keyed by the same 32-byte digest edge-cache's L1 is keyed by, and
 //! edge-cache `get_key` reads with keys derived once outside the timed loop; `get` reads the
-//! same keys in the same order from parameters held per key (the JSON values built beforehand,
-//! the struct borrowing the offer's id), deriving each key inside the timed loop.
+//! same keys in the same order, deriving each key inside the timed loop: from a JSON value per
+//! key built beforehand (a map with its own heap nodes, as `serde_json::Value` is), and from a
+//! struct made on each read that borrows the offer's id from one contiguous text of all ids
+//! (parameters in hand, as a request handler has them, not scattered over the heap). A third
+//! floor shows what any `get` keyed by SHA-256 pays: the hash of each key's canonical JSON
+//! (padded beforehand, in one array), then `get_key` of a key that depends on it.
 //! Reads follow one fixed pseudo-random order over the keys. Implementations take turns, batch
 //! after batch, and the median batch of each is reported; allocations are counted in the timed
 //! loop with the counting allocator.
@@ -107,7 +111,8 @@ struct Stores {
     keys: Vec<CacheKey>,
     /// The parameters of each key, as `get` takes them.
     json_params: Vec<serde_json::Value>,
-    ids: Vec<String>,
+    /// Every offer's id, back to back, `ID_LEN` bytes each.
+    ids: String,
     /// Each key's canonical JSON, padded as SHA-256's one block.
     blocks: Vec<[u8; 64]>,
     digests: Vec<Digest>,
@@ -159,6 +164,14 @@ const SHA256_INITIAL: [u32; 8] = [
     0x1f83_d9ab,
     0x5be0_cd19,
 ];
+
+/// The length of every id [`data::params`] makes (`g-000042`).
+const ID_LEN: usize = 8;
+
+/// The `i`th id of the contiguous text of ids.
+fn id(ids: &str, i: usize) -> &str {
+    &ids[i * ID_LEN..(i + 1) * ID_LEN]
+}
 
 /// One timed batch on one thread.
 struct Batch {
@@ -329,11 +342,13 @@ async fn setup(url: &str) -> anyhow::Result<Stores> {
         .iter()
         .map(|params| node.key(NAMESPACE, params))
         .collect::<cache_core::Result<_>>()?;
-    let ids: Vec<String> = json_params
+    let ids: String = json_params
         .iter()
-        .map(|params| params["gpu_id"].as_str().unwrap_or_default().to_owned())
+        .map(|params| params["gpu_id"].as_str().unwrap_or_default())
         .collect();
-    for (id, key) in ids.iter().zip(&keys) {
+    ensure!(ids.len() == KEYS * ID_LEN, "every id is {ID_LEN} bytes");
+    for (i, key) in keys.iter().enumerate() {
+        let id = id(&ids, i);
         ensure!(
             node.key(NAMESPACE, &GpuParams { gpu_id: id })? == *key,
             "the struct parameters of {id} derive another key than its JSON parameters"
@@ -527,7 +542,7 @@ async fn read_batch(stores: &Stores, imp: Imp, order: &[usize]) -> Batch {
         Imp::EdgeGetStruct => {
             for &i in order {
                 let params = GpuParams {
-                    gpu_id: &stores.ids[i],
+                    gpu_id: id(&stores.ids, i),
                 };
                 let value = stores.node.get::<Offer, _>(NAMESPACE, &params).await;
                 hits += usize::from(matches!(&value, Ok(Some(v)) if v.vcpus > 0));
