@@ -8,6 +8,7 @@ mod fleet;
 mod freshness;
 mod redis_faults;
 mod redis_fleet;
+mod redis_signed;
 mod redis_tls;
 mod seed_defects;
 mod simulation;

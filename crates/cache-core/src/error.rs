@@ -28,6 +28,10 @@ pub enum ErrorKind {
     MalformedEvent,
     /// An event whose `event_type` names no known type.
     UnknownEventType,
+    /// An event refused by the node's key ring or replay guard: unsigned where signatures are
+    /// required, signed with an unknown key or a wrong MAC, an event id already seen, or a
+    /// timestamp outside the replay window (see `cache_core::signing`).
+    Unauthenticated,
     /// The L2 store failed (connection lost, timeout, server error).
     L2,
     /// The event bus failed to publish or subscribe.
@@ -49,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Decode => "decoding failed",
             ErrorKind::MalformedEvent => "malformed event",
             ErrorKind::UnknownEventType => "unknown event type",
+            ErrorKind::Unauthenticated => "unauthenticated event",
             ErrorKind::L2 => "L2 store error",
             ErrorKind::Bus => "event bus error",
             ErrorKind::Loader => "loader failed",

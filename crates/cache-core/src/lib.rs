@@ -25,6 +25,7 @@ pub mod key;
 pub mod log;
 pub mod namespace;
 pub mod routing;
+pub mod signing;
 pub mod store;
 pub mod time;
 
@@ -36,6 +37,7 @@ pub use key::{canonical_json, CacheKey, Digest};
 pub use log::{HeadCheck, LogCursor, LogPosition, LogRead, Observed};
 pub use namespace::{NamespaceConfig, Namespaces, OutagePolicy};
 pub use routing::Routing;
+pub use signing::{EventKeys, SignatureMode, SigningKey};
 pub use store::{
     Fence, L1Entry, L1Factory, L1Store, L1Usage, L2Entry, L2Info, L2Store, L2Write, Logged,
     LoggedChange, SharedValue,

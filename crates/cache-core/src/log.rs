@@ -85,13 +85,21 @@ impl LogPosition {
 /// assert_eq!(positions_in_tail(br#"{"source_node":"a"}"#), None);
 /// ```
 pub fn positions_in_tail(message: &[u8]) -> Option<Vec<LogPosition>> {
-    const FIELD: &[u8] = b",\"pos\":";
-    let start = message
-        .windows(FIELD.len())
-        .rposition(|w| w == FIELD)?
-        .checked_add(FIELD.len())?;
+    let start = tail_start(message)?.checked_add(POS_FIELD.len())?;
     let body = message.get(start..)?.strip_suffix(b"}")?;
     parse_positions(body)
+}
+
+/// The field a store appends, with its leading comma.
+const POS_FIELD: &[u8] = b",\"pos\":";
+
+/// Where the `,"pos":` field a store appended starts in `message`, if it has one (the last
+/// occurrence: see [`positions_in_tail`]). What comes before it is the event as its issuer
+/// published it, without the closing brace.
+pub fn tail_start(message: &[u8]) -> Option<usize> {
+    message
+        .windows(POS_FIELD.len())
+        .rposition(|w| w == POS_FIELD)
 }
 
 /// `event` (an encoded event, ending in its closing brace) with `,"pos":[...]` for

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::{
-    Clock, Codec, Error, ErrorKind, EventBus, JsonCodec, L1Factory, L2Store, Namespaces, Result,
-    Routing,
+    Clock, Codec, Error, ErrorKind, EventBus, EventKeys, JsonCodec, L1Factory, L2Store, Namespaces,
+    Result, Routing,
 };
 use cache_memory::{MemoryBus, MemoryL1Factory, MemoryL2, SystemClock};
 
@@ -61,6 +61,7 @@ pub struct EdgeCacheBuilder<C: Codec = JsonCodec> {
     pub(crate) backfill_ttl_cap: Duration,
     pub(crate) staleness_bound: Duration,
     pub(crate) liveness_interval: Duration,
+    pub(crate) event_keys: Option<EventKeys>,
 }
 
 impl Default for EdgeCacheBuilder {
@@ -80,6 +81,7 @@ impl Default for EdgeCacheBuilder {
             backfill_ttl_cap: DEFAULT_BACKFILL_TTL_CAP,
             staleness_bound: DEFAULT_STALENESS_BOUND,
             liveness_interval: DEFAULT_LIVENESS_INTERVAL,
+            event_keys: None,
         }
     }
 }
@@ -103,6 +105,7 @@ impl<C: Codec> EdgeCacheBuilder<C> {
             backfill_ttl_cap: self.backfill_ttl_cap,
             staleness_bound: self.staleness_bound,
             liveness_interval: self.liveness_interval,
+            event_keys: self.event_keys,
         }
     }
 
@@ -192,6 +195,17 @@ impl<C: Codec> EdgeCacheBuilder<C> {
     /// a read at once. Each check costs one small script per event-driven namespace.
     pub fn liveness_interval(mut self, interval: Duration) -> Self {
         self.liveness_interval = interval;
+        self
+    }
+
+    /// Signs every event this node publishes with `keys`' signing key and refuses events that
+    /// do not verify against the ring (unsigned ones too, unless the ring accepts them), whose
+    /// event id was heard before within the replay window, or whose timestamp is outside it.
+    /// Every node of a fleet needs a key the others verify. Refusals are counted per reason in
+    /// [`crate::Stats`]; see `docs/security.md` for rotation and the threat model. Default: no
+    /// keys, every well-formed event accepted.
+    pub fn event_keys(mut self, keys: EventKeys) -> Self {
+        self.event_keys = Some(keys);
         self
     }
 

@@ -237,6 +237,18 @@ counters! {
     events_applied,
     /// Messages dropped because they could not be decoded.
     events_rejected,
+    /// Messages refused for carrying no signature where the node requires one.
+    rejected_unsigned,
+    /// Messages refused for a signature field that is not `"<key id>:<64 hex digits>"`.
+    rejected_malformed_signature,
+    /// Messages refused for a signature by a key id the node's ring does not hold.
+    rejected_unknown_key,
+    /// Messages refused for a MAC that does not match them.
+    rejected_bad_mac,
+    /// Messages refused for an event id heard before, within the replay window.
+    rejected_replayed,
+    /// Messages refused for a timestamp farther from this node's clock than the replay window.
+    rejected_stale,
     /// Own events received back and ignored.
     own_events_ignored,
     /// L2 operations that failed.

@@ -11,6 +11,19 @@ impl<C: Codec> Inner<C> {
     /// Handles one raw message from the bus.
     pub(crate) async fn receive(&self, bytes: &[u8]) {
         self.counters.events_received.add(1);
+        if self.keys.is_some() {
+            // Nothing in a message is trusted before its signature, not even the positions of
+            // what looks like this node's own event: forged ones would hide a gap.
+            if bytes.len() > cache_core::MAX_EVENT_BYTES {
+                self.reject_malformed(bytes, &oversized(bytes.len()));
+                self.events_handled.fetch_add(1, Relaxed);
+                return;
+            }
+            if self.check_signature(bytes).is_err() {
+                self.events_handled.fetch_add(1, Relaxed);
+                return;
+            }
+        }
         if bytes.starts_with(&self.own_prefix) {
             // One of this node's own events, heard back: nothing to decode or apply, but its
             // positions in the logs count as heard.
@@ -27,6 +40,7 @@ impl<C: Codec> Inner<C> {
             Ok(event) if event.source_node == self.node_id => {
                 self.counters.own_events_ignored.add(1);
             }
+            Ok(event) if self.check_fresh(&event).is_err() => {}
             Ok(event) => {
                 tracing::debug!(node_id = %self.node_id, event_id = %event.event_id, event_type = %event.event_type, "applying event");
                 if event.version == 0 {
@@ -42,13 +56,15 @@ impl<C: Codec> Inner<C> {
                     self.record_applied(&event);
                 }
             }
-            Err(e) => {
-                self.counters.events_rejected.add(1);
-                tracing::warn!(node_id = %self.node_id, error = %e, len = bytes.len(), "dropped a malformed event");
-                self.observer.on_event_rejected(&e);
-            }
+            Err(e) => self.reject_malformed(bytes, &e),
         }
         self.events_handled.fetch_add(1, Relaxed);
+    }
+
+    fn reject_malformed(&self, bytes: &[u8], e: &cache_core::Error) {
+        self.counters.events_rejected.add(1);
+        tracing::warn!(node_id = %self.node_id, error = %e, len = bytes.len(), "dropped a malformed event");
+        self.observer.on_event_rejected(e);
     }
 
     /// A seed (Python) node publishes without touching L2 and relies on every receiver to
@@ -144,4 +160,15 @@ impl<C: Codec> Inner<C> {
             change(l1);
         }
     }
+}
+
+/// The error of a message over [`cache_core::MAX_EVENT_BYTES`], refused before any other work.
+fn oversized(len: usize) -> cache_core::Error {
+    cache_core::Error::new(
+        cache_core::ErrorKind::MalformedEvent,
+        format!(
+            "event of {len} bytes exceeds the {}-byte limit",
+            cache_core::MAX_EVENT_BYTES
+        ),
+    )
 }

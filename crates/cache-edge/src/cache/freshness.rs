@@ -402,8 +402,24 @@ impl<C: Codec> Inner<C> {
             // This node applied its own change when it made it.
             return;
         }
+        if self.check_signature(message).is_err() {
+            // Whatever it invalidated cannot be known: the namespace's L1 goes.
+            tracing::warn!(node_id = %self.node_id, "a logged event does not verify; dropping its namespace");
+            self.change_l1(ns, |l1| {
+                l1.clear();
+            });
+            return;
+        }
         match Event::decode(message) {
             Ok(event) => {
+                if let Some(keys) = &self.keys {
+                    // A copy heard later on the bus is a replay.
+                    self.remember(
+                        &event.event_id,
+                        self.clock.now().as_nanos(),
+                        keys.replay_window(),
+                    );
+                }
                 self.counters.events_replayed.add(1);
                 // Positions of other namespaces the event touched advance their cursors too.
                 self.observe_positions(&event.positions);

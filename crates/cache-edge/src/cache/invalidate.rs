@@ -183,7 +183,11 @@ impl<C: Codec> Inner<C> {
         Fut: Future<Output = Result<()>>,
     {
         if self.publish_logged {
-            return match self.l2.change_and_log(logged(), event.encode()).await {
+            return match self
+                .l2
+                .change_and_log(logged(), self.seal(event.encode()))
+                .await
+            {
                 Ok(logged) => {
                     self.apply(event);
                     match logged.message {
@@ -209,7 +213,7 @@ impl<C: Codec> Inner<C> {
             let l2 = change(None).await.map_err(|e| self.l2_failed(what, e));
             return self.issue(event, l2).await;
         }
-        let result = match change(Some(event.encode())).await {
+        let result = match change(Some(self.seal(event.encode()))).await {
             Err(e) if self.published_late(&e) => Ok(()),
             other => other,
         };
@@ -242,7 +246,8 @@ impl<C: Codec> Inner<C> {
     }
 
     async fn publish(&self, event: &Event) -> Result<()> {
-        self.publish_encoded(event.encode(), &event.event_id).await
+        self.publish_encoded(self.seal(event.encode()), &event.event_id)
+            .await
     }
 
     /// Publishes an encoded event (`event_id` names it in the log).

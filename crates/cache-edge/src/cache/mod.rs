@@ -4,6 +4,7 @@
 //! every flow shares.
 
 mod apply;
+mod auth;
 mod connection;
 mod freshness;
 mod invalidate;
@@ -104,6 +105,13 @@ pub(crate) struct Inner<C> {
     freshness: Freshness,
     /// The liveness task of a sequenced node.
     liveness: Mutex<Option<JoinHandle<()>>>,
+    /// The key ring this node signs and verifies events with, if any.
+    keys: auth::Keys,
+    /// Event ids heard within the replay window.
+    replay_guard: auth::ReplayGuard,
+    /// When a refused event was last logged (nanoseconds since the epoch), to log at most one
+    /// a second.
+    refusal_logged_at: AtomicU64,
 }
 
 struct NsState {
@@ -206,6 +214,9 @@ impl<C: Codec> EdgeCache<C> {
             republisher: Mutex::new(None),
             freshness: Freshness::new(b.staleness_bound, b.liveness_interval),
             liveness: Mutex::new(None),
+            keys: b.event_keys,
+            replay_guard: auth::ReplayGuard::default(),
+            refusal_logged_at: AtomicU64::new(0),
         });
         // Start counted as a node that may miss invalidations; the subscription's first
         // `Connected` makes it complete where it can be.

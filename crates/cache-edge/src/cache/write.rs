@@ -151,7 +151,7 @@ impl<C: Codec> EdgeCache<C> {
                 timestamp: inner.clock.now().as_secs_f64(),
             }
             .encode();
-            (event_id, payload)
+            (event_id, inner.seal(payload))
         });
         let size_bytes = len64(&bytes);
         let mut write = L2Write::new(key.clone(), bytes, ttl).tags(tags.clone());

@@ -9,4 +9,5 @@ mod health;
 mod invalidation;
 mod load;
 mod read_write;
+mod signed;
 mod typed;
