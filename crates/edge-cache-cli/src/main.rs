@@ -17,6 +17,7 @@
 //! redacted; usage errors print clap's usage too), 2 a `get` that found nothing.
 
 mod fail;
+mod keys;
 mod node;
 mod notify;
 mod render;
@@ -98,6 +99,16 @@ struct Global {
         help = "Node id written on the events this process publishes [default: edge-cache-cli-<pid>]"
     )]
     node_id: Option<String>,
+
+    /// The fleet's event keys, one `<key id>:<hex secret>` per line (what `keygen` prints); the
+    /// first signs what this process publishes, all verify. Without it, `EDGE_CACHE_KEYS` may
+    /// hold the lines themselves. Never pass a key as an argument: `ps` shows arguments.
+    #[arg(long, global = true, value_name = "PATH", env = "EDGE_CACHE_KEYS_FILE")]
+    keys_file: Option<std::path::PathBuf>,
+
+    /// With keys, also accept unsigned events (a fleet that still runs seed Python nodes).
+    #[arg(long, global = true)]
+    accept_unsigned: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +200,21 @@ enum Command {
         long_about = SERVE_HELP
     )]
     Serve,
+
+    /// Print a new event key line, `<key id>:<64 hex digits>`, from the OS's random source.
+    ///
+    /// Put it in every node's key file (see --keys-file); the first line of a file signs.
+    Keygen {
+        /// The key's id, written with every signature (e.g. the month it was made).
+        #[arg(long, default_value = "k1")]
+        id: String,
+    },
+
+    /// Check a captured message (on stdin) against the fleet's keys.
+    ///
+    /// Prints `signed by <key id>` and exits 0, or exits 1 with the reason it would be refused
+    /// (unsigned, malformed signature, unknown key id, bad MAC).
+    Verify,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -206,7 +232,30 @@ async fn main() -> ExitCode {
             };
         }
     };
+    if let Command::Keygen { id } = &cli.command {
+        return match keys::keygen(id) {
+            Ok(line) => match fail::print_line(&line) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("edge-cache: error: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("edge-cache: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let keys = match keys::load(cli.global.keys_file.as_deref(), cli.global.accept_unsigned) {
+        Ok(keys) => keys,
+        Err(e) => {
+            eprintln!("edge-cache: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let target = Target {
+        keys,
         node_id: cli
             .global
             .node_id
@@ -306,6 +355,9 @@ async fn run(target: &Target, command: Command) -> Result<Outcome, CliError> {
             let node = node::connect(target).await?;
             serve::run(target, node, namespaces).await
         }
+        Command::Verify => keys::verify(target.keys.as_ref()),
+        // Handled before any key is read.
+        Command::Keygen { .. } => Ok(Outcome::Done),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cache_core::Namespaces;
+use cache_core::{EventKeys, Namespaces};
 use cache_edge::EdgeCache;
 use cache_redis::{RedisBus, RedisConfig, RedisL2};
 
@@ -20,6 +20,8 @@ pub struct Target {
     pub channel: String,
     /// The id written on events this process publishes.
     pub node_id: String,
+    /// The fleet's event keys, if it signs its events.
+    pub keys: Option<EventKeys>,
 }
 
 impl Target {
@@ -44,13 +46,15 @@ pub async fn connect(target: &Target) -> Result<EdgeCache, CliError> {
     let config = target.config();
     let l2 = RedisL2::connect(&config).await?;
     let bus = RedisBus::connect(&config).await?;
-    let node = EdgeCache::builder()
+    let mut builder = EdgeCache::builder()
         .node_id(target.node_id.as_str())
         .namespaces(namespaces())
         .l2(Arc::new(l2))
-        .bus(Arc::new(bus))
-        .build()
-        .await?;
+        .bus(Arc::new(bus));
+    if let Some(keys) = &target.keys {
+        builder = builder.event_keys(keys.clone());
+    }
+    let node = builder.build().await?;
     Ok(node)
 }
 

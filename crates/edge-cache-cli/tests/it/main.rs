@@ -3,6 +3,7 @@
 
 mod cli;
 mod fleet;
+mod keys;
 mod serve;
 mod stats;
 mod support;

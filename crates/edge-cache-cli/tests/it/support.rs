@@ -208,7 +208,15 @@ impl ServeNode {
     /// Starts `edge-cache serve --node-id <name>` on `redis` without waiting for it to be ready,
     /// so several can start at once.
     pub fn spawn(redis: &RedisServer, name: &str) -> ServeNode {
+        Self::spawn_with(redis, name, &[])
+    }
+
+    /// [`ServeNode::spawn`] with global options before `serve` (`--keys-file PATH`, say).
+    pub fn spawn_with(redis: &RedisServer, name: &str, options: &[&str]) -> ServeNode {
         let mut child = edge_cache(&redis.url())
+            .env_remove("EDGE_CACHE_KEYS")
+            .env_remove("EDGE_CACHE_KEYS_FILE")
+            .args(options)
             .args(["serve", "--node-id", name])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
