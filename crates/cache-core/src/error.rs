@@ -20,6 +20,8 @@ pub enum ErrorKind {
     InvalidTtl,
     /// A value larger than the configured maximum; nothing was written.
     ValueTooLarge,
+    /// Parameters or tags over one of the node's input bounds (`cache_core::Limits`).
+    LimitExceeded,
     /// A value or parameter set that could not be encoded.
     Encode,
     /// Stored bytes that could not be decoded into the requested type.
@@ -49,6 +51,7 @@ impl ErrorKind {
             ErrorKind::InvalidConfig => "invalid configuration",
             ErrorKind::InvalidTtl => "invalid TTL",
             ErrorKind::ValueTooLarge => "value too large",
+            ErrorKind::LimitExceeded => "input limit exceeded",
             ErrorKind::Encode => "encoding failed",
             ErrorKind::Decode => "decoding failed",
             ErrorKind::MalformedEvent => "malformed event",

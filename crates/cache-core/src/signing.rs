@@ -68,7 +68,9 @@ impl Secret {
     /// [`ErrorKind::InvalidConfig`] for anything else; the message never contains the input.
     pub fn from_hex(text: &str) -> Result<Self> {
         let text = text.trim();
-        let bytes: Option<Vec<u8>> = text.len().is_multiple_of(2)
+        let bytes: Option<Vec<u8>> = text
+            .len()
+            .is_multiple_of(2)
             .then(|| {
                 text.as_bytes()
                     .chunks_exact(2)

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::{
-    Clock, Codec, Error, ErrorKind, EventBus, EventKeys, JsonCodec, L1Factory, L2Store, Namespaces,
-    Result, Routing,
+    Clock, Codec, Error, ErrorKind, EventBus, EventKeys, JsonCodec, L1Factory, L2Store, Limits,
+    Namespaces, Result, Routing,
 };
 use cache_memory::{MemoryBus, MemoryL1Factory, MemoryL2, SystemClock};
 
@@ -62,6 +62,7 @@ pub struct EdgeCacheBuilder<C: Codec = JsonCodec> {
     pub(crate) staleness_bound: Duration,
     pub(crate) liveness_interval: Duration,
     pub(crate) event_keys: Option<EventKeys>,
+    pub(crate) limits: Limits,
 }
 
 impl Default for EdgeCacheBuilder {
@@ -82,6 +83,7 @@ impl Default for EdgeCacheBuilder {
             staleness_bound: DEFAULT_STALENESS_BOUND,
             liveness_interval: DEFAULT_LIVENESS_INTERVAL,
             event_keys: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -106,6 +108,7 @@ impl<C: Codec> EdgeCacheBuilder<C> {
             staleness_bound: self.staleness_bound,
             liveness_interval: self.liveness_interval,
             event_keys: self.event_keys,
+            limits: self.limits,
         }
     }
 
@@ -206,6 +209,15 @@ impl<C: Codec> EdgeCacheBuilder<C> {
     /// keys, every well-formed event accepted.
     pub fn event_keys(mut self, keys: EventKeys) -> Self {
         self.event_keys = Some(keys);
+        self
+    }
+
+    /// Bounds on what the node takes from outside (see [`Limits`] for each and its default):
+    /// messages over one are refused before they are decoded and counted per reason in
+    /// [`crate::Stats`]; calls whose parameters or tags are over one fail with
+    /// [`ErrorKind::LimitExceeded`].
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 

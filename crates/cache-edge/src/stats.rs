@@ -237,6 +237,14 @@ counters! {
     events_applied,
     /// Messages dropped because they could not be decoded.
     events_rejected,
+    /// Messages refused, before decoding, for more bytes than the node's bound.
+    rejected_oversized,
+    /// Messages refused, before decoding, for arrays and objects nested past the bound.
+    rejected_too_deep,
+    /// Events refused for naming more namespaces than the bound.
+    rejected_too_many_namespaces,
+    /// Events refused for naming more keys than the bound.
+    rejected_too_many_keys,
     /// Messages refused for carrying no signature where the node requires one.
     rejected_unsigned,
     /// Messages refused for a signature field that is not `"<key id>:<64 hex digits>"`.

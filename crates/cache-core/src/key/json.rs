@@ -28,6 +28,8 @@ pub(super) enum Stop {
     NonFinite(f64),
     /// Something this encoder leaves to serde_json's value conversion (see the module docs).
     Unsupported,
+    /// The JSON would be longer than the limit it was given (bytes).
+    TooLarge(usize),
 }
 
 impl fmt::Display for Stop {
@@ -35,6 +37,7 @@ impl fmt::Display for Stop {
         match self {
             Stop::NonFinite(x) => write!(f, "float {x} has no JSON form"),
             Stop::Unsupported => f.write_str("not spelled by the canonical encoder"),
+            Stop::TooLarge(limit) => write!(f, "longer than {limit} bytes"),
         }
     }
 }
@@ -65,11 +68,16 @@ thread_local! {
 ///
 /// `f` may append to the buffer it is given (to pad it for hashing, say): it is cleared before
 /// the next use.
-pub(super) fn with_canonical<P, R>(params: &P, f: impl Fn(&mut Vec<u8>) -> R) -> Result<R, Stop>
+pub(super) fn with_canonical<P, R>(
+    params: &P,
+    limit: usize,
+    f: impl Fn(&mut Vec<u8>) -> R,
+) -> Result<R, Stop>
 where
     P: Serialize + ?Sized,
 {
     let run = |scratch: &mut Scratch| {
+        scratch.limit = limit;
         let result = scratch.encode(params).map(&f);
         scratch.release_if_large();
         result
@@ -77,9 +85,9 @@ where
     SCRATCH
         .try_with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => run(&mut scratch),
-            Err(_) => run(&mut Scratch::default()),
+            Err(_) => run(&mut Scratch::new()),
         })
-        .unwrap_or_else(|_| run(&mut Scratch::default()))
+        .unwrap_or_else(|_| run(&mut Scratch::new()))
 }
 
 /// One object entry written to [`Scratch::out`].
@@ -110,7 +118,6 @@ impl Key {
 }
 
 /// The encoder's buffers.
-#[derive(Default)]
 struct Scratch {
     /// The JSON being written.
     out: Vec<u8>,
@@ -121,6 +128,9 @@ struct Scratch {
     entries: Vec<Entry>,
     /// Where an unsorted object is copied while it is rewritten in order.
     tmp: Vec<u8>,
+    /// The most bytes `out` may hold: checked before each string is written (the only part
+    /// of the output as long as the input), so the buffer never grows far past it.
+    limit: usize,
 }
 
 impl Scratch {
@@ -130,6 +140,16 @@ impl Scratch {
             keys: Vec::new(),
             entries: Vec::new(),
             tmp: Vec::new(),
+            limit: usize::MAX,
+        }
+    }
+
+    /// Whether `more` bytes still fit under the limit.
+    fn room(&self, more: usize) -> Done {
+        if self.out.len().saturating_add(more) > self.limit {
+            Err(Stop::TooLarge(self.limit))
+        } else {
+            Ok(())
         }
     }
 
@@ -138,6 +158,7 @@ impl Scratch {
         self.keys.clear();
         self.entries.clear();
         params.serialize(&mut *self)?;
+        self.room(0)?;
         Ok(&mut self.out)
     }
 
@@ -183,6 +204,7 @@ pub(super) struct Array<'a> {
 
 impl Array<'_> {
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Done {
+        self.s.room(0)?;
         if !self.first {
             self.s.out.extend_from_slice(b", ");
         }
@@ -214,11 +236,13 @@ pub(super) struct Object<'a> {
 
 impl Object<'_> {
     /// Starts an entry: the separator, then where it starts.
-    fn begin(&mut self) {
+    fn begin(&mut self) -> Done {
+        self.s.room(0)?;
         if self.s.entries.len() > self.first_entry {
             self.s.out.extend_from_slice(b", ");
         }
         self.entry_start = self.s.out.len();
+        Ok(())
     }
 
     fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Done {
@@ -240,7 +264,8 @@ impl Object<'_> {
     }
 
     fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Done {
-        self.begin();
+        self.begin()?;
+        self.s.room(key.len() + 2)?;
         push_string(&mut self.s.out, key);
         self.key = Key::Field(key);
         self.value(value)
@@ -277,6 +302,7 @@ impl Scratch {
             keys,
             entries,
             tmp,
+            ..
         } = self;
         let entries = &mut entries[first_entry..];
         // `start` grows with arrival, so it orders equal keys by arrival without a stable sort
@@ -383,10 +409,14 @@ impl<'a> ser::Serializer for &'a mut Scratch {
         Ok(())
     }
     fn serialize_str(self, v: &str) -> Done {
+        // An escape writes at most 12 bytes for a 4-byte character (a surrogate pair): the
+        // check is on the plain length, and the total is checked again as the call returns.
+        self.room(v.len() + 2)?;
         push_string(&mut self.out, v);
         Ok(())
     }
     fn serialize_bytes(self, v: &[u8]) -> Done {
+        self.room(v.len().saturating_mul(2))?;
         // serde_json: an array of numbers.
         self.out.push(b'[');
         for (i, &b) in v.iter().enumerate() {
@@ -534,7 +564,7 @@ impl ser::SerializeMap for Object<'_> {
     type Ok = ();
     type Error = Stop;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Done {
-        self.begin();
+        self.begin()?;
         let start = self.s.keys.len();
         key.serialize(KeyWriter(&mut *self.s))?;
         self.key = Key::Copied(start, self.s.keys.len());
@@ -609,6 +639,7 @@ impl ser::Serializer for KeyWriter<'_> {
     type SerializeStructVariant = ser::Impossible<(), Stop>;
 
     fn serialize_str(self, v: &str) -> Done {
+        self.0.room(v.len() + 2)?;
         self.0.keys.extend_from_slice(v.as_bytes());
         push_string(&mut self.0.out, v);
         Ok(())

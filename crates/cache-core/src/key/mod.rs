@@ -76,7 +76,16 @@ impl Digest {
     /// # Errors
     /// As [`CacheKey::derive`].
     pub fn of_params<P: Serialize + ?Sized>(params: &P) -> Result<Digest> {
-        canonical(params, Digest::of_padded)
+        canonical(params, usize::MAX, Digest::of_padded)
+    }
+
+    /// [`Digest::of_params`] of parameters at most `max_bytes` long as canonical JSON; longer
+    /// ones are refused before the encoder's buffer grows much past the bound.
+    ///
+    /// # Errors
+    /// [`ErrorKind::LimitExceeded`] over the bound; otherwise as [`CacheKey::derive`].
+    pub fn of_params_within<P: Serialize + ?Sized>(params: &P, max_bytes: usize) -> Result<Digest> {
+        canonical(params, max_bytes, Digest::of_padded)
     }
 
     /// The SHA-256 of `message`, padded in place and hashed block by block: the canonical JSON
@@ -277,21 +286,32 @@ impl fmt::Debug for CacheKey {
 /// The streaming encoder ([`json`]) writes nearly every parameter set itself. What it leaves
 /// to serde_json (see its module docs) goes through [`serde_json::to_value`] and is encoded
 /// from the value, so it keeps exactly the key, or the error, it always had.
-fn canonical<P, R>(params: &P, f: impl Fn(&mut Vec<u8>) -> R) -> Result<R>
+fn canonical<P, R>(params: &P, limit: usize, f: impl Fn(&mut Vec<u8>) -> R) -> Result<R>
 where
     P: Serialize + ?Sized,
 {
-    match json::with_canonical(params, &f) {
+    match json::with_canonical(params, limit, &f) {
         Ok(result) => Ok(result),
         Err(Stop::NonFinite(x)) => Err(non_finite(x)),
+        Err(Stop::TooLarge(limit)) => Err(too_large(limit)),
         Err(Stop::Unsupported) => {
             // serde_json's conversion turns NaN and infinities into `null`, which would give
             // them the key of a different parameter set: look for them first.
             params.serialize(FiniteCheck).map_err(encode_error)?;
             let value = serde_json::to_value(params).map_err(encode_error)?;
-            json::with_canonical(&value, &f).map_err(encode_error)
+            json::with_canonical(&value, limit, &f).map_err(|stop| match stop {
+                Stop::TooLarge(limit) => too_large(limit),
+                other => encode_error(other),
+            })
         }
     }
+}
+
+fn too_large(limit: usize) -> Error {
+    Error::new(
+        ErrorKind::LimitExceeded,
+        format!("cache key parameters are over {limit} bytes as canonical JSON"),
+    )
 }
 
 fn encode_error(source: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -325,7 +345,9 @@ fn non_finite(x: f64) -> Error {
 /// spelling, or cannot be represented as JSON (a map whose keys are not strings).
 pub fn canonical_json<P: Serialize + ?Sized>(params: &P) -> Result<String> {
     // The encoder writes ASCII only (`ensure_ascii`).
-    canonical(params, |json| String::from_utf8_lossy(json).into_owned())
+    canonical(params, usize::MAX, |json| {
+        String::from_utf8_lossy(json).into_owned()
+    })
 }
 
 #[cfg(test)]
@@ -850,5 +872,26 @@ mod tests {
                 "{len} bytes"
             );
         }
+    }
+
+    #[test]
+    fn parameters_over_the_bound_are_refused_before_the_buffer_grows() {
+        let long = "x".repeat(10_000);
+        let err = Digest::of_params_within(&json!({"id": long}), 4_096).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LimitExceeded);
+        let many: Vec<u32> = (0..10_000).collect();
+        let err = Digest::of_params_within(&many, 4_096).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LimitExceeded);
+        // At the bound exactly, the same digest as without one.
+        let params = json!({"gpu_id": "g-42"});
+        let exact = canonical_json(&params).unwrap().len();
+        assert_eq!(
+            Digest::of_params_within(&params, exact).unwrap(),
+            Digest::of_params(&params).unwrap()
+        );
+        assert!(Digest::of_params_within(&params, exact - 1).is_err());
+        // Through the fallback path too (a float map key).
+        let float_keys = std::collections::BTreeMap::from([(1u8, "y".repeat(100))]);
+        assert!(Digest::of_params_within(&float_keys, 50).is_err());
     }
 }

@@ -11,18 +11,14 @@ impl<C: Codec> Inner<C> {
     /// Handles one raw message from the bus.
     pub(crate) async fn receive(&self, bytes: &[u8]) {
         self.counters.events_received.add(1);
-        if self.keys.is_some() {
-            // Nothing in a message is trusted before its signature, not even the positions of
-            // what looks like this node's own event: forged ones would hide a gap.
-            if bytes.len() > cache_core::MAX_EVENT_BYTES {
-                self.reject_malformed(bytes, &oversized(bytes.len()));
-                self.events_handled.fetch_add(1, Relaxed);
-                return;
-            }
-            if self.check_signature(bytes).is_err() {
-                self.events_handled.fetch_add(1, Relaxed);
-                return;
-            }
+        // Bounds first (size, then nesting: one pass, nothing allocated), then the signature:
+        // nothing in a message is trusted before it, not even the positions of what looks like
+        // this node's own event (forged ones would hide a gap).
+        if self.check_limits(bytes).is_err()
+            || (self.keys.is_some() && self.check_signature(bytes).is_err())
+        {
+            self.events_handled.fetch_add(1, Relaxed);
+            return;
         }
         if bytes.starts_with(&self.own_prefix) {
             // One of this node's own events, heard back: nothing to decode or apply, but its
@@ -40,6 +36,7 @@ impl<C: Codec> Inner<C> {
             Ok(event) if event.source_node == self.node_id => {
                 self.counters.own_events_ignored.add(1);
             }
+            Ok(event) if self.check_event_limits(&event).is_err() => {}
             Ok(event) if self.check_fresh(&event).is_err() => {}
             Ok(event) => {
                 tracing::debug!(node_id = %self.node_id, event_id = %event.event_id, event_type = %event.event_type, "applying event");
@@ -160,15 +157,4 @@ impl<C: Codec> Inner<C> {
             change(l1);
         }
     }
-}
-
-/// The error of a message over [`cache_core::MAX_EVENT_BYTES`], refused before any other work.
-fn oversized(len: usize) -> cache_core::Error {
-    cache_core::Error::new(
-        cache_core::ErrorKind::MalformedEvent,
-        format!(
-            "event of {len} bytes exceeds the {}-byte limit",
-            cache_core::MAX_EVENT_BYTES
-        ),
-    )
 }

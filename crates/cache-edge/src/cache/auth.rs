@@ -1,6 +1,7 @@
-//! Signed events on a node: its own are signed as they are encoded, others' are verified before
-//! anything in them is trusted, and the replay guard refuses an event id heard before or a
-//! timestamp outside the window.
+//! What a node refuses: messages over its bounds (before they are decoded), and, with event
+//! keys, what does not verify. Its own events are signed as they are encoded, others' are
+//! verified before anything in them is trusted, and the replay guard refuses an event id heard
+//! before or a timestamp outside the window.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use cache_core::limits::EventLimit;
 use cache_core::signing::{EventKeys, Rejection, Verdict};
 use cache_core::{Codec, Error, ErrorKind, Event};
 
@@ -26,15 +28,32 @@ pub(crate) struct ReplayGuard {
     swept_at: AtomicU64,
 }
 
-/// Why a signed or unsigned message was refused, for the counters and the observer.
+/// Why a message was refused, for the counters and the observer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
+    Limit(EventLimit),
     Signature(Rejection),
     Replayed,
     Stale,
 }
 
 impl<C: Codec> Inner<C> {
+    /// Checks a raw message against the node's bounds (size, nesting) before anything else.
+    pub(super) fn check_limits(&self, message: &[u8]) -> Result<(), Refusal> {
+        self.limits.check_message(message).map_err(|limit| {
+            self.refuse(Refusal::Limit(limit), message.len());
+            Refusal::Limit(limit)
+        })
+    }
+
+    /// Checks a decoded event's lists (namespaces, keys) against the node's bounds.
+    pub(super) fn check_event_limits(&self, event: &Event) -> Result<(), Refusal> {
+        self.limits.check_event(event).map_err(|limit| {
+            self.refuse(Refusal::Limit(limit), 0);
+            Refusal::Limit(limit)
+        })
+    }
+
     /// `event` (encoded, ending in its closing brace) as this node publishes it: signed when
     /// the node holds keys.
     pub(super) fn seal(&self, event: Vec<u8>) -> Vec<u8> {
@@ -113,6 +132,10 @@ impl<C: Codec> Inner<C> {
     /// meanwhile) and tells the observer.
     fn refuse(&self, refusal: Refusal, len: usize) {
         let counter = match refusal {
+            Refusal::Limit(EventLimit::Bytes) => &self.counters.rejected_oversized,
+            Refusal::Limit(EventLimit::Depth) => &self.counters.rejected_too_deep,
+            Refusal::Limit(EventLimit::Namespaces) => &self.counters.rejected_too_many_namespaces,
+            Refusal::Limit(EventLimit::Keys) => &self.counters.rejected_too_many_keys,
             Refusal::Signature(Rejection::Unsigned) => &self.counters.rejected_unsigned,
             Refusal::Signature(Rejection::Malformed) => &self.counters.rejected_malformed_signature,
             Refusal::Signature(Rejection::UnknownKey) => &self.counters.rejected_unknown_key,
@@ -122,6 +145,7 @@ impl<C: Codec> Inner<C> {
         };
         counter.add(1);
         let reason = match refusal {
+            Refusal::Limit(limit) => limit.as_str(),
             Refusal::Signature(rejection) => rejection.as_str(),
             Refusal::Replayed => "event id heard before",
             Refusal::Stale => "timestamp outside the replay window",
@@ -136,7 +160,11 @@ impl<C: Codec> Inner<C> {
         {
             tracing::warn!(node_id = %self.node_id, reason, len, "refused an event (further refusals within a second are counted, not logged)");
         }
-        let error = Error::new(ErrorKind::Unauthenticated, format!("refused: {reason}"));
+        let kind = match refusal {
+            Refusal::Limit(_) => ErrorKind::MalformedEvent,
+            _ => ErrorKind::Unauthenticated,
+        };
+        let error = Error::new(kind, format!("refused: {reason}"));
         self.observer.on_event_rejected(&error);
     }
 }

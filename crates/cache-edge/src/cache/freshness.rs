@@ -402,15 +402,20 @@ impl<C: Codec> Inner<C> {
             // This node applied its own change when it made it.
             return;
         }
-        if self.check_signature(message).is_err() {
+        if self.check_limits(message).is_err() || self.check_signature(message).is_err() {
             // Whatever it invalidated cannot be known: the namespace's L1 goes.
-            tracing::warn!(node_id = %self.node_id, "a logged event does not verify; dropping its namespace");
+            tracing::warn!(node_id = %self.node_id, "a logged event is over a bound or does not verify; dropping its namespace");
             self.change_l1(ns, |l1| {
                 l1.clear();
             });
             return;
         }
         match Event::decode(message) {
+            Ok(event) if self.check_event_limits(&event).is_err() => {
+                self.change_l1(ns, |l1| {
+                    l1.clear();
+                });
+            }
             Ok(event) => {
                 if let Some(keys) = &self.keys {
                     // A copy heard later on the bus is a replay.

@@ -83,7 +83,7 @@ impl<C: Codec> EdgeCache<C> {
         let inner = &*self.inner;
         let ns = inner.ns_at(index);
         // As `get`: an L1 hit needs only the digest.
-        let digest = Digest::of_params(params)?;
+        let digest = Digest::of_params_within(params, inner.limits.max_params_bytes())?;
         if let Some(hit) = inner.l1_hit_in::<T>(ns, &digest) {
             return Ok(hit);
         }

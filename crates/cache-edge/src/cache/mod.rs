@@ -107,6 +107,8 @@ pub(crate) struct Inner<C> {
     liveness: Mutex<Option<JoinHandle<()>>>,
     /// The key ring this node signs and verifies events with, if any.
     keys: auth::Keys,
+    /// Bounds on messages, parameters and tags.
+    limits: cache_core::Limits,
     /// Event ids heard within the replay window.
     replay_guard: auth::ReplayGuard,
     /// When a refused event was last logged (nanoseconds since the epoch), to log at most one
@@ -215,6 +217,7 @@ impl<C: Codec> EdgeCache<C> {
             freshness: Freshness::new(b.staleness_bound, b.liveness_interval),
             liveness: Mutex::new(None),
             keys: b.event_keys,
+            limits: b.limits,
             replay_guard: auth::ReplayGuard::default(),
             refusal_logged_at: AtomicU64::new(0),
         });
@@ -272,7 +275,8 @@ impl<C: Codec> EdgeCache<C> {
     /// serialised.
     pub fn key<P: Serialize + ?Sized>(&self, namespace: &str, params: &P) -> Result<CacheKey> {
         let (_, ns) = self.inner.ns_by_name(namespace)?;
-        CacheKey::derive_in(&ns.key_ns, params)
+        let digest = Digest::of_params_within(params, self.inner.limits.max_params_bytes())?;
+        Ok(CacheKey::from_digest(&ns.key_ns, digest))
     }
 
     /// A snapshot of the counters and of L1 use per namespace.

@@ -40,7 +40,7 @@ impl<C: Codec> EdgeCache<C> {
         let inner = &*self.inner;
         let ns = inner.ns_at(index);
         // The L1 is keyed by the digest: a hit needs neither the key's text nor an allocation.
-        let digest = Digest::of_params(params)?;
+        let digest = Digest::of_params_within(params, inner.limits.max_params_bytes())?;
         if let Some(hit) = inner.l1_hit_in::<T>(ns, &digest) {
             return Ok(Some(hit));
         }

@@ -85,9 +85,15 @@ impl<T, C: Codec> TypedNamespace<T, C> {
     /// The key of `params` in this namespace, for the node's `*_key` methods.
     ///
     /// # Errors
-    /// [`ErrorKind::Encode`] when `params` cannot be serialised.
+    /// [`ErrorKind::Encode`] when `params` cannot be serialised, [`ErrorKind::LimitExceeded`]
+    /// when they are over the node's bound.
     pub fn key<P: Serialize + ?Sized>(&self, params: &P) -> Result<CacheKey> {
-        CacheKey::derive_in(&self.cache.inner.ns_at(self.index).key_ns, params)
+        let inner = &self.cache.inner;
+        let digest = cache_core::Digest::of_params_within(params, inner.limits.max_params_bytes())?;
+        Ok(CacheKey::from_digest(
+            &inner.ns_at(self.index).key_ns,
+            digest,
+        ))
     }
 }
 

@@ -132,6 +132,7 @@ impl<C: Codec> EdgeCache<C> {
         inner.check_open()?;
         let (_, ns) = inner.ns_by_key(key)?;
         let ttl = inner.ttl_for(ns, &options)?;
+        inner.limits.check_tags(options.resource_tags())?;
         let bytes = inner.encode(key, value)?;
         let tags = options.resource_tags().to_vec();
         let l1_copy = match inner.usable_l1(ns) {

@@ -7,6 +7,7 @@ mod events;
 mod faults;
 mod health;
 mod invalidation;
+mod limits;
 mod load;
 mod read_write;
 mod signed;
