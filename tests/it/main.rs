@@ -6,6 +6,7 @@ mod contract_l2;
 mod contract_log;
 mod fleet;
 mod freshness;
+mod hostile;
 mod no_patterns;
 mod redis_faults;
 mod redis_fleet;

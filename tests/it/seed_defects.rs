@@ -169,14 +169,16 @@ async fn d16_malformed_and_oversized_messages_are_counted_not_applied() {
     backends.bus.publish(huge.encode()).await.unwrap();
     backends.bus.publish(b"{".to_vec()).await.unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while nodes[0].stats().events_rejected < 2 {
+    while nodes[0].stats().events_rejected + nodes[0].stats().rejected_oversized < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "rejections not counted"
         );
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
-    assert_eq!(nodes[0].stats().events_applied, 0);
+    let s = nodes[0].stats();
+    assert_eq!((s.rejected_oversized, s.events_rejected), (1, 1));
+    assert_eq!(s.events_applied, 0);
     shutdown(nodes).await;
 }
 

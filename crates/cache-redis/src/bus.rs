@@ -1,5 +1,6 @@
 //! [`RedisBus`]: invalidation events on Redis pub/sub.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -92,9 +93,13 @@ impl EventBus for RedisBus {
                 .with_source(e)
             })?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let bytes = Arc::new(AtomicUsize::new(0));
         let feed = Feed {
             tx,
             gauge: QueueGauge::default(),
+            bytes: Arc::clone(&bytes),
+            max_bytes: self.config.queue_bytes(),
+            overflowing: false,
         };
         let gauge = feed.gauge.clone();
         let _ = feed.send(BusItem::State(ConnectionState::Connected));
@@ -106,7 +111,12 @@ impl EventBus for RedisBus {
             feed,
             Arc::clone(&restart),
         ));
-        Ok(Box::new(RedisSubscription { rx, gauge, restart }))
+        Ok(Box::new(RedisSubscription {
+            rx,
+            gauge,
+            restart,
+            bytes,
+        }))
     }
 }
 
@@ -115,12 +125,18 @@ struct RedisSubscription {
     gauge: QueueGauge,
     /// Tells the forwarding task to drop its connection and subscribe again.
     restart: Arc<Notify>,
+    /// Bytes of messages queued and not taken.
+    bytes: Arc<AtomicUsize>,
 }
 
 #[async_trait]
 impl Subscription for RedisSubscription {
     async fn next(&mut self) -> Option<BusItem> {
-        self.gauge.pass(self.rx.recv().await)
+        let item = self.gauge.pass(self.rx.recv().await);
+        if let Some(BusItem::Message(message)) = &item {
+            self.bytes.fetch_sub(message.len(), Ordering::Relaxed);
+        }
+        item
     }
 
     fn queue_gauge(&self) -> Option<QueueGauge> {
@@ -135,11 +151,16 @@ impl Subscription for RedisSubscription {
     }
 }
 
-/// The forwarding task's end of a subscription: its channel, and the count of what it queued
-/// that the subscriber has not taken yet.
+/// The forwarding task's end of a subscription: its channel, the count of what it queued that
+/// the subscriber has not taken yet, and the bound on the bytes of that.
 struct Feed {
     tx: mpsc::UnboundedSender<BusItem>,
     gauge: QueueGauge,
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+    /// Messages are being dropped: the subscriber was told `Disconnected` and has not been
+    /// told `Resubscribed` yet.
+    overflowing: bool,
 }
 
 impl Feed {
@@ -147,6 +168,58 @@ impl Feed {
     fn send(&self, item: BusItem) -> std::result::Result<(), ()> {
         self.gauge.queued();
         self.tx.send(item).map_err(|_| self.gauge.taken())
+    }
+
+    /// Queues a message within the byte bound. Over it, the message is dropped and the
+    /// subscriber is told the connection was lost; once half the room is free again, that it
+    /// was resubscribed (so it catches up on what it missed). A message over the largest event
+    /// is cut to one byte more than that: the node refuses it as oversized without this queue
+    /// holding its bulk.
+    fn send_message(&mut self, payload: &[u8]) -> std::result::Result<(), ()> {
+        let message = payload[..payload.len().min(cache_core::MAX_EVENT_BYTES + 1)].to_vec();
+        self.catch_up_if_room()?;
+        if self.overflowing {
+            return Ok(());
+        }
+        let queued = self.bytes.load(Ordering::Relaxed);
+        if queued + message.len() > self.max_bytes {
+            self.overflowing = true;
+            tracing::warn!(
+                queued,
+                max = self.max_bytes,
+                "the subscription's queue is full: dropping messages until the node catches up"
+            );
+            return self.send(BusItem::State(ConnectionState::Disconnected));
+        }
+        self.bytes.fetch_add(message.len(), Ordering::Relaxed);
+        self.send(BusItem::Message(message))
+    }
+
+    /// Ends an overflow once half the room is free: the subscriber hears `Resubscribed` and
+    /// catches up on what was dropped.
+    fn catch_up_if_room(&mut self) -> std::result::Result<(), ()> {
+        if !self.overflowing {
+            return Ok(());
+        }
+        let queued = self.bytes.load(Ordering::Relaxed);
+        if queued > self.max_bytes / 2 {
+            return Ok(());
+        }
+        self.overflowing = false;
+        tracing::warn!(
+            queued,
+            "the subscription's queue has room again; catching up"
+        );
+        self.send(BusItem::State(ConnectionState::Resubscribed))
+    }
+
+    /// Reports a connection state from the forwarding task, unless an overflow already told
+    /// the subscriber it is disconnected (its own `Resubscribed` comes when there is room).
+    fn state(&self, state: ConnectionState) -> std::result::Result<(), ()> {
+        if self.overflowing {
+            return if self.tx.is_closed() { Err(()) } else { Ok(()) };
+        }
+        self.send(BusItem::State(state))
     }
 
     fn is_closed(&self) -> bool {
@@ -176,7 +249,7 @@ async fn run(
     client: redis::Client,
     config: Arc<RedisConfig>,
     first: redis::aio::PubSub,
-    tx: Feed,
+    mut tx: Feed,
     restart: Arc<Notify>,
 ) {
     let mut pubsub = Some(first);
@@ -185,7 +258,7 @@ async fn run(
     loop {
         if let Some(connected) = pubsub.take() {
             delay = min;
-            forward(connected, &config, &tx, &restart).await;
+            forward(connected, &config, &mut tx, &restart).await;
             if tx.is_closed() {
                 return;
             }
@@ -193,10 +266,7 @@ async fn run(
                 channel = config.channel_name(),
                 "lost the Redis subscription; reconnecting"
             );
-            if tx
-                .send(BusItem::State(ConnectionState::Disconnected))
-                .is_err()
-            {
+            if tx.state(ConnectionState::Disconnected).is_err() {
                 return;
             }
         }
@@ -207,10 +277,7 @@ async fn run(
         match subscribe_once(&client, &config).await {
             Ok(connected) => {
                 tracing::info!(channel = config.channel_name(), "resubscribed to Redis");
-                if tx
-                    .send(BusItem::State(ConnectionState::Resubscribed))
-                    .is_err()
-                {
+                if tx.state(ConnectionState::Resubscribed).is_err() {
                     return;
                 }
                 pubsub = Some(connected);
@@ -224,7 +291,12 @@ async fn run(
 }
 
 /// Forwards one connection's messages; returns when it is lost or the subscriber is gone.
-async fn forward(pubsub: redis::aio::PubSub, config: &RedisConfig, tx: &Feed, restart: &Notify) {
+async fn forward(
+    pubsub: redis::aio::PubSub,
+    config: &RedisConfig,
+    tx: &mut Feed,
+    restart: &Notify,
+) {
     let (mut sink, mut stream) = pubsub.split();
     let mut ping = tokio::time::interval(config.ping_every());
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,13 +310,17 @@ async fn forward(pubsub: redis::aio::PubSub, config: &RedisConfig, tx: &Feed, re
             }
             message = stream.next() => match message {
                 Some(message) => {
-                    if tx.send(BusItem::Message(message.get_payload_bytes().to_vec())).is_err() {
+                    if tx.send_message(message.get_payload_bytes()).is_err() {
                         return;
                     }
                 }
                 None => return,
             },
             _ = ping.tick() => {
+                // A flood that stopped sends no message to notice the room it left.
+                if tx.catch_up_if_room().is_err() {
+                    return;
+                }
                 // A connection can die without closing (a host gone, a network cut): a ping
                 // that does not come back in time ends it.
                 let alive = tokio::time::timeout(config.response(), sink.ping::<redis::Value>()).await;

@@ -8,6 +8,12 @@ pub const DEFAULT_CHANNEL: &str = "cache_invalidation_events";
 /// Default prefix of every key edge-cache writes.
 pub const DEFAULT_KEY_PREFIX: &str = "ec:";
 
+/// Default bound on the bytes a subscription holds for its node: 8 MiB, some 25,000 events.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 << 20;
+
+/// The smallest bound [`RedisConfig::max_queued_bytes`] takes: room for the largest event.
+pub const MIN_QUEUED_BYTES: usize = 2 * cache_core::MAX_EVENT_BYTES;
+
 /// Default largest value accepted by the L2 store: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 
@@ -39,6 +45,7 @@ pub struct RedisConfig {
     reconnect_min: Duration,
     reconnect_max: Duration,
     ping_interval: Duration,
+    max_queued_bytes: usize,
     tls_root_certificate: Option<Vec<u8>>,
 }
 
@@ -57,6 +64,7 @@ impl RedisConfig {
             reconnect_min: Duration::from_millis(25),
             reconnect_max: Duration::from_secs(2),
             ping_interval: Duration::from_secs(1),
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             tls_root_certificate: None,
         }
     }
@@ -121,6 +129,17 @@ impl RedisConfig {
         self
     }
 
+    /// The most bytes of messages a subscription holds that its node has not taken yet
+    /// (default [`DEFAULT_MAX_QUEUED_BYTES`], at least [`MIN_QUEUED_BYTES`]). A flood beyond it
+    /// is dropped and reported as a lost connection (`Disconnected`, then `Resubscribed` once
+    /// half the room is free): the node treats what it missed as it treats an outage, by
+    /// replaying its event logs (or, without them, by dropping its event-driven L1). Memory
+    /// stays bounded however fast anyone publishes.
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes.max(MIN_QUEUED_BYTES);
+        self
+    }
+
     /// How often the subscriber pings Redis to notice a connection that died silently
     /// (default 1 s).
     pub fn ping_interval(mut self, interval: Duration) -> Self {
@@ -169,6 +188,10 @@ impl RedisConfig {
     }
     pub(crate) fn ping_every(&self) -> Duration {
         self.ping_interval
+    }
+
+    pub(crate) fn queue_bytes(&self) -> usize {
+        self.max_queued_bytes
     }
 
     /// The shared, auto-reconnecting command connection, checked with a PING: a server that
