@@ -8,6 +8,7 @@ mod fleet;
 mod freshness;
 mod hostile;
 mod no_patterns;
+mod redis_acl;
 mod redis_faults;
 mod redis_fleet;
 mod redis_signed;

@@ -76,7 +76,9 @@ impl RedisConfig {
     }
 
     /// The prefix of every key written; default [`DEFAULT_KEY_PREFIX`]. Fleets sharing one Redis
-    /// database with different prefixes do not see each other's entries.
+    /// database with different prefixes do not see each other's entries, and an ACL can hold
+    /// each to its own (`~<prefix>*`; docs/security.md). It may not contain `{` or `}`
+    /// (`connect` refuses it).
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
@@ -238,6 +240,20 @@ impl RedisConfig {
 
     /// Opens a client for the URL.
     pub(crate) fn client(&self) -> cache_core::Result<redis::Client> {
+        // A brace in the prefix would become the hash tag of every key (Redis Cluster hashes
+        // the first `{...}`), and would let a prefix and a namespace spell another prefix's
+        // keys: keys are `<prefix>{<namespace>}:...`, namespaces hold no brace, so with none in
+        // the prefix either a key splits back into its prefix and namespace one way only.
+        if self.key_prefix.contains(['{', '}']) {
+            return Err(cache_core::Error::new(
+                cache_core::ErrorKind::InvalidConfig,
+                format!(
+                    "key prefix {:?} must not contain '{{' or '}}' (they steer Redis Cluster's \
+                     hash slot and would make key spaces overlap)",
+                    self.key_prefix
+                ),
+            ));
+        }
         #[cfg(not(feature = "tls"))]
         if self.url.starts_with("rediss://") {
             return Err(cache_core::Error::new(
