@@ -1,5 +1,6 @@
 //! Connection settings shared by the Redis L2 store and the Redis event bus.
 
+use std::fmt;
 use std::time::Duration;
 
 /// The seed's channel name, the default for invalidation events.
@@ -33,7 +34,7 @@ pub const DEFAULT_LOG_LENGTH: u64 = 10_000;
 ///     .response_timeout(Duration::from_millis(250));
 /// assert_eq!(config.url(), "redis://edge:s3cret@10.0.0.5:6380/2");
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct RedisConfig {
     url: String,
     channel: String,
@@ -47,6 +48,32 @@ pub struct RedisConfig {
     ping_interval: Duration,
     max_queued_bytes: usize,
     tls_root_certificate: Option<Vec<u8>>,
+    /// The client certificate and key (PEM) for mutual TLS.
+    tls_client: Option<(Vec<u8>, Vec<u8>)>,
+    allow_plaintext: bool,
+    allow_insecure_tls: bool,
+}
+
+/// Everything but secrets: the URL's password is redacted and the client key never shown.
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("channel", &self.channel)
+            .field("key_prefix", &self.key_prefix)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("log_length", &self.log_length)
+            .field("response_timeout", &self.response_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect", &(self.reconnect_min, self.reconnect_max))
+            .field("ping_interval", &self.ping_interval)
+            .field("max_queued_bytes", &self.max_queued_bytes)
+            .field("tls_root_certificate", &self.tls_root_certificate.is_some())
+            .field("tls_client_certificate", &self.tls_client.is_some())
+            .field("allow_plaintext", &self.allow_plaintext)
+            .field("allow_insecure_tls", &self.allow_insecure_tls)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -66,6 +93,9 @@ impl RedisConfig {
             ping_interval: Duration::from_secs(1),
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             tls_root_certificate: None,
+            tls_client: None,
+            allow_plaintext: false,
+            allow_insecure_tls: false,
         }
     }
 
@@ -157,6 +187,33 @@ impl RedisConfig {
         self
     }
 
+    /// Presents `certificate_pem` with its `key_pem` to the server (mutual TLS, for a Redis run
+    /// with `tls-auth-clients yes`). The key never appears in `Debug` or in any message.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls_client = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Allows a plain-text `redis://` URL to a host that is not loopback. Off by default: the
+    /// password, the events and the values would cross the network readable by anyone on the
+    /// path; use `rediss://`.
+    pub fn allow_plaintext(mut self, allow: bool) -> Self {
+        self.allow_plaintext = allow;
+        self
+    }
+
+    /// Allows a `rediss://...#insecure` URL, which skips checking the server's certificate.
+    /// Off by default: anyone on the path could then pose as the server.
+    pub fn allow_insecure_tls(mut self, allow: bool) -> Self {
+        self.allow_insecure_tls = allow;
+        self
+    }
+
     /// The URL.
     pub fn url(&self) -> &str {
         &self.url
@@ -240,6 +297,7 @@ impl RedisConfig {
 
     /// Opens a client for the URL.
     pub(crate) fn client(&self) -> cache_core::Result<redis::Client> {
+        self.check_transport()?;
         // A brace in the prefix would become the hash tag of every key (Redis Cluster hashes
         // the first `{...}`), and would let a prefix and a namespace spell another prefix's
         // keys: keys are `<prefix>{<namespace>}:...`, namespaces hold no brace, so with none in
@@ -270,17 +328,25 @@ impl RedisConfig {
             // own first, that one stays.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = match &self.tls_root_certificate {
-            #[cfg(feature = "tls")]
-            Some(pem) => redis::Client::build_with_tls(
+        #[cfg(feature = "tls")]
+        let client = if self.tls_root_certificate.is_some() || self.tls_client.is_some() {
+            redis::Client::build_with_tls(
                 self.url.as_str(),
                 redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
+                    client_tls: self.tls_client.as_ref().map(|(cert, key)| {
+                        redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.clone(),
+                        }
+                    }),
+                    root_cert: self.tls_root_certificate.clone(),
                 },
-            ),
-            _ => redis::Client::open(self.url.as_str()),
+            )
+        } else {
+            redis::Client::open(self.url.as_str())
         };
+        #[cfg(not(feature = "tls"))]
+        let client = redis::Client::open(self.url.as_str());
         client.map_err(|e| {
             cache_core::Error::new(
                 cache_core::ErrorKind::InvalidConfig,
@@ -289,6 +355,57 @@ impl RedisConfig {
             .with_source(e)
         })
     }
+}
+
+impl RedisConfig {
+    /// Refuses a plain-text URL to a host that is not loopback, and a TLS URL that skips
+    /// certificate checks, unless the config opted in.
+    fn check_transport(&self) -> cache_core::Result<()> {
+        let refuse = |why: String| {
+            Err(cache_core::Error::new(
+                cache_core::ErrorKind::InvalidConfig,
+                format!("{}: {why}", redact(&self.url)),
+            ))
+        };
+        if self.url.starts_with("redis://") && !self.allow_plaintext && !is_loopback(&self.url) {
+            return refuse(
+                "plain-text redis:// to a host that is not loopback would send the password, \
+                 events and values readable on the network; use rediss://, or opt in with \
+                 RedisConfig::allow_plaintext(true)"
+                    .to_owned(),
+            );
+        }
+        if self.url.starts_with("rediss://")
+            && self.url.ends_with("#insecure")
+            && !self.allow_insecure_tls
+        {
+            return refuse(
+                "#insecure skips checking the server's certificate; trust the fleet's CA with \
+                 tls_root_certificate instead, or opt in with \
+                 RedisConfig::allow_insecure_tls(true)"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether the host of `url` is loopback: `localhost`, `127.0.0.0/8` or `::1`.
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The URL with any password replaced by `***`, for messages and logs.
@@ -331,5 +448,56 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), cache_core::ErrorKind::InvalidConfig);
         assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn loopback_hosts_are_told_apart_from_the_rest() {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis://user:pw@127.0.0.2/0",
+            "redis://localhost",
+            "redis://[::1]:6379/1",
+            "redis://:p@ss:word@127.0.0.1:1",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in [
+            "redis://10.0.0.5:6379",
+            "redis://redis.internal",
+            "redis://127.0.0.1.evil.example:6379",
+            "redis://user:127.0.0.1@10.0.0.5",
+            "redis://[2001:db8::1]:6379",
+        ] {
+            assert!(!is_loopback(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn plain_text_off_loopback_and_insecure_tls_need_an_opt_in() {
+        let refused = |config: RedisConfig| {
+            let err = config.client().unwrap_err();
+            assert_eq!(err.kind(), cache_core::ErrorKind::InvalidConfig);
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+            err.to_string()
+        };
+        let text = refused(RedisConfig::new("redis://edge:s3cret@10.0.0.5:6379"));
+        assert!(text.contains("allow_plaintext"), "{text}");
+        assert!(RedisConfig::new("redis://edge:s3cret@10.0.0.5:6379")
+            .allow_plaintext(true)
+            .client()
+            .is_ok());
+        assert!(RedisConfig::new("redis://127.0.0.1:6379").client().is_ok());
+        let text = refused(RedisConfig::new(
+            "rediss://edge:s3cret@10.0.0.5:6380/#insecure",
+        ));
+        assert!(text.contains("allow_insecure_tls"), "{text}");
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let config = RedisConfig::new("redis://edge:s3cret@127.0.0.1:6379/0");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("edge:***@127.0.0.1"), "{shown}");
     }
 }

@@ -109,6 +109,11 @@ struct Global {
     /// With keys, also accept unsigned events (a fleet that still runs seed Python nodes).
     #[arg(long, global = true)]
     accept_unsigned: bool,
+
+    /// Allow a plain-text redis:// URL to a host that is not loopback (the password, events and
+    /// values then cross the network readable); prefer rediss://.
+    #[arg(long, global = true)]
+    allow_plaintext: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,6 +261,7 @@ async fn main() -> ExitCode {
     };
     let target = Target {
         keys,
+        allow_plaintext: cli.global.allow_plaintext,
         node_id: cli
             .global
             .node_id

@@ -22,12 +22,16 @@ pub struct Target {
     pub node_id: String,
     /// The fleet's event keys, if it signs its events.
     pub keys: Option<EventKeys>,
+    /// Whether a plain-text URL to a host that is not loopback is allowed.
+    pub allow_plaintext: bool,
 }
 
 impl Target {
     /// The Redis settings of the L2 store and the bus.
     pub fn config(&self) -> RedisConfig {
-        RedisConfig::new(self.url.as_str()).channel(self.channel.as_str())
+        RedisConfig::new(self.url.as_str())
+            .channel(self.channel.as_str())
+            .allow_plaintext(self.allow_plaintext)
     }
 }
 

@@ -140,7 +140,12 @@ fn run_with_stdin(mut command: Command, input: &[u8]) -> crate::support::Run {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
+    // A command that fails before reading its input (a broken key file) closes the pipe: the
+    // write may then fail, and the exit status says what happened.
+    let written = child.stdin.take().unwrap().write_all(input);
+    if let Err(e) = written {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     let out = child.wait_with_output().unwrap();
     crate::support::Run {
         code: out.status.code(),
