@@ -60,7 +60,9 @@ impl<C: Codec> Inner<C> {
 
     fn reject_malformed(&self, bytes: &[u8], e: &cache_core::Error) {
         self.counters.events_rejected.add(1);
-        tracing::warn!(node_id = %self.node_id, error = %e, len = bytes.len(), "dropped a malformed event");
+        if self.may_log_refusal() {
+            tracing::warn!(node_id = %self.node_id, error = %e, len = bytes.len(), "dropped a malformed event (further refusals within a second are counted, not logged)");
+        }
         self.observer.on_event_rejected(e);
     }
 

@@ -128,6 +128,18 @@ impl<C: Codec> Inner<C> {
         seen.insert(event_id.into(), forget_at).is_none()
     }
 
+    /// Whether a refusal may be logged now: at most one a second per node, so a flood costs
+    /// counters, not log volume.
+    pub(super) fn may_log_refusal(&self) -> bool {
+        let now = self.clock.now().as_nanos();
+        let last = self.refusal_logged_at.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 1_000_000_000
+            && self
+                .refusal_logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// Counts a refusal, logs it (at most once a second per node, with how many were refused
     /// meanwhile) and tells the observer.
     fn refuse(&self, refusal: Refusal, len: usize) {
@@ -150,14 +162,7 @@ impl<C: Codec> Inner<C> {
             Refusal::Replayed => "event id heard before",
             Refusal::Stale => "timestamp outside the replay window",
         };
-        let now = self.clock.now().as_nanos();
-        let last = self.refusal_logged_at.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 1_000_000_000
-            && self
-                .refusal_logged_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.may_log_refusal() {
             tracing::warn!(node_id = %self.node_id, reason, len, "refused an event (further refusals within a second are counted, not logged)");
         }
         let kind = match refusal {

@@ -271,6 +271,13 @@ impl<C: Codec> Inner<C> {
         entry: cache_core::L2Entry,
         epoch: u64,
     ) -> Option<Arc<T>> {
+        if entry.bytes.len() > self.max_value_bytes {
+            // Written by something that does not hold this node's bound (a seed node, a hand
+            // edit): not decoded, not kept in L1.
+            self.counters.decode_errors.add(1);
+            tracing::warn!(key = %key, len = entry.bytes.len(), max = self.max_value_bytes, "L2 value over the node's value bound; served as a miss");
+            return None;
+        }
         let typed: Arc<T> = match self.codec.decode(&entry.bytes) {
             Ok(t) => Arc::new(t),
             Err(e) => {

@@ -173,3 +173,43 @@ async fn calls_over_a_bound_fail_and_write_nothing() {
     a.shutdown().await;
     fresh.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_l2_value_over_the_readers_bound_is_a_counted_miss_and_never_in_l1() {
+    let fleet = Fleet::new();
+    let writer = fleet.node("writer").await;
+    let reader = fleet
+        .builder("reader")
+        .max_value_bytes(1_000)
+        .build()
+        .await
+        .unwrap();
+    let p = json!({"gpu_id": "g-big"});
+    writer
+        .set("gpu_availability", &p, &"x".repeat(2_000))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            reader
+                .get::<String, _>("gpu_availability", &p)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    let s = reader.stats();
+    assert_eq!((s.decode_errors, s.l1_hits, s.l2_hits), (2, 0, 0));
+    // A value within the bound reads as usual.
+    writer
+        .set("gpu_availability", &p, &"x".repeat(500))
+        .await
+        .unwrap();
+    assert!(reader
+        .get::<String, _>("gpu_availability", &p)
+        .await
+        .unwrap()
+        .is_some());
+    writer.shutdown().await;
+    reader.shutdown().await;
+}
