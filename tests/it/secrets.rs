@@ -1,8 +1,8 @@
 //! No secret leaves a node: through a whole life on a password-protected redis-server, with
 //! event keys (a failed connection, writes and events, a forged message refused, Redis going
-//! away and coming back, shutdown), every log line at every level, every error's text and
-//! source chain, and the `Debug` of every configuration and statistic are searched for the
-//! password and for the signing key in every spelling.
+//! away and coming back, shutdown), every log line at every level, every error's text, source
+//! chain and `unwrap()` panic message, and the `Debug` of every configuration and statistic
+//! are searched for the password and for the signing key in every spelling.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -32,10 +32,19 @@ impl Write for Captured {
     }
 }
 
-/// Every text a secret could hide in, with where it came from.
-fn errors_of(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = format!("{error} / {error:?}");
-    let mut source = error.source();
+/// Every text a secret could hide in: the error's `Display` and `Debug`, its sources', and the
+/// message a caller's `unwrap()` of it panics with.
+fn errors_of(error: &cache_core::Error) -> String {
+    let owned = error.clone();
+    let unwrapped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        // What a caller's `.unwrap()` of the error prints.
+        std::hint::black_box(Err::<(), _>(owned)).unwrap();
+    }))
+    .err()
+    .and_then(|payload| payload.downcast_ref::<String>().cloned())
+    .expect("unwrap of an error panics with a message");
+    let mut text = format!("{error} / {error:?} / {unwrapped}");
+    let mut source = std::error::Error::source(error);
     while let Some(e) = source {
         text.push_str(&format!(" / {e} / {e:?}"));
         source = e.source();
