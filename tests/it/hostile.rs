@@ -114,11 +114,21 @@ async fn a_publisher_without_the_key_changes_nothing_and_stops_no_node() {
         .to_vec();
     drop(pubsub);
 
+    let applied_before: Vec<u64> = nodes.iter().map(|n| n.stats().events_applied).collect();
     for i in 0..GPUS {
         nodes[0]
             .set("gpu_availability", &gpu(i), &format!("free-{i}"))
             .await
             .unwrap();
+    }
+    // Every write's announcement is applied before the attack's counts begin.
+    for (node, before) in nodes[1..].iter().zip(&applied_before[1..]) {
+        eventually(
+            "the writes' announcements are applied",
+            DEADLINE,
+            || async { node.stats().events_applied >= before + GPUS as u64 },
+        )
+        .await;
     }
     for node in &nodes[1..] {
         for i in 0..GPUS {

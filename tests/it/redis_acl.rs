@@ -75,9 +75,15 @@ async fn each_tenant_works_inside_its_prefix_and_gets_noperm_outside() {
     let g = json!({"gpu_id": "g-1"});
 
     // Everything a node does works inside its tenant: writes, reads, events, the log.
+    let a2_events = a2.stats().events_applied;
     a1.set("gpu_availability", &g, &"a-free".to_owned())
         .await
         .unwrap();
+    // The write's announcement reaches a2 before a2's applied events are counted below.
+    eventually("a2 applies a1's write", DEADLINE, || async {
+        a2.stats().events_applied > a2_events
+    })
+    .await;
     b1.set("gpu_availability", &g, &"b-free".to_owned())
         .await
         .unwrap();

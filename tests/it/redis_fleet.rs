@@ -190,7 +190,9 @@ async fn nodes_survive_a_redis_restart_and_never_serve_what_was_invalidated_mean
         "B dropped its L1 when the log began a new epoch: {:?}",
         b.stats()
     );
-    // The fleet works as before the restart.
+    // The fleet works as before the restart. (The write's own announcement is waited for: if
+    // it were still on its way, the wait for the notification below could be met by it.)
+    let before_write = b.stats().events_applied;
     a.set(
         "gpu_availability",
         &json!({"gpu_id": "g-1"}),
@@ -198,6 +200,7 @@ async fn nodes_survive_a_redis_restart_and_never_serve_what_was_invalidated_mean
     )
     .await
     .unwrap();
+    applied(&b, before_write + 1).await;
     assert_eq!(avail(&b, "g-1").await.as_deref(), Some("booked"));
     let before = b.stats().events_applied;
     a.notify(Notification::gpu_availability_changed("g-1", "free"))

@@ -59,6 +59,7 @@ async fn signed_events_flow_through_the_scripts_and_the_log_and_forgeries_do_not
     let b = node(&config, &config, "b").await;
     // c listens on a channel nobody publishes on: it learns every change from the log alone.
     let c = node(&config, &config.clone().channel("silence"), "c").await;
+    let b_events = b.stats().events_applied;
     a.set(
         "gpu_availability",
         &json!({"gpu_id": "g-1"}),
@@ -66,6 +67,11 @@ async fn signed_events_flow_through_the_scripts_and_the_log_and_forgeries_do_not
     )
     .await
     .unwrap();
+    // The write's announcement reaches b before b's counters are compared below.
+    eventually("b applies a's write", DEADLINE, || async {
+        b.stats().events_applied > b_events
+    })
+    .await;
     for node in [&b, &c] {
         assert_eq!(cached(node, "g-1").await.as_deref(), Some("free"));
         assert_eq!(cached(node, "g-1").await.as_deref(), Some("free"));

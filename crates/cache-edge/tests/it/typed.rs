@@ -47,7 +47,10 @@ async fn a_handle_reads_and_writes_what_the_named_methods_do() {
         gpu_id: "g-1".into(),
         available: true,
     };
+    let events = b.stats().events_applied;
     on_a.set(&gpu, &up).await.unwrap();
+    // Its announcement reaches b before anything below counts b's applied events.
+    applied(&b, events + 1).await;
     // The named method on another node finds it under the same key.
     let named = b
         .get::<Availability, _>("gpu_availability", &json!({"gpu_id": "g-1"}))
