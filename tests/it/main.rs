@@ -13,7 +13,6 @@ mod redis_faults;
 mod redis_fleet;
 mod redis_signed;
 mod redis_tls;
-mod secrets;
 mod seed_defects;
 mod simulation;
 

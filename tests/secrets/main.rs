@@ -1,4 +1,4 @@
-//! No secret leaves a node: through a whole life on a password-protected redis-server, with
+//! No secret leaves a node (its own test binary: see tests/Cargo.toml): through a whole life on a password-protected redis-server, with
 //! event keys (a failed connection, writes and events, a forged message refused, Redis going
 //! away and coming back, shutdown), every log line at every level, every error's text, source
 //! chain and `unwrap()` panic message, and the `Debug` of every configuration and statistic
@@ -36,13 +36,19 @@ impl Write for Captured {
 /// message a caller's `unwrap()` of it panics with.
 fn errors_of(error: &cache_core::Error) -> String {
     let owned = error.clone();
-    let unwrapped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+    // The panic is caught here and its message examined: the default hook would print it (and
+    // a backtrace) as if something had gone wrong.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         // What a caller's `.unwrap()` of the error prints.
         std::hint::black_box(Err::<(), _>(owned)).unwrap();
-    }))
-    .err()
-    .and_then(|payload| payload.downcast_ref::<String>().cloned())
-    .expect("unwrap of an error panics with a message");
+    }));
+    std::panic::set_hook(hook);
+    let unwrapped = caught
+        .err()
+        .and_then(|payload| payload.downcast_ref::<String>().cloned())
+        .expect("unwrap of an error panics with a message");
     let mut text = format!("{error} / {error:?} / {unwrapped}");
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
@@ -52,8 +58,9 @@ fn errors_of(error: &cache_core::Error) -> String {
     text
 }
 
-// A current-thread runtime: every task of the node logs on this thread, into the capture.
-#[tokio::test]
+// The only test of this binary: its subscriber is the process's, so every thread's log lines,
+// at every call site, reach the capture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_or_key_appears_in_any_log_line_error_or_debug_output() {
     let captured = Captured::default();
     let writer = captured.clone();
@@ -62,7 +69,7 @@ async fn no_password_or_key_appears_in_any_log_line_error_or_debug_output() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 
     let mut server = RedisServer::start_with_args(&["--requirepass", PASSWORD]);
     let url = server
