@@ -939,3 +939,66 @@ async fn nodes_whose_bus_is_on_another_server_follow_the_log_and_retry_failed_pu
     writer.shutdown().await;
     reader.shutdown().await;
 }
+
+/// The L2 circuit breaker against a real redis-server stopped and restarted: once L2 has
+/// failed a few times in a row, reads stop waiting on it; once Redis is back, a probe closes
+/// the breaker and reads and writes go to it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_while_redis_is_down_and_closes_when_it_is_back() {
+    let mut server = RedisServer::start();
+    let config = config(&server);
+    let l2: Arc<dyn L2Store> = Arc::new(RedisL2::connect(&config).await.unwrap());
+    let bus: Arc<dyn EventBus> = Arc::new(RedisBus::connect(&config).await.unwrap());
+    let a = EdgeCache::builder()
+        .node_id("a")
+        .l2(l2)
+        .bus(bus)
+        .l2_breaker(3, Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let p = json!({"provider": "p-1"});
+    let status = || async {
+        a.get::<String, _>("provider_status", &p)
+            .await
+            .unwrap()
+            .map(|v| (*v).clone())
+    };
+    a.set("provider_status", &p, &"online".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(status().await.as_deref(), Some("online"));
+
+    server.stop();
+    eventually("the breaker opens", DEADLINE, || async {
+        let _ = status().await;
+        a.health().await.l2_breaker_open
+    })
+    .await;
+    let opened = a.stats();
+    for _ in 0..20 {
+        assert_eq!(status().await, None);
+    }
+    let s = a.stats();
+    assert!(
+        s.l2_skipped >= opened.l2_skipped + 15,
+        "reads skip L2 while it is open: {s:?}"
+    );
+    assert!(
+        s.l2_errors <= opened.l2_errors + 5,
+        "at most a probe or two reached L2 meanwhile: {s:?}"
+    );
+
+    server.restart();
+    // Redis came back empty: the first write that gets through closes the breaker.
+    eventually("a write gets through again", DEADLINE, || async {
+        a.set("provider_status", &p, &"back".to_owned())
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(!a.health().await.l2_breaker_open);
+    assert_eq!(status().await.as_deref(), Some("back"));
+    assert!(a.stats().l2_breaker_opened >= 1);
+    a.shutdown().await;
+}

@@ -605,6 +605,11 @@ struct Params {
     /// would drop its L1 and hide the bug).
     read_only: Option<usize>,
     plant_stale: bool,
+    /// Whether nodes keep the default L2 circuit breaker. Runs with a planted bug turn it off:
+    /// with L2 skipped, a victim's misses go to the loader and refresh its L1, which hides
+    /// the planted staleness the checker must be shown to catch; ordinary runs keep it, so
+    /// the checker runs over the breaker too.
+    breaker: bool,
 }
 
 impl Params {
@@ -652,6 +657,7 @@ impl Params {
             unsequenced: None,
             read_only: None,
             plant_stale: false,
+            breaker: config.plant == Plant::None,
         };
         let ms = Duration::from_millis;
         match config.plant {
@@ -794,6 +800,14 @@ async fn simulate(config: SimConfig) -> Outcome {
             .clock(Arc::new(SimClock::new(origin, params.skews_ms[i])) as Arc<dyn Clock>)
             .staleness_bound(params.node_bound)
             .liveness_interval(LIVENESS)
+            .l2_breaker(
+                if params.breaker {
+                    cache_edge::DEFAULT_BREAKER_FAILURES
+                } else {
+                    0
+                },
+                cache_edge::DEFAULT_BREAKER_OPEN_FOR,
+            )
             .build()
             .await
             .expect("a simulated node builds");

@@ -15,6 +15,12 @@ use crate::observer::{NoopObserver, Observer};
 /// Default largest encoded value accepted by a write: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 
+/// Consecutive L2 failures that open the circuit breaker, by default.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+
+/// How long an open breaker skips L2 before it probes, by default.
+pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(1);
+
 /// Default cap on the lifetime of an L1 copy back-filled from L2 (the seed's 60 s).
 pub const DEFAULT_BACKFILL_TTL_CAP: Duration = Duration::from_secs(60);
 
@@ -63,6 +69,7 @@ pub struct EdgeCacheBuilder<C: Codec = JsonCodec> {
     pub(crate) liveness_interval: Duration,
     pub(crate) event_keys: Option<EventKeys>,
     pub(crate) limits: Limits,
+    pub(crate) breaker: crate::cache::BreakerConfig,
 }
 
 impl Default for EdgeCacheBuilder {
@@ -84,6 +91,10 @@ impl Default for EdgeCacheBuilder {
             liveness_interval: DEFAULT_LIVENESS_INTERVAL,
             event_keys: None,
             limits: Limits::default(),
+            breaker: crate::cache::BreakerConfig {
+                failures: DEFAULT_BREAKER_FAILURES,
+                open_for: DEFAULT_BREAKER_OPEN_FOR,
+            },
         }
     }
 }
@@ -109,6 +120,7 @@ impl<C: Codec> EdgeCacheBuilder<C> {
             liveness_interval: self.liveness_interval,
             event_keys: self.event_keys,
             limits: self.limits,
+            breaker: self.breaker,
         }
     }
 
@@ -218,6 +230,17 @@ impl<C: Codec> EdgeCacheBuilder<C> {
     /// [`ErrorKind::LimitExceeded`].
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// The L2 circuit breaker: after `failures` consecutive L2 failures, reads and writes skip
+    /// L2 for `open_for` (reads go to L1 or the loader, writes fail at once with
+    /// [`ErrorKind::L2`]), then one call probes L2 and a success closes the breaker; a failed
+    /// probe opens it again. Skipped calls are counted in [`crate::Stats::l2_skipped`]. Default
+    /// [`DEFAULT_BREAKER_FAILURES`] failures, [`DEFAULT_BREAKER_OPEN_FOR`]; 0 failures turns
+    /// it off (every call then waits out L2's own timeout while it is down).
+    pub fn l2_breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.breaker = crate::cache::BreakerConfig { failures, open_for };
         self
     }
 

@@ -237,6 +237,11 @@ counters! {
     events_applied,
     /// Messages dropped because they could not be decoded.
     events_rejected,
+    /// Reads and writes not sent to L2 because its circuit breaker was open (reads went to L1
+    /// or the loader; writes failed at once).
+    l2_skipped,
+    /// Times the L2 circuit breaker opened (after consecutive failures, or a failed probe).
+    l2_breaker_opened,
     /// Messages refused, before decoding, for more bytes than the node's bound.
     rejected_oversized,
     /// Messages refused, before decoding, for arrays and objects nested past the bound.
@@ -363,6 +368,9 @@ pub struct Health {
     pub status: HealthStatus,
     /// Whether L2 answered a ping (the seed's `redis_connected`).
     pub l2_connected: bool,
+    /// Whether reads and writes skip L2 because its circuit breaker is open (see
+    /// [`crate::EdgeCacheBuilder::l2_breaker`]).
+    pub l2_breaker_open: bool,
     /// Whether the event subscription is up (the seed's `pubsub_active`).
     pub bus_connected: bool,
     /// Events (and connection changes) the bus has delivered to this node and the listener has

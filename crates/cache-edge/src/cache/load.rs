@@ -15,6 +15,7 @@ use tokio::sync::OnceCell;
 
 use crate::options::SetOptions;
 
+use super::breaker::Call;
 use super::{len64, lock, EdgeCache, Inner, NsState};
 
 /// One in-progress load of a key, joined by every caller that misses the key while the
@@ -193,12 +194,14 @@ impl<C: Codec> Inner<C> {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let fence: Option<Fence> = match self.l2.fence(key).await {
-            Ok(f) => Some(f),
-            Err(e) => {
+        // With the breaker open, L2 is skipped: the loaded value goes to L1 only.
+        let fence: Option<Fence> = match self.l2_call(|| self.l2.fence(key)).await {
+            Call::Done(Ok(f)) => Some(f),
+            Call::Done(Err(e)) => {
                 let _ = self.l2_failed("fence", e);
                 None
             }
+            Call::Skipped => None,
         };
         self.counters.loads.add(1);
         let value = match loader().await {
@@ -225,10 +228,10 @@ impl<C: Codec> Inner<C> {
             let write = L2Write::new(key.clone(), bytes.clone(), ttl)
                 .tags(tags.to_vec())
                 .fence(Some(fence));
-            match self.l2.set(write).await {
-                Ok(true) => {}
-                Ok(false) => stale = true,
-                Err(e) => {
+            match self.l2_call(|| self.l2.set(write)).await {
+                Call::Done(Ok(true)) | Call::Skipped => {}
+                Call::Done(Ok(false)) => stale = true,
+                Call::Done(Err(e)) => {
                     let _ = self.l2_failed("set", e);
                 }
             }

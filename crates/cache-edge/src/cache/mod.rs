@@ -5,6 +5,7 @@
 
 mod apply;
 mod auth;
+mod breaker;
 mod connection;
 mod freshness;
 mod invalidate;
@@ -14,6 +15,7 @@ mod read;
 mod typed;
 mod write;
 
+pub(crate) use breaker::BreakerConfig;
 pub use typed::TypedNamespace;
 
 use std::collections::HashMap;
@@ -109,6 +111,8 @@ pub(crate) struct Inner<C> {
     keys: auth::Keys,
     /// Bounds on messages, parameters and tags.
     limits: cache_core::Limits,
+    /// Skips L2 after consecutive failures, until a probe succeeds.
+    breaker: breaker::Breaker,
     /// Event ids heard within the replay window.
     replay_guard: auth::ReplayGuard,
     /// When a refused event was last logged (nanoseconds since the epoch), to log at most one
@@ -218,6 +222,7 @@ impl<C: Codec> EdgeCache<C> {
             liveness: Mutex::new(None),
             keys: b.event_keys,
             limits: b.limits,
+            breaker: breaker::Breaker::new(b.breaker),
             replay_guard: auth::ReplayGuard::default(),
             refusal_logged_at: AtomicU64::new(0),
         });
@@ -376,6 +381,7 @@ impl<C: Codec> EdgeCache<C> {
         Health {
             status,
             l2_connected: l2.is_ok(),
+            l2_breaker_open: inner.breaker.is_open(),
             bus_connected,
             // Taken by the listener and not handled yet (at most the one in hand), plus what
             // the subscription still holds.

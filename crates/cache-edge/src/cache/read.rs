@@ -8,6 +8,7 @@ use cache_core::{CacheKey, Codec, Digest, L1Entry, L1Store, Result, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::breaker::Call;
 use super::{len64, EdgeCache, Inner, NsState};
 
 // For the links in the docs of the errors a read reports.
@@ -125,12 +126,13 @@ impl<C: Codec> EdgeCache<C> {
             .map(|&i| namespaces[i].epoch.load(SeqCst))
             .collect();
         let missing_keys: Vec<CacheKey> = missing.iter().map(|&i| keys[i].clone()).collect();
-        let entries = match inner.l2.get_many(&missing_keys).await {
-            Ok(entries) => entries,
-            Err(e) => {
+        let entries = match inner.l2_call(|| inner.l2.get_many(&missing_keys)).await {
+            Call::Done(Ok(entries)) => entries,
+            Call::Done(Err(e)) => {
                 let _ = inner.l2_failed("get_many", e);
                 vec![None; missing.len()]
             }
+            Call::Skipped => vec![None; missing.len()],
         };
         for ((&i, entry), epoch) in missing.iter().zip(entries).zip(epochs) {
             let value = entry.and_then(|entry| {
@@ -252,10 +254,10 @@ impl<C: Codec> Inner<C> {
         key: &CacheKey,
     ) -> Option<Arc<T>> {
         let epoch = ns.epoch.load(SeqCst);
-        match self.l2.get(key).await {
-            Ok(Some(entry)) => self.accept_l2_entry(ns, key, entry, epoch),
-            Ok(None) => None,
-            Err(e) => {
+        match self.l2_call(|| self.l2.get(key)).await {
+            Call::Done(Ok(Some(entry))) => self.accept_l2_entry(ns, key, entry, epoch),
+            Call::Done(Ok(None)) | Call::Skipped => None,
+            Call::Done(Err(e)) => {
                 let _ = self.l2_failed("get", e);
                 None
             }

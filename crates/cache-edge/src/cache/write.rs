@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::options::SetOptions;
 
+use super::breaker::Call;
 use super::pending::PendingKey;
 use super::{len64, new_event_id, EdgeCache, Inner, NsState};
 
@@ -174,16 +175,25 @@ impl<C: Codec> EdgeCache<C> {
         // and the write's copy must not be cached over it.
         let epoch = ns.epoch.load(std::sync::atomic::Ordering::SeqCst);
         let mut publish_logged = None;
-        let result = match logged_by_l2 {
-            Some((event_id, payload)) => inner
-                .l2
-                .change_and_log(LoggedChange::Set(write), payload)
-                .await
-                .map(|logged| {
-                    publish_logged = logged.message.map(|message| (event_id, message));
-                    logged.count > 0
-                }),
-            None => inner.l2.set(write).await,
+        let sent = inner
+            .l2_call(|| async {
+                match logged_by_l2 {
+                    Some((event_id, payload)) => inner
+                        .l2
+                        .change_and_log(LoggedChange::Set(write), payload)
+                        .await
+                        .map(|logged| {
+                            publish_logged = logged.message.map(|message| (event_id, message));
+                            logged.count > 0
+                        }),
+                    None => inner.l2.set(write).await,
+                }
+            })
+            .await;
+        let result = match sent {
+            Call::Done(result) => result,
+            // Nothing was sent: L2, the fleet and this node's L1 are as they were.
+            Call::Skipped => return Err(inner.l2_skipped_error("set")),
         };
         let written = match result {
             Err(e) if announced_by_l2 && inner.published_late(&e) => true,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod breaker;
 mod events;
 mod faults;
 mod health;
