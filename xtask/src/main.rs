@@ -1,6 +1,6 @@
 //! Project automation, reached as `cargo xtask <command>` (alias in `.cargo/config.toml`).
 //!
-//! - `cargo xtask test`: installs `redis-server`, `openssl` and `python3` where missing, then runs
+//! - `cargo xtask test`: installs `redis-server`, `openssl`, `python3` and `promtool` where missing, then runs
 //!   the format check, clippy with warnings denied, every test of the workspace, the API docs with
 //!   warnings denied, and the demo's freshness audit under `--chaos` for 3 s on each backend. CI
 //!   runs exactly this.
@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test    install redis-server, openssl and python3 if missing, then fmt check, clippy -D warnings,
+  test    install redis-server, openssl, python3 and promtool if missing, then fmt check, clippy -D warnings,
           every test, docs with warnings denied, and the demo's chaos audit
   demo    run the simulated GPU marketplace on the embedded backends (demo --help for options)
   bench   edge-cache vs amalgam-cache, moka, quick_cache, raw redis-rs and the seed, on a
@@ -149,11 +149,12 @@ fn test(extra: &[String]) -> Result<()> {
 /// Programs the test suites run, with the Debian package that provides each: the Redis suites
 /// start their own `redis-server`, the TLS suite makes its certificates with `openssl`, and
 /// cache-core's `python_keys` test checks key derivation against the Python seed's own code in
-/// `python3`.
-const TOOLS: [(&str, &str); 3] = [
+/// `python3`, and the CLI's metrics test checks the scrape format with Prometheus's `promtool`.
+const TOOLS: [(&str, &str); 4] = [
     ("redis-server", "redis-server"),
     ("openssl", "openssl"),
     ("python3", "python3"),
+    ("promtool", "prometheus"),
 ];
 
 /// Installs whatever of [`TOOLS`] is missing (apt-get, as root), or stops with the one command

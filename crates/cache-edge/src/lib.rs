@@ -34,6 +34,7 @@
 mod builder;
 mod cache;
 mod listener;
+pub mod metrics;
 mod notify;
 mod observer;
 mod options;

@@ -92,6 +92,26 @@ impl Counter {
     }
 }
 
+/// The text of a counter's doc comment, from its `#[doc = ...]` attributes `stringify!`ed and
+/// separated by `\u{1}` (`stringify!` may break a long one over lines), joined into one line,
+/// for its help text.
+fn doc_text(docs: &'static str) -> String {
+    docs.split('\u{1}')
+        .filter_map(|attribute| {
+            let start = attribute.find('"')?;
+            let end = attribute.rfind('"').filter(|&end| end > start)?;
+            let text = attribute[start + 1..end].trim();
+            let raw = attribute[..start].trim_end_matches('#').ends_with('r');
+            Some(if raw {
+                text.to_owned()
+            } else {
+                text.replace("\\\"", "\"")
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
         /// Live counters, bumped with relaxed atomics (they are statistics, not synchronisation).
@@ -102,6 +122,16 @@ macro_rules! counters {
             pub(crate) last_event_nanos: AtomicU64,
             /// Applied events per propagation-lag bucket ([`LAG_BUCKETS`], then one above).
             pub(crate) lag: [AtomicU64; LAG_BUCKETS.len() + 1],
+            /// The lags of every applied event added up, in nanoseconds.
+            pub(crate) lag_sum_nanos: AtomicU64,
+        }
+
+        impl Stats {
+            /// Every counter, as `(name, what it counts, value)`: the fields above, for
+            /// exporters (see [`crate::EdgeCache::prometheus`]).
+            pub fn counters(&self) -> Vec<(&'static str, String, u64)> {
+                vec![ $( (stringify!($name), doc_text(concat!($(stringify!($doc), "\u{1}"),*)), self.$name), )* ]
+            }
         }
 
         /// A snapshot of a node's counters, from [`crate::EdgeCache::stats`].
@@ -141,6 +171,7 @@ macro_rules! counters {
                             .zip(&self.lag)
                             .map(|(bound, count)| (bound, count.load(Relaxed)))
                             .collect(),
+                        sum: Duration::from_nanos(self.lag_sum_nanos.load(Relaxed)),
                     },
                     namespaces,
                 }
@@ -172,6 +203,8 @@ impl Counters {
     pub(crate) fn record_lag(&self, lag: Duration) {
         let bucket = LAG_BUCKETS.partition_point(|bound| *bound < lag);
         self.lag[bucket].fetch_add(1, Relaxed);
+        self.lag_sum_nanos
+            .fetch_add(u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 }
 
@@ -184,6 +217,8 @@ pub struct LagHistogram {
     /// Each bucket's upper bound (inclusive; `None` for the last, unbounded one) and count, in
     /// increasing order of bound.
     pub buckets: Vec<(Option<Duration>, u64)>,
+    /// The lags counted, added up.
+    pub sum: Duration,
 }
 
 impl LagHistogram {

@@ -204,7 +204,12 @@ enum Command {
         about = "Run an edge node answering one command per line on stdin (a debugging tool)",
         long_about = SERVE_HELP
     )]
-    Serve,
+    Serve {
+        /// Also serve the node's metrics in Prometheus's text format at http://ADDR/metrics
+        /// (e.g. 127.0.0.1:9464; port 0 picks a free one, named in the ready line).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+    },
 
     /// Print a new event key line, `<key id>:<64 hex digits>`, from the OS's random source.
     ///
@@ -357,9 +362,9 @@ async fn run(target: &Target, command: Command) -> Result<Outcome, CliError> {
             fail::print_line(&text)?;
             Ok(Outcome::Done)
         }
-        Command::Serve => {
+        Command::Serve { metrics } => {
             let node = node::connect(target).await?;
-            serve::run(target, node, namespaces).await
+            serve::run(target, node, namespaces, metrics).await
         }
         Command::Verify => keys::verify(target.keys.as_ref()),
         // Handled before any key is read.

@@ -2,11 +2,14 @@
 //! exactly one JSON line on stdout. The fleet tests run three of these as separate processes;
 //! operators can use it to watch a node's counters while they poke at it.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use cache_core::Namespaces;
 use cache_edge::{EdgeCache, SetOptions};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::fail::{print_line, CliError, Outcome};
@@ -26,16 +29,25 @@ pub async fn run(
     target: &Target,
     node: EdgeCache,
     namespaces: Namespaces,
+    metrics: Option<SocketAddr>,
 ) -> Result<Outcome, CliError> {
-    print_line(
-        &json!({
-            "ready": true,
-            "node_id": node.node_id(),
-            "channel": target.channel,
-            "redis": cache_redis::redact(&target.url),
-        })
-        .to_string(),
-    )?;
+    let mut ready = json!({
+        "ready": true,
+        "node_id": node.node_id(),
+        "channel": target.channel,
+        "redis": cache_redis::redact(&target.url),
+    });
+    if let Some(addr) = metrics {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::new(format!("cannot listen on {addr} for metrics: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| CliError::new(format!("metrics listener: {e}")))?;
+        ready["metrics"] = json!(format!("http://{bound}/metrics"));
+        tokio::spawn(serve_metrics(listener, node.clone()));
+    }
+    print_line(&ready.to_string())?;
     let mut lines = stdin_lines();
     let served = async {
         while let Some(line) = lines.recv().await {
@@ -226,6 +238,52 @@ fn one_json(name: &str, text: &str) -> Result<Value, CliError> {
         return Err(CliError::new(format!("missing {name}")));
     }
     serde_json::from_str(text).map_err(|e| CliError::new(node::bad_json(name, text.trim(), &e)))
+}
+
+/// Answers scrapes: `GET /metrics` gets the node's metrics, anything else a 404. Each
+/// connection has its own task and five seconds to send its request.
+async fn serve_metrics(listener: TcpListener, node: EdgeCache) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), scrape(stream, &node)).await;
+        });
+    }
+}
+
+/// One HTTP exchange: the request head (at most 8 KiB), then the answer, then close.
+async fn scrape(mut stream: TcpStream, node: &EdgeCache) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8 * 1024 {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let (status, content_type, body) = if head.starts_with(b"GET /metrics ") {
+        (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            node.prometheus().await,
+        )
+    } else {
+        (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "only GET /metrics is served here\n".to_owned(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 #[cfg(test)]

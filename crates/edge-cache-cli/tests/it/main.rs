@@ -4,6 +4,7 @@
 mod cli;
 mod fleet;
 mod keys;
+mod metrics;
 mod serve;
 mod stats;
 mod support;

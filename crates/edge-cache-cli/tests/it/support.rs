@@ -213,11 +213,22 @@ impl ServeNode {
 
     /// [`ServeNode::spawn`] with global options before `serve` (`--keys-file PATH`, say).
     pub fn spawn_with(redis: &RedisServer, name: &str, options: &[&str]) -> ServeNode {
+        Self::spawn_full(redis, name, options, &[])
+    }
+
+    /// [`ServeNode::spawn`] with global options before `serve` and `serve`'s own after it.
+    pub fn spawn_full(
+        redis: &RedisServer,
+        name: &str,
+        options: &[&str],
+        serve_options: &[&str],
+    ) -> ServeNode {
         let mut child = edge_cache(&redis.url())
             .env_remove("EDGE_CACHE_KEYS")
             .env_remove("EDGE_CACHE_KEYS_FILE")
             .args(options)
             .args(["serve", "--node-id", name])
+            .args(serve_options)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -231,6 +242,13 @@ impl ServeNode {
             lines,
             guard: ChildGuard { child },
         }
+    }
+
+    /// Waits for the `ready` line and returns it as it is.
+    pub fn ready_line(&mut self) -> Value {
+        let ready: Value = serde_json::from_str(&self.lines.next()).expect("a JSON ready line");
+        assert_eq!(ready["ready"], true, "{}: {ready}", self.name);
+        ready
     }
 
     /// Waits for the `ready` line.
