@@ -26,6 +26,10 @@ pub struct NamespaceConfig {
     /// What L1 of an event-driven namespace does while its node cannot be sure it heard every
     /// change (see [`OutagePolicy`]).
     pub outage: OutagePolicy,
+    /// How long a loader of this namespace may run before `get_or_load` gives up on it with a
+    /// loader error; `None` (the default) waits as long as the loader takes. A call may set
+    /// its own.
+    pub load_timeout: Option<Duration>,
 }
 
 /// What an event-driven namespace's L1 does while its node cannot be sure it has applied every
@@ -74,7 +78,17 @@ impl NamespaceConfig {
             critical: false,
             max_memory_bytes: 64 * MIB,
             outage: OutagePolicy::Bypass,
+            load_timeout: None,
         }
+    }
+
+    /// Sets how long a loader may run before `get_or_load` fails with a loader error (the
+    /// load's other waiters too); default: no limit. Zero is refused by [`validate`].
+    ///
+    /// [`validate`]: NamespaceConfig::validate
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = Some(timeout);
+        self
     }
 
     /// Sets what L1 does while the node cannot be sure it heard every change; default
@@ -120,6 +134,15 @@ impl NamespaceConfig {
                 ErrorKind::InvalidTtl,
                 format!(
                     "namespace {:?}: the TTL must be greater than zero",
+                    self.name
+                ),
+            ));
+        }
+        if self.load_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "namespace {:?}: a load timeout of zero would fail every load",
                     self.name
                 ),
             ));

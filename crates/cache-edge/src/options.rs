@@ -15,6 +15,7 @@ use std::time::Duration;
 pub struct SetOptions {
     ttl: Option<Duration>,
     tags: Vec<String>,
+    load_timeout: Option<Duration>,
 }
 
 impl SetOptions {
@@ -44,6 +45,18 @@ impl SetOptions {
     {
         self.tags.extend(resources.into_iter().map(Into::into));
         self
+    }
+
+    /// For `get_or_load`: how long the loader may run before the call (and the load's other
+    /// waiters) fail with a loader error, instead of the namespace's `load_timeout`.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = Some(timeout);
+        self
+    }
+
+    /// The load timeout override, if any.
+    pub fn load_timeout_override(&self) -> Option<Duration> {
+        self.load_timeout
     }
 
     /// The TTL override, if any.

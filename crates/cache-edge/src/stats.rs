@@ -305,8 +305,10 @@ counters! {
     decode_errors,
     /// Loader calls made by `get_or_load`.
     loads,
-    /// Loader calls that failed.
+    /// Loader calls that failed (timeouts included).
     load_errors,
+    /// Loader calls given up on after the load timeout (of the call or the namespace).
+    load_timeouts,
     /// Fills dropped because an invalidation or write happened while the value was being read.
     fills_fenced,
     /// Times L1 of event-driven namespaces was dropped because the bus lost events (nodes

@@ -146,8 +146,15 @@ impl<C: Codec> EdgeCache<C> {
                 if let Some(hit) = inner.l2_get::<T>(ns, key).await {
                     return Ok((hit as SharedValue, Source::L2));
                 }
+                let timeout = options.load_timeout_override().or(ns.config.load_timeout);
+                let plan = LoadPlan {
+                    ttl,
+                    tags: options.resource_tags(),
+                    epoch: flight.epoch,
+                    timeout,
+                };
                 inner
-                    .load_and_fill(ns, key, ttl, options.resource_tags(), flight.epoch, loader)
+                    .load_and_fill(ns, key, plan, loader)
                     .await
                     .map(|value| (value, Source::Loaded))
             })
@@ -178,14 +185,22 @@ impl<C: Codec> EdgeCache<C> {
     }
 }
 
+/// What a load needs besides its key and loader.
+struct LoadPlan<'a> {
+    ttl: Duration,
+    tags: &'a [String],
+    /// The namespace's epoch when the flight began (fills are fenced by it).
+    epoch: u64,
+    /// How long the loader may run.
+    timeout: Option<Duration>,
+}
+
 impl<C: Codec> Inner<C> {
     async fn load_and_fill<T, F, Fut, E>(
         &self,
         ns: &NsState,
         key: &CacheKey,
-        ttl: Duration,
-        tags: &[String],
-        epoch: u64,
+        plan: LoadPlan<'_>,
         loader: F,
     ) -> Result<SharedValue>
     where
@@ -194,6 +209,12 @@ impl<C: Codec> Inner<C> {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let LoadPlan {
+            ttl,
+            tags,
+            epoch,
+            timeout,
+        } = plan;
         // With the breaker open, L2 is skipped: the loaded value goes to L1 only.
         let fence: Option<Fence> = match self.l2_call(|| self.l2.fence(key)).await {
             Call::Done(Ok(f)) => Some(f),
@@ -204,7 +225,21 @@ impl<C: Codec> Inner<C> {
             Call::Skipped => None,
         };
         self.counters.loads.add(1);
-        let value = match loader().await {
+        let loaded = match timeout {
+            None => loader().await,
+            Some(limit) => match tokio::time::timeout(limit, loader()).await {
+                Ok(loaded) => loaded,
+                Err(_) => {
+                    self.counters.load_errors.add(1);
+                    self.counters.load_timeouts.add(1);
+                    return Err(Error::new(
+                        ErrorKind::Loader,
+                        format!("loader for {key} did not finish within {limit:?}"),
+                    ));
+                }
+            },
+        };
+        let value = match loaded {
             Ok(v) => Arc::new(v),
             Err(e) => {
                 self.counters.load_errors.add(1);

@@ -12,4 +12,5 @@ mod limits;
 mod load;
 mod read_write;
 mod signed;
+mod timeouts;
 mod typed;
