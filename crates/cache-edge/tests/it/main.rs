@@ -4,6 +4,7 @@
 mod support;
 
 mod breaker;
+mod dashboard;
 mod events;
 mod faults;
 mod health;
