@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use crate::notify::Notification;
 
 use super::pending::PendingKey;
+use super::trace;
 use super::{new_event_id, EdgeCache, Inner};
 
 // For the links in the docs of the errors an invalidation reports, and of resource tags.
@@ -30,6 +31,15 @@ impl<C: Codec> EdgeCache<C> {
     /// keeps the publication pending and retries it in the background (see
     /// [`crate::Stats::pending_publications`]); do not issue it again.
     pub async fn invalidate_namespace(&self, namespace: &str, reason: &str) -> Result<()> {
+        trace::traced(
+            "invalidate_namespace",
+            namespace,
+            self.invalidate_namespace_traced(namespace, reason),
+        )
+        .await
+    }
+
+    async fn invalidate_namespace_traced(&self, namespace: &str, reason: &str) -> Result<()> {
         let inner = &*self.inner;
         inner.check_open()?;
         let (_, ns) = inner.ns_by_name(namespace)?;
@@ -48,6 +58,15 @@ impl<C: Codec> EdgeCache<C> {
     /// # Errors
     /// As [`EdgeCache::invalidate_namespace`].
     pub async fn invalidate_resource(&self, namespace: &str, resource: &str) -> Result<()> {
+        trace::traced(
+            "invalidate_resource",
+            namespace,
+            self.invalidate_resource_traced(namespace, resource),
+        )
+        .await
+    }
+
+    async fn invalidate_resource_traced(&self, namespace: &str, resource: &str) -> Result<()> {
         let inner = &*self.inner;
         inner.check_open()?;
         let (_, ns) = inner.ns_by_name(namespace)?;
@@ -82,6 +101,15 @@ impl<C: Codec> EdgeCache<C> {
     /// # Errors
     /// As [`EdgeCache::invalidate_namespace`].
     pub async fn invalidate_key(&self, key: &CacheKey) -> Result<()> {
+        trace::traced(
+            "invalidate_key",
+            key.key_namespace(),
+            self.invalidate_key_traced(key),
+        )
+        .await
+    }
+
+    async fn invalidate_key_traced(&self, key: &CacheKey) -> Result<()> {
         let inner = &*self.inner;
         inner.check_open()?;
         let (_, ns) = inner.ns_by_key(key)?;
@@ -113,6 +141,11 @@ impl<C: Codec> EdgeCache<C> {
     /// As [`EdgeCache::invalidate_namespace`]: on [`ErrorKind::L2`] nothing is announced (this
     /// node's L1 is still cleared); issue the notification again.
     pub async fn notify(&self, notification: Notification) -> Result<Event> {
+        let event_type = notification.event_type().as_str();
+        trace::traced("notify", event_type, self.notify_traced(notification)).await
+    }
+
+    async fn notify_traced(&self, notification: Notification) -> Result<Event> {
         let inner = &*self.inner;
         inner.check_open()?;
         let (event_type, resource_id, data) = notification.into_parts();

@@ -16,6 +16,7 @@ use tokio::sync::OnceCell;
 use crate::options::SetOptions;
 
 use super::breaker::Call;
+use super::trace;
 use super::{len64, lock, EdgeCache, Inner, NsState};
 
 /// One in-progress load of a key, joined by every caller that misses the key while the
@@ -115,6 +116,30 @@ impl<C: Codec> EdgeCache<C> {
             inner.counters.l1_hits.add(1);
             return Ok(hit);
         }
+        trace::traced(
+            "get_or_load",
+            &ns.config.name,
+            self.load_past_l1(index, ns, key, options, loader),
+        )
+        .await
+    }
+
+    /// [`EdgeCache::get_or_load_key`] once L1 missed: the flight, in its span.
+    async fn load_past_l1<T, F, Fut, E>(
+        &self,
+        index: usize,
+        ns: &NsState,
+        key: &CacheKey,
+        options: SetOptions,
+        loader: F,
+    ) -> Result<Arc<T>>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let inner = &*self.inner;
         // L2 is read once, by the flight below, not by every caller that missed L1: a stampede of
         // a thousand callers costs one L2 read and one load.
         let ttl = inner.ttl_for(ns, &options)?;
@@ -170,12 +195,13 @@ impl<C: Codec> EdgeCache<C> {
             }
         }
         let (value, source) = outcome?;
-        let counter = match source {
-            Source::L1 => &inner.counters.l1_hits,
-            Source::L2 => &inner.counters.l2_hits,
-            Source::Loaded => &inner.counters.misses,
+        let (counter, tier) = match source {
+            Source::L1 => (&inner.counters.l1_hits, "l1"),
+            Source::L2 => (&inner.counters.l2_hits, "l2"),
+            Source::Loaded => (&inner.counters.misses, "loaded"),
         };
         counter.add(1);
+        trace::tier(tier);
         value.downcast::<T>().map_err(|_| {
             Error::new(
                 ErrorKind::Decode,

@@ -12,6 +12,7 @@ mod invalidate;
 mod load;
 mod pending;
 mod read;
+mod trace;
 mod typed;
 mod write;
 

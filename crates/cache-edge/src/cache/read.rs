@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::breaker::Call;
+use super::trace;
 use super::{len64, EdgeCache, Inner, NsState};
 
 // For the links in the docs of the errors a read reports.
@@ -69,24 +70,29 @@ impl<C: Codec> EdgeCache<C> {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
-        let inner = &*self.inner;
-        inner.check_open()?;
-        let (_, ns) = inner.ns_by_key(key)?;
-        if !Arc::ptr_eq(&ns.key_ns, key.key_namespace_shared()) {
-            // Not derived by this node: `l1_hit` did not look this key up.
-            if let Some(hit) = inner.l1_get::<T>(ns, key.digest()) {
-                inner.counters.l1_hits.add(1);
-                return Ok(Some(hit));
+        trace::traced("get", key.key_namespace(), async {
+            let inner = &*self.inner;
+            inner.check_open()?;
+            let (_, ns) = inner.ns_by_key(key)?;
+            if !Arc::ptr_eq(&ns.key_ns, key.key_namespace_shared()) {
+                // Not derived by this node: `l1_hit` did not look this key up.
+                if let Some(hit) = inner.l1_get::<T>(ns, key.digest()) {
+                    inner.counters.l1_hits.add(1);
+                    trace::tier("l1");
+                    return Ok(Some(hit));
+                }
             }
-        }
-        let found = inner.l2_get::<T>(ns, key).await;
-        let counter = if found.is_some() {
-            &inner.counters.l2_hits
-        } else {
-            &inner.counters.misses
-        };
-        counter.add(1);
-        Ok(found)
+            let found = inner.l2_get::<T>(ns, key).await;
+            let (counter, tier) = if found.is_some() {
+                (&inner.counters.l2_hits, "l2")
+            } else {
+                (&inner.counters.misses, "miss")
+            };
+            counter.add(1);
+            trace::tier(tier);
+            Ok(found)
+        })
+        .await
     }
 
     /// Reads many keys (of any configured namespaces) at once: L1 for each, then one batched L2

@@ -13,6 +13,7 @@ use crate::options::SetOptions;
 
 use super::breaker::Call;
 use super::pending::PendingKey;
+use super::trace;
 use super::{len64, new_event_id, EdgeCache, Inner, NsState};
 
 impl<C: Codec> EdgeCache<C> {
@@ -120,6 +121,25 @@ impl<C: Codec> EdgeCache<C> {
     /// the value this node's L1 keeps from the encoded bytes (called only when L1 is in use, and
     /// before anything is written: its error is returned with nothing written).
     async fn write_key<T>(
+        &self,
+        key: &CacheKey,
+        value: &T,
+        options: SetOptions,
+        l1_copy: impl FnOnce(&[u8]) -> Result<Arc<T>>,
+    ) -> Result<()>
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        trace::traced(
+            "set",
+            key.key_namespace(),
+            self.write_key_traced(key, value, options, l1_copy),
+        )
+        .await
+    }
+
+    /// [`EdgeCache::write_key`] in its span.
+    async fn write_key_traced<T>(
         &self,
         key: &CacheKey,
         value: &T,
