@@ -48,7 +48,9 @@ pub use cache::{EdgeCache, TypedNamespace};
 pub use notify::Notification;
 pub use observer::{NoopObserver, Observer};
 pub use options::SetOptions;
-pub use stats::{Health, HealthStatus, LagHistogram, NamespaceStats, Stats, LAG_BUCKETS};
+pub use stats::{
+    Health, HealthStatus, LagHistogram, NamespaceStats, Stats, LAG_BUCKETS, LATENCY_BUCKETS,
+};
 
 pub use cache_core::{self as core, CacheKey, Error, ErrorKind, Result};
 

@@ -142,7 +142,6 @@ pub fn render(stats: &Stats, health: &Health) -> String {
         }
     }
 
-    let lag = &stats.propagation_lag;
     let name = "edge_cache_propagation_lag_seconds";
     metric(
         &mut out,
@@ -150,15 +149,41 @@ pub fn render(stats: &Stats, health: &Health) -> String {
         "histogram",
         "How late applied events were, from their issue to their application on this node.",
     );
+    histogram(&mut out, name, &node, &stats.propagation_lag);
+
+    type Tier = fn(&crate::stats::NamespaceStats) -> &crate::LagHistogram;
+    let tiers: [(&str, &str, Tier); 2] = [
+        (
+            "edge_cache_l2_read_seconds",
+            "How long the namespace's L2 reads past L1 took, hit or miss.",
+            |ns| &ns.l2_latency,
+        ),
+        (
+            "edge_cache_loader_seconds",
+            "How long the namespace's loaders ran, failures and timeouts included.",
+            |ns| &ns.loader_latency,
+        ),
+    ];
+    for (name, help, of) in tiers {
+        metric(&mut out, name, "histogram", help);
+        for ns in &stats.namespaces {
+            let labels = format!("{node},namespace=\"{}\"", escape(&ns.name));
+            histogram(&mut out, name, &labels, of(ns));
+        }
+    }
+    out
+}
+
+/// One histogram's series (cumulative buckets, sum, count) under `labels`.
+fn histogram(out: &mut String, name: &str, labels: &str, h: &crate::LagHistogram) {
     let mut cumulative = 0;
-    for (bound, count) in &lag.buckets {
+    for (bound, count) in &h.buckets {
         cumulative += count;
         let le = bound.map_or_else(|| "+Inf".to_owned(), seconds);
-        let _ = writeln!(out, "{name}_bucket{{{node},le=\"{le}\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
     }
-    let _ = writeln!(out, "{name}_sum{{{node}}} {}", lag.sum.as_secs_f64());
-    let _ = writeln!(out, "{name}_count{{{node}}} {cumulative}");
-    out
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum.as_secs_f64());
+    let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -364,6 +364,63 @@ pub struct NamespaceStats {
     /// every change, as sampled by the liveness task (at each check: to within one liveness
     /// interval).
     pub l1_outage: Duration,
+    /// How long L2 reads of the namespace took: each read past L1 by `get`, `get_key` and
+    /// `get_or_load`, hit or miss (batched reads of `get_many` are not timed).
+    pub l2_latency: LagHistogram,
+    /// How long loaders of the namespace ran (`get_or_load`), failures and timeouts included.
+    pub loader_latency: LagHistogram,
+}
+
+/// The upper bounds of the buckets of [`NamespaceStats::l2_latency`] and
+/// [`NamespaceStats::loader_latency`].
+pub const LATENCY_BUCKETS: [Duration; 16] = [
+    Duration::from_micros(50),
+    Duration::from_micros(100),
+    Duration::from_micros(250),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_micros(2_500),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_millis(2_500),
+    Duration::from_secs(10),
+];
+
+/// A live latency histogram over [`LATENCY_BUCKETS`], bumped with relaxed atomics.
+#[derive(Debug, Default)]
+pub(crate) struct Latency {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Latency {
+    /// Counts one operation that took `took`.
+    pub(crate) fn record(&self, took: Duration) {
+        let bucket = LATENCY_BUCKETS.partition_point(|bound| *bound < took);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// A snapshot.
+    pub(crate) fn snapshot(&self) -> LagHistogram {
+        LagHistogram {
+            buckets: LATENCY_BUCKETS
+                .iter()
+                .map(|bound| Some(*bound))
+                .chain([None])
+                .zip(&self.buckets)
+                .map(|(bound, count)| (bound, count.load(Relaxed)))
+                .collect(),
+            sum: Duration::from_nanos(self.sum_nanos.load(Relaxed)),
+        }
+    }
 }
 
 impl Stats {

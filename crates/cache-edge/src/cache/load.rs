@@ -251,11 +251,13 @@ impl<C: Codec> Inner<C> {
             Call::Skipped => None,
         };
         self.counters.loads.add(1);
+        let started = tokio::time::Instant::now();
         let loaded = match timeout {
             None => loader().await,
             Some(limit) => match tokio::time::timeout(limit, loader()).await {
                 Ok(loaded) => loaded,
                 Err(_) => {
+                    ns.loader_latency.record(started.elapsed());
                     self.counters.load_errors.add(1);
                     self.counters.load_timeouts.add(1);
                     return Err(Error::new(
@@ -265,6 +267,7 @@ impl<C: Codec> Inner<C> {
                 }
             },
         };
+        ns.loader_latency.record(started.elapsed());
         let value = match loaded {
             Ok(v) => Arc::new(v),
             Err(e) => {

@@ -136,6 +136,10 @@ struct NsState {
     gate: RwLock<()>,
     /// How this namespace follows its log, on a sequenced node, if it is event-driven.
     fresh: Option<NsFreshness>,
+    /// How long its L2 reads took.
+    l2_latency: crate::stats::Latency,
+    /// How long its loaders ran.
+    loader_latency: crate::stats::Latency,
 }
 
 impl EdgeCache {
@@ -185,6 +189,8 @@ impl<C: Codec> EdgeCache<C> {
                 gate: RwLock::new(()),
                 fresh: (sequenced && config.event_driven)
                     .then(|| NsFreshness::new(config.outage, b.staleness_bound)),
+                l2_latency: crate::stats::Latency::default(),
+                loader_latency: crate::stats::Latency::default(),
             })
             .collect();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -305,6 +311,8 @@ impl<C: Codec> EdgeCache<C> {
                         .fresh
                         .as_ref()
                         .map_or(Duration::ZERO, NsFreshness::outage),
+                    l2_latency: ns.l2_latency.snapshot(),
+                    loader_latency: ns.loader_latency.snapshot(),
                 }
             })
             .collect();

@@ -260,7 +260,12 @@ impl<C: Codec> Inner<C> {
         key: &CacheKey,
     ) -> Option<Arc<T>> {
         let epoch = ns.epoch.load(SeqCst);
-        match self.l2_call(|| self.l2.get(key)).await {
+        let started = tokio::time::Instant::now();
+        let read = self.l2_call(|| self.l2.get(key)).await;
+        if !matches!(read, Call::Skipped) {
+            ns.l2_latency.record(started.elapsed());
+        }
+        match read {
             Call::Done(Ok(Some(entry))) => self.accept_l2_entry(ns, key, entry, epoch),
             Call::Done(Ok(None)) | Call::Skipped => None,
             Call::Done(Err(e)) => {

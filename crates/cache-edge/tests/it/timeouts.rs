@@ -101,6 +101,23 @@ async fn the_namespace_timeout_applies_unless_the_call_sets_its_own() {
     assert_eq!(*value, "slow but in time");
     assert_eq!(calls.load(SeqCst), 1);
     assert_eq!(a.stats().load_timeouts, 1);
+    // Both loads are in the namespace's loader histogram: 0.5 s (timed out) and 1 s.
+    let offers = &a.stats().namespaces[0];
+    assert_eq!(offers.loader_latency.count(), 2);
+    assert_eq!(offers.loader_latency.sum, Duration::from_millis(1_500));
+    let le = |bound: Duration| {
+        offers
+            .loader_latency
+            .buckets
+            .iter()
+            .take_while(|(b, _)| b.is_some_and(|b| b <= bound))
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (le(Duration::from_millis(500)), le(Duration::from_secs(1))),
+        (1, 2)
+    );
     a.shutdown().await;
 }
 

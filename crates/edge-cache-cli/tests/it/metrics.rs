@@ -111,6 +111,12 @@ fn metrics_are_scraped_over_http_and_pass_promtool() {
         1.0
     );
     assert!(after.contains("# TYPE edge_cache_propagation_lag_seconds histogram"));
+    // One L2 read so far (the set's key was read from L1): a read of another key adds one.
+    let l2_reads = r#"edge_cache_l2_read_seconds_count{node_id="scraped",region="default",namespace="gpu_availability"}"#;
+    let reads_before = sample(&after, l2_reads);
+    node.get("gpu_availability", &json!({"gpu_id": "g-7"}));
+    let (_, later) = get(&addr, "/metrics");
+    assert_eq!(sample(&later, l2_reads), reads_before + 1.0);
     assert!(after.contains(
         r#"edge_cache_propagation_lag_seconds_bucket{node_id="scraped",region="default",le="+Inf"}"#
     ));
