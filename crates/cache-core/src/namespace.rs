@@ -30,6 +30,11 @@ pub struct NamespaceConfig {
     /// loader error; `None` (the default) waits as long as the loader takes. A call may set
     /// its own.
     pub load_timeout: Option<Duration>,
+    /// Fail-safe: how long past its expiry an entry's last value may still be served when its
+    /// load fails or times out, or L2 is unreachable; `None` (the default) serves nothing past
+    /// expiry. Only expired values are candidates: one removed by an invalidation or a write
+    /// never is. Needs L1 (`critical`).
+    pub fail_safe: Option<Duration>,
 }
 
 /// What an event-driven namespace's L1 does while its node cannot be sure it has applied every
@@ -79,7 +84,19 @@ impl NamespaceConfig {
             max_memory_bytes: 64 * MIB,
             outage: OutagePolicy::Bypass,
             load_timeout: None,
+            fail_safe: None,
         }
+    }
+
+    /// Turns fail-safe on: when a load of this namespace fails or times out, or L2 is
+    /// unreachable, the last value of the entry is served for up to `max_stale` past its
+    /// expiry (counted in `fail_safe_served`), and kept for a second so the failing source is
+    /// not asked again at once. Only expired values are candidates: a value removed by an
+    /// invalidation or a write is gone, so fail-safe never serves what the fleet was told to
+    /// drop. Needs `critical` (an L1).
+    pub fn fail_safe(mut self, max_stale: Duration) -> Self {
+        self.fail_safe = Some(max_stale);
+        self
     }
 
     /// Sets how long a loader may run before `get_or_load` fails with a loader error (the
@@ -134,6 +151,16 @@ impl NamespaceConfig {
                 ErrorKind::InvalidTtl,
                 format!(
                     "namespace {:?}: the TTL must be greater than zero",
+                    self.name
+                ),
+            ));
+        }
+        if self.fail_safe.is_some() && !self.critical {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "namespace {:?}: fail-safe serves values kept in L1, and the namespace has \
+                     none (make it critical)",
                     self.name
                 ),
             ));

@@ -81,6 +81,14 @@ pub trait L1Store: Send + Sync {
     /// The live value under `digest`, if any.
     fn get(&self, digest: &Digest, now: Timestamp) -> Option<SharedValue>;
 
+    /// The entry under `digest` if it has expired but is still kept for fail-safe (its
+    /// namespace has [`crate::NamespaceConfig::fail_safe`]): its value, when it expired, and
+    /// its size. Never one removed by [`L1Store::remove`], [`L1Store::invalidate_tag`] or
+    /// [`L1Store::clear`]. Default: `None` (a store that keeps nothing past expiry).
+    fn get_stale(&self, _digest: &Digest, _now: Timestamp) -> Option<L1Entry> {
+        None
+    }
+
     /// Stores `entry` under `digest`, replacing any previous entry, and records `tags` so
     /// [`L1Store::invalidate_tag`] can find it. An entry larger than the budget is not stored.
     fn insert(&self, digest: Digest, entry: L1Entry, tags: &[String]);

@@ -309,6 +309,9 @@ counters! {
     load_errors,
     /// Loader calls given up on after the load timeout (of the call or the namespace).
     load_timeouts,
+    /// Reads answered by fail-safe: an entry's last value served past its expiry because its
+    /// load failed or timed out, or L2 was unreachable.
+    fail_safe_served,
     /// Fills dropped because an invalidation or write happened while the value was being read.
     fills_fenced,
     /// Times L1 of event-driven namespaces was dropped because the bus lost events (nodes

@@ -237,6 +237,8 @@ pub struct MemoryL1 {
     capacity_bytes: u64,
     /// At most `u32::MAX`, so an admitted weight always fits [`Slot::weight`].
     max_entry_weight: u64,
+    /// How long past its expiry an entry is kept for fail-safe (0: not at all).
+    keep_expired_nanos: u64,
 }
 
 impl MemoryL1 {
@@ -272,7 +274,17 @@ impl MemoryL1 {
             seq: AtomicU32::new(0),
             capacity_bytes,
             max_entry_weight: max_entry_weight.min(u64::from(u32::MAX)),
+            keep_expired_nanos: 0,
         }
+    }
+
+    /// Keeps each entry for `window` past its expiry, for [`L1Store::get_stale`] (fail-safe);
+    /// `get` still treats it as gone at its expiry. Kept entries count against the budget
+    /// until they are evicted or the window ends.
+    #[must_use]
+    pub fn keep_expired_for(mut self, window: std::time::Duration) -> Self {
+        self.keep_expired_nanos = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        self
     }
 
     /// The budget this store was built with.
@@ -332,10 +344,31 @@ impl L1Store for MemoryL1 {
         if slot.expires_at > now {
             return Some(slot.value);
         }
-        // Remove only the slot found expired, not one inserted since by another thread.
-        self.entries
-            .remove_if(digest, |current| current.same_entry(&slot));
+        if self.keep_expired_nanos == 0
+            || slot
+                .expires_at
+                .as_nanos()
+                .saturating_add(self.keep_expired_nanos)
+                <= now.as_nanos()
+        {
+            // Remove only the slot found expired, not one inserted since by another thread.
+            self.entries
+                .remove_if(digest, |current| current.same_entry(&slot));
+        }
         None
+    }
+
+    fn get_stale(&self, digest: &Digest, now: Timestamp) -> Option<L1Entry> {
+        let slot = self.entries.get(digest)?;
+        let kept_until = slot
+            .expires_at
+            .as_nanos()
+            .saturating_add(self.keep_expired_nanos);
+        (slot.expires_at <= now && now.as_nanos() < kept_until).then(|| {
+            // The weight less the fixed overhead: what it was inserted with (tags aside).
+            let size = u64::from(slot.weight).saturating_sub(ENTRY_OVERHEAD_BYTES);
+            L1Entry::new(slot.value, slot.expires_at, size)
+        })
     }
 
     fn insert(&self, digest: Digest, entry: L1Entry, tags: &[String]) {
@@ -420,13 +453,50 @@ pub struct MemoryL1Factory;
 
 impl L1Factory for MemoryL1Factory {
     fn build(&self, config: &NamespaceConfig) -> Box<dyn L1Store> {
-        Box::new(MemoryL1::new(config.max_memory_bytes))
+        let mut l1 = MemoryL1::new(config.max_memory_bytes);
+        if let Some(max_stale) = config.fail_safe {
+            l1 = l1.keep_expired_for(max_stale);
+        }
+        Box::new(l1)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expired_entries_are_kept_for_the_fail_safe_window_only_if_asked() {
+        let at = Timestamp::from_nanos;
+        let secs = 1_000_000_000;
+        let value: SharedValue = std::sync::Arc::new(7_u32);
+        let digest = Digest([1; 32]);
+        for keep in [0, 5] {
+            let l1 = MemoryL1::new(1 << 20).keep_expired_for(std::time::Duration::from_secs(keep));
+            l1.insert(digest, L1Entry::new(value.clone(), at(10 * secs), 8), &[]);
+            assert!(l1.get(&digest, at(9 * secs)).is_some());
+            assert!(l1.get(&digest, at(11 * secs)).is_none(), "expired for get");
+            assert!(
+                l1.get_stale(&digest, at(9 * secs)).is_none(),
+                "not expired yet"
+            );
+            let stale = l1.get_stale(&digest, at(11 * secs));
+            if keep == 0 {
+                assert!(stale.is_none(), "nothing kept without a window");
+                continue;
+            }
+            let stale = stale.expect("kept within the window");
+            assert_eq!((stale.expires_at, stale.size_bytes), (at(10 * secs), 8));
+            assert!(
+                l1.get_stale(&digest, at(15 * secs)).is_none(),
+                "past the window"
+            );
+            // Removal takes a kept entry away at once.
+            l1.insert(digest, L1Entry::new(value.clone(), at(10 * secs), 8), &[]);
+            assert!(l1.remove(&digest));
+            assert!(l1.get_stale(&digest, at(11 * secs)).is_none());
+        }
+    }
 
     #[test]
     fn shards_leave_room_for_large_entries() {

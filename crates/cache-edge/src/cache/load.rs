@@ -32,6 +32,8 @@ enum Source {
     L1,
     L2,
     Loaded,
+    /// The entry's last value, past its expiry: the load failed (see `failsafe.rs`).
+    FailSafe,
 }
 
 impl<C: Codec> EdgeCache<C> {
@@ -178,10 +180,7 @@ impl<C: Codec> EdgeCache<C> {
                     epoch: flight.epoch,
                     timeout,
                 };
-                inner
-                    .load_and_fill(ns, key, plan, loader)
-                    .await
-                    .map(|value| (value, Source::Loaded))
+                inner.load_and_fill(ns, key, plan, loader).await
             })
             .await
             .clone();
@@ -199,6 +198,8 @@ impl<C: Codec> EdgeCache<C> {
             Source::L1 => (&inner.counters.l1_hits, "l1"),
             Source::L2 => (&inner.counters.l2_hits, "l2"),
             Source::Loaded => (&inner.counters.misses, "loaded"),
+            // Counted in `fail_safe_served` when it was found.
+            Source::FailSafe => (&inner.counters.misses, "fail_safe"),
         };
         counter.add(1);
         trace::tier(tier);
@@ -228,7 +229,7 @@ impl<C: Codec> Inner<C> {
         key: &CacheKey,
         plan: LoadPlan<'_>,
         loader: F,
-    ) -> Result<SharedValue>
+    ) -> Result<(SharedValue, Source)>
     where
         T: Serialize + Send + Sync + 'static,
         F: FnOnce() -> Fut,
@@ -250,6 +251,10 @@ impl<C: Codec> Inner<C> {
             }
             Call::Skipped => None,
         };
+        // The source failed a moment ago: answer with the last value instead of asking again.
+        if let Some(last) = self.throttled(ns, key) {
+            return Ok((last, Source::FailSafe));
+        }
         self.counters.loads.add(1);
         let started = tokio::time::Instant::now();
         let loaded = match timeout {
@@ -260,6 +265,9 @@ impl<C: Codec> Inner<C> {
                     ns.loader_latency.record(started.elapsed());
                     self.counters.load_errors.add(1);
                     self.counters.load_timeouts.add(1);
+                    if let Some(last) = self.fail_safe(ns, key) {
+                        return Ok((last, Source::FailSafe));
+                    }
                     return Err(Error::new(
                         ErrorKind::Loader,
                         format!("loader for {key} did not finish within {limit:?}"),
@@ -272,6 +280,9 @@ impl<C: Codec> Inner<C> {
             Ok(v) => Arc::new(v),
             Err(e) => {
                 self.counters.load_errors.add(1);
+                if let Some(last) = self.fail_safe(ns, key) {
+                    return Ok((last, Source::FailSafe));
+                }
                 let source: Box<dyn std::error::Error + Send + Sync> = e.into();
                 return Err(Error::new(
                     ErrorKind::Loader,
@@ -284,7 +295,7 @@ impl<C: Codec> Inner<C> {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::warn!(key = %key, error = %e, "loaded value not cached");
-                return Ok(value);
+                return Ok((value, Source::Loaded));
             }
         };
         let mut stale = false;
@@ -310,6 +321,6 @@ impl<C: Codec> Inner<C> {
             );
             self.fenced_insert(ns, l1, key, entry, tags, epoch);
         }
-        Ok(value)
+        Ok((value, Source::Loaded))
     }
 }

@@ -7,6 +7,7 @@ mod apply;
 mod auth;
 mod breaker;
 mod connection;
+mod failsafe;
 mod freshness;
 mod invalidate;
 mod load;
@@ -140,6 +141,8 @@ struct NsState {
     l2_latency: crate::stats::Latency,
     /// How long its loaders ran.
     loader_latency: crate::stats::Latency,
+    /// Keys whose loads failed recently and are answered by fail-safe for a while.
+    fail_safe_throttle: failsafe::Throttle,
 }
 
 impl EdgeCache {
@@ -191,6 +194,7 @@ impl<C: Codec> EdgeCache<C> {
                     .then(|| NsFreshness::new(config.outage, b.staleness_bound)),
                 l2_latency: crate::stats::Latency::default(),
                 loader_latency: crate::stats::Latency::default(),
+                fail_safe_throttle: failsafe::Throttle::default(),
             })
             .collect();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

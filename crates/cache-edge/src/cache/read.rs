@@ -82,11 +82,17 @@ impl<C: Codec> EdgeCache<C> {
                     return Ok(Some(hit));
                 }
             }
-            let found = inner.l2_get::<T>(ns, key).await;
-            let (counter, tier) = if found.is_some() {
-                (&inner.counters.l2_hits, "l2")
-            } else {
-                (&inner.counters.misses, "miss")
+            let (found, counter, tier) = match inner.l2_read::<T>(ns, key).await {
+                L2Read::Hit(value) => (Some(value), &inner.counters.l2_hits, "l2"),
+                L2Read::Miss => (None, &inner.counters.misses, "miss"),
+                // L2 could not be read: a fail-safe namespace serves the last value it keeps.
+                L2Read::Unreachable => match inner
+                    .fail_safe(ns, key)
+                    .and_then(|value| value.downcast::<T>().ok())
+                {
+                    Some(value) => (Some(value), &inner.counters.misses, "fail_safe"),
+                    None => (None, &inner.counters.misses, "miss"),
+                },
             };
             counter.add(1);
             trace::tier(tier);
@@ -171,6 +177,14 @@ impl<C: Codec> EdgeCache<C> {
             .collect::<Result<Vec<_>>>()?;
         self.get_many_keys(&keys).await
     }
+}
+
+/// What a read of L2 came to.
+pub(super) enum L2Read<T> {
+    Hit(Arc<T>),
+    Miss,
+    /// L2 failed or was skipped (its breaker open).
+    Unreachable,
 }
 
 impl<C: Codec> Inner<C> {
@@ -259,6 +273,18 @@ impl<C: Codec> Inner<C> {
         ns: &NsState,
         key: &CacheKey,
     ) -> Option<Arc<T>> {
+        match self.l2_read::<T>(ns, key).await {
+            L2Read::Hit(value) => Some(value),
+            L2Read::Miss | L2Read::Unreachable => None,
+        }
+    }
+
+    /// Reads L2 (back-filling L1), telling a miss from an L2 that could not be read.
+    pub(super) async fn l2_read<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        ns: &NsState,
+        key: &CacheKey,
+    ) -> L2Read<T> {
         let epoch = ns.epoch.load(SeqCst);
         let started = tokio::time::Instant::now();
         let read = self.l2_call(|| self.l2.get(key)).await;
@@ -266,11 +292,15 @@ impl<C: Codec> Inner<C> {
             ns.l2_latency.record(started.elapsed());
         }
         match read {
-            Call::Done(Ok(Some(entry))) => self.accept_l2_entry(ns, key, entry, epoch),
-            Call::Done(Ok(None)) | Call::Skipped => None,
+            Call::Done(Ok(Some(entry))) => match self.accept_l2_entry(ns, key, entry, epoch) {
+                Some(value) => L2Read::Hit(value),
+                None => L2Read::Miss,
+            },
+            Call::Done(Ok(None)) => L2Read::Miss,
+            Call::Skipped => L2Read::Unreachable,
             Call::Done(Err(e)) => {
                 let _ = self.l2_failed("get", e);
-                None
+                L2Read::Unreachable
             }
         }
     }

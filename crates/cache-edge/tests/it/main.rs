@@ -6,6 +6,7 @@ mod support;
 mod breaker;
 mod dashboard;
 mod events;
+mod failsafe;
 mod faults;
 mod health;
 mod invalidation;

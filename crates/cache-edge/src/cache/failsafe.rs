@@ -1,0 +1,64 @@
+//! Fail-safe: when a load fails or times out, or L2 is unreachable, a namespace that opts in
+//! serves the last value of the entry for up to its `fail_safe` window past the entry's expiry.
+//!
+//! Only expired values are candidates, and only from an L1 the node may trust: a value removed
+//! by an invalidation or a write is gone from L1, and while the node cannot be sure it heard
+//! every change its L1 is not read at all, so fail-safe never serves what the fleet was told
+//! to drop, and the staleness bound holds.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cache_core::{CacheKey, Codec, Digest, SharedValue};
+
+use super::{lock, Inner, NsState};
+
+/// After a fail-safe answer, how long further loads of the key are answered the same way
+/// without asking the failing source again (within the fail-safe window).
+const THROTTLE: Duration = Duration::from_secs(1);
+
+/// Keys whose source failed recently, with until when (nanoseconds) loads are not retried.
+#[derive(Default)]
+pub(crate) struct Throttle(Mutex<HashMap<Digest, u64>>);
+
+/// Entries kept before expired ones are swept.
+const THROTTLE_SWEEP_AT: usize = 4_096;
+
+impl<C: Codec> Inner<C> {
+    /// The fail-safe value of `key`, if its namespace has fail-safe, its L1 may be trusted and
+    /// still keeps an expired value within the window; loads of the key then wait
+    /// [`THROTTLE`] before asking the source again.
+    pub(super) fn fail_safe(&self, ns: &NsState, key: &CacheKey) -> Option<SharedValue> {
+        let value = self.stale_value(ns, key)?;
+        let until = self.clock.expiry_now().saturating_add(THROTTLE).as_nanos();
+        let mut throttled = lock(&ns.fail_safe_throttle.0);
+        if throttled.len() >= THROTTLE_SWEEP_AT {
+            let now = self.clock.expiry_now().as_nanos();
+            throttled.retain(|_, until| *until > now);
+        }
+        throttled.insert(*key.digest(), until);
+        drop(throttled);
+        tracing::warn!(key = %key, "serving the last value past its expiry (fail-safe)");
+        Some(value)
+    }
+
+    /// The fail-safe value of `key` while a recent failure of its source throttles new loads;
+    /// `None` when the source may be asked.
+    pub(super) fn throttled(&self, ns: &NsState, key: &CacheKey) -> Option<SharedValue> {
+        ns.config.fail_safe?;
+        let until = *lock(&ns.fail_safe_throttle.0).get(key.digest())?;
+        if until <= self.clock.expiry_now().as_nanos() {
+            return None;
+        }
+        self.stale_value(ns, key)
+    }
+
+    fn stale_value(&self, ns: &NsState, key: &CacheKey) -> Option<SharedValue> {
+        ns.config.fail_safe?;
+        let l1 = self.usable_l1(ns)?;
+        let stale = l1.get_stale(key.digest(), self.clock.expiry_now())?;
+        self.counters.fail_safe_served.add(1);
+        Some(stale.value)
+    }
+}
