@@ -120,10 +120,8 @@ macro_rules! counters {
             $( pub(crate) $name: Counter, )*
             /// Nanoseconds since the epoch of the last applied event; 0 when none.
             pub(crate) last_event_nanos: AtomicU64,
-            /// Applied events per propagation-lag bucket ([`LAG_BUCKETS`], then one above).
-            pub(crate) lag: [AtomicU64; LAG_BUCKETS.len() + 1],
-            /// The lags of every applied event added up, in nanoseconds.
-            pub(crate) lag_sum_nanos: AtomicU64,
+            /// Applied events by propagation lag ([`LAG_BUCKETS`], then one above).
+            pub(crate) lag: Histogram<{ LAG_BUCKETS.len() + 1 }>,
         }
 
         impl Stats {
@@ -163,16 +161,7 @@ macro_rules! counters {
                     $( $name: self.$name.get(), )*
                     pending_publications: 0,
                     last_event_time: (last != 0).then(|| Timestamp::from_nanos(last)),
-                    propagation_lag: LagHistogram {
-                        buckets: LAG_BUCKETS
-                            .iter()
-                            .map(|bound| Some(*bound))
-                            .chain([None])
-                            .zip(&self.lag)
-                            .map(|(bound, count)| (bound, count.load(Relaxed)))
-                            .collect(),
-                        sum: Duration::from_nanos(self.lag_sum_nanos.load(Relaxed)),
-                    },
+                    propagation_lag: self.lag.snapshot(&LAG_BUCKETS),
                     namespaces,
                 }
             }
@@ -201,10 +190,7 @@ pub const LAG_BUCKETS: [Duration; 14] = [
 impl Counters {
     /// Counts one applied event `lag` late.
     pub(crate) fn record_lag(&self, lag: Duration) {
-        let bucket = LAG_BUCKETS.partition_point(|bound| *bound < lag);
-        self.lag[bucket].fetch_add(1, Relaxed);
-        self.lag_sum_nanos
-            .fetch_add(u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.lag.record(&LAG_BUCKETS, lag);
     }
 }
 
@@ -395,26 +381,36 @@ pub const LATENCY_BUCKETS: [Duration; 16] = [
     Duration::from_secs(10),
 ];
 
-/// A live latency histogram over [`LATENCY_BUCKETS`], bumped with relaxed atomics.
-#[derive(Debug, Default)]
-pub(crate) struct Latency {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+/// A live histogram of durations: `N - 1` bucket bounds, given on each call, then one bucket
+/// above them; bumped with relaxed atomics (statistics, not synchronisation).
+#[derive(Debug)]
+pub(crate) struct Histogram<const N: usize> {
+    buckets: [AtomicU64; N],
     sum_nanos: AtomicU64,
 }
 
-impl Latency {
-    /// Counts one operation that took `took`.
-    pub(crate) fn record(&self, took: Duration) {
-        let bucket = LATENCY_BUCKETS.partition_point(|bound| *bound < took);
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    /// Counts one duration, bucketed by `bounds` (`N - 1` of them, increasing).
+    pub(crate) fn record(&self, bounds: &[Duration], took: Duration) {
+        let bucket = bounds.partition_point(|bound| *bound < took).min(N - 1);
         self.buckets[bucket].fetch_add(1, Relaxed);
         self.sum_nanos
             .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
-    /// A snapshot.
-    pub(crate) fn snapshot(&self) -> LagHistogram {
+    /// A snapshot, with `bounds` as the buckets' upper bounds.
+    pub(crate) fn snapshot(&self, bounds: &[Duration]) -> LagHistogram {
         LagHistogram {
-            buckets: LATENCY_BUCKETS
+            buckets: bounds
                 .iter()
                 .map(|bound| Some(*bound))
                 .chain([None])
@@ -423,6 +419,22 @@ impl Latency {
                 .collect(),
             sum: Duration::from_nanos(self.sum_nanos.load(Relaxed)),
         }
+    }
+}
+
+/// A namespace's latency histogram over [`LATENCY_BUCKETS`].
+#[derive(Debug, Default)]
+pub(crate) struct Latency(Histogram<{ LATENCY_BUCKETS.len() + 1 }>);
+
+impl Latency {
+    /// Counts one operation that took `took`.
+    pub(crate) fn record(&self, took: Duration) {
+        self.0.record(&LATENCY_BUCKETS, took);
+    }
+
+    /// A snapshot.
+    pub(crate) fn snapshot(&self) -> LagHistogram {
+        self.0.snapshot(&LATENCY_BUCKETS)
     }
 }
 

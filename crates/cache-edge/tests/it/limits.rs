@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use cache_core::{Clock, ErrorKind, Event, EventBus, EventType, Limits, Scope};
+use cache_core::{Clock, ErrorKind, Event, EventType, Limits, Scope};
 use cache_edge::{EdgeCache, SetOptions};
 use serde_json::json;
 
-use crate::support::{eventually, Fleet};
+use crate::support::{publish_raw, Fleet};
 
 fn event(fleet: &Fleet, id: &str, namespaces: usize, scope: Scope) -> Event {
     let mut event = Event::new(
@@ -28,15 +28,6 @@ fn event(fleet: &Fleet, id: &str, namespaces: usize, scope: Scope) -> Event {
         .collect();
     event.scope = scope;
     event
-}
-
-async fn publish_raw(fleet: &Fleet, node: &EdgeCache, message: Vec<u8>) {
-    let before = node.stats().events_received;
-    fleet.bus.publish(message).await.unwrap();
-    eventually("the node hears the message", || {
-        node.stats().events_received > before
-    })
-    .await;
 }
 
 async fn in_l1(node: &EdgeCache) -> bool {

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use cache_core::signing::{EventKeys, SignatureMode, SigningKey};
-use cache_core::{Clock, Event, EventBus, EventType, Scope};
+use cache_core::{Clock, Event, EventType, Scope};
 use cache_edge::EdgeCache;
 use serde_json::json;
 
-use crate::support::{applied, eventually, Fleet};
+use crate::support::{applied, eventually, publish_raw, Fleet};
 
 fn key(id: &str, byte: u8) -> SigningKey {
     SigningKey::new(id, vec![byte; 32]).unwrap()
@@ -30,16 +30,6 @@ fn wipe(fleet: &Fleet, event_id: &str, seconds_from_now: f64) -> Vec<u8> {
     event.affected_namespaces = vec!["gpu_avail".to_owned()];
     event.scope = Scope::Namespace;
     event.encode()
-}
-
-/// Publishes `message` raw on the fleet's bus and waits until `node` has handled it.
-async fn publish_raw(fleet: &Fleet, node: &EdgeCache, message: Vec<u8>) {
-    let before = node.stats().events_received;
-    fleet.bus.publish(message).await.unwrap();
-    eventually("the node hears the message", || {
-        node.stats().events_received > before
-    })
-    .await;
 }
 
 /// Whether `node` still serves g-1 from L1 (a hit, not an L2 read).

@@ -42,6 +42,17 @@ impl Fleet {
     }
 }
 
+/// Publishes `message` raw on the fleet's bus (as no node would) and waits until `node` has
+/// taken it off the bus, whatever it then made of it.
+pub async fn publish_raw(fleet: &Fleet, node: &EdgeCache, message: Vec<u8>) {
+    let before = node.stats().events_received;
+    fleet.bus.publish(message).await.unwrap();
+    eventually("the node hears the message", || {
+        node.stats().events_received > before
+    })
+    .await;
+}
+
 /// Waits until `check` holds, yielding to the runtime between checks; fails after 5 s.
 pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
