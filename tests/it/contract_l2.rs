@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{CacheKey, L2Store, L2Write};
+use cache_core::{CacheKey, L2Store, L2Write, Lease};
 use cache_memory::{MemoryL2, SystemClock};
 use cache_redis::{RedisConfig, RedisL2};
 use test_support::{eventually, RedisServer};
@@ -90,6 +90,35 @@ async fn contract(l2: Arc<dyn L2Store>) {
         "a fill never replaces a live entry"
     );
     assert_eq!(bytes(l2, &c).await.as_deref(), Some(&b"fill"[..]));
+    // A refresh replaces the live entry it read, on a current fence; not one written since.
+    let version = l2.get(&c).await.unwrap().unwrap().version;
+    assert!(version.is_some(), "entries carry a version");
+    assert!(l2
+        .set(
+            write(&c, b"refreshed")
+                .fence(Some(l2.fence(&c).await.unwrap()))
+                .replacing(version)
+        )
+        .await
+        .unwrap());
+    assert_eq!(bytes(l2, &c).await.as_deref(), Some(&b"refreshed"[..]));
+    let version = l2.get(&c).await.unwrap().unwrap().version;
+    let fence = l2.fence(&c).await.unwrap();
+    // A millisecond apart, so even a store that versions entries by their expiry tells them
+    // apart.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    l2.set(write(&c, b"written")).await.unwrap();
+    assert!(
+        !l2.set(
+            write(&c, b"late refresh")
+                .fence(Some(fence))
+                .replacing(version)
+        )
+        .await
+        .unwrap(),
+        "a refresh replaced an entry written after it read its own"
+    );
+    assert_eq!(bytes(l2, &c).await.as_deref(), Some(&b"written"[..]));
     type Change =
         for<'a> fn(&'a dyn L2Store, &'a CacheKey) -> futures_util::future::BoxFuture<'a, ()>;
     let changes: [(&str, Change); 3] = [
@@ -124,6 +153,8 @@ async fn contract(l2: Arc<dyn L2Store>) {
     assert!(l2.set(write(&d, b"d").fence(Some(fd))).await.unwrap());
     assert!(l2.set(write(&e, b"e").fence(Some(fe))).await.unwrap());
 
+    leases(l2).await;
+
     // Expiry.
     let short = key("avail", 6);
     l2.set(L2Write::new(
@@ -139,6 +170,59 @@ async fn contract(l2: Arc<dyn L2Store>) {
         || async { l2.get(&short).await.unwrap().is_none() },
     )
     .await;
+}
+
+/// Fill leases: one holder at a time, a waiter woken by the release (even one that landed
+/// before its wait began), only the holder's token releases, and an abandoned lease ends by
+/// itself.
+async fn leases(l2: &dyn L2Store) {
+    let k = key("avail", 7);
+    let hold = Duration::from_secs(5);
+    assert_eq!(l2.lease(&k, "a", hold).await.unwrap(), Lease::Acquired);
+    let Lease::Held(wait) = l2.lease(&k, "b", hold).await.unwrap() else {
+        panic!("a second caller must find the lease held");
+    };
+    assert!(
+        wait.remaining <= hold && wait.remaining > hold - Duration::from_secs(1),
+        "{:?}",
+        wait.remaining
+    );
+    // Another key's lease is its own.
+    assert_eq!(
+        l2.lease(&key("avail", 8), "b", hold).await.unwrap(),
+        Lease::Acquired
+    );
+    let started = std::time::Instant::now();
+    let (woken, ()) = tokio::join!(l2.wait_lease(&k, &wait), async {
+        // A release by another token does nothing; the holder's ends the wait.
+        l2.release_lease(&k, "b").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        l2.release_lease(&k, "a").await.unwrap();
+    });
+    assert!(woken.unwrap(), "the release ends the wait");
+    assert!(
+        started.elapsed() < hold,
+        "woken by the release, not the end of the lease"
+    );
+    assert!(
+        l2.wait_lease(&k, &wait).await.unwrap(),
+        "a wait that starts after the release ends at once"
+    );
+    assert_eq!(l2.lease(&k, "b", hold).await.unwrap(), Lease::Acquired);
+    l2.release_lease(&k, "b").await.unwrap();
+
+    // Abandoned: the wait runs out with the lease, after which the key can be taken again.
+    let short = Duration::from_millis(200);
+    assert_eq!(l2.lease(&k, "dead", short).await.unwrap(), Lease::Acquired);
+    let Lease::Held(wait) = l2.lease(&k, "c", short).await.unwrap() else {
+        panic!("held");
+    };
+    assert!(
+        !l2.wait_lease(&k, &wait).await.unwrap(),
+        "nobody released it"
+    );
+    assert_eq!(l2.lease(&k, "c", short).await.unwrap(), Lease::Acquired);
+    l2.release_lease(&k, "c").await.unwrap();
 }
 
 #[tokio::test]

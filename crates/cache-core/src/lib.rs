@@ -41,8 +41,8 @@ pub use namespace::{NamespaceConfig, Namespaces, OutagePolicy};
 pub use routing::Routing;
 pub use signing::{EventKeys, SignatureMode, SigningKey};
 pub use store::{
-    Fence, L1Entry, L1Factory, L1Store, L1Usage, L2Entry, L2Info, L2Store, L2Write, Logged,
-    LoggedChange, SharedValue,
+    Fence, L1Entry, L1Factory, L1Store, L1Usage, L2Entry, L2Info, L2Store, L2Write, Lease,
+    LeaseWait, Logged, LoggedChange, SharedValue,
 };
 pub use time::{Clock, Timestamp};
 

@@ -35,6 +35,21 @@ pub struct NamespaceConfig {
     /// expiry. Only expired values are candidates: one removed by an invalidation or a write
     /// never is. Needs L1 (`critical`).
     pub fail_safe: Option<Duration>,
+    /// With a fail-safe value at hand, how long `get_or_load_owned` waits for a load before
+    /// answering with that value while the load goes on in the background and fills the
+    /// cache; `None` (the default) waits for the load. Needs `fail_safe`, and is shorter than
+    /// `load_timeout` when both are set. A call may set its own.
+    pub soft_timeout: Option<Duration>,
+    /// Eager refresh, in thousandths of an entry's L1 lifetime: a `get_or_load_owned` hit on
+    /// an entry older than this starts one background load of it (single flight), so a hot
+    /// key is reloaded before it expires instead of missing. `None` (the default): entries
+    /// are loaded when they miss. Between 1 and 999; needs L1 (`critical`).
+    pub eager_refresh: Option<u16>,
+    /// The fleet-wide fill lease: how long the node that misses a key in L2 holds the right to
+    /// load it, while other nodes that miss the same key wait for its fill instead of loading
+    /// too. `None` (the default): every node loads its own misses (one load per node, still
+    /// single flight within it).
+    pub fill_lease: Option<Duration>,
 }
 
 /// What an event-driven namespace's L1 does while its node cannot be sure it has applied every
@@ -85,6 +100,9 @@ impl NamespaceConfig {
             outage: OutagePolicy::Bypass,
             load_timeout: None,
             fail_safe: None,
+            soft_timeout: None,
+            eager_refresh: None,
+            fill_lease: None,
         }
     }
 
@@ -96,6 +114,48 @@ impl NamespaceConfig {
     /// drop. Needs `critical` (an L1).
     pub fn fail_safe(mut self, max_stale: Duration) -> Self {
         self.fail_safe = Some(max_stale);
+        self
+    }
+
+    /// Sets a soft timeout: when a load takes longer than `timeout` and the entry's last value
+    /// is at hand under fail-safe, `get_or_load_owned` answers with it (counted in
+    /// `soft_timeouts` and `fail_safe_served`) and the load goes on in the background and
+    /// fills the cache when it ends. Needs [`NamespaceConfig::fail_safe`]; must be shorter
+    /// than the [`NamespaceConfig::load_timeout`] (the hard one) when both are set.
+    /// (`get_or_load`'s loader borrows from its caller, so it cannot outlive the call and
+    /// waits for the load.)
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// Turns eager refresh on: a `get_or_load_owned` hit on an L1 entry past `fraction` of its
+    /// lifetime (for example 0.8: in its last fifth) starts one background load of the key,
+    /// whose result replaces the entry, so a hot key never expires under load. The refresh
+    /// takes a value another node already refreshed in L2 rather than loading again, and
+    /// honours the fill lease. `fraction` is rounded to thousandths and must lie strictly
+    /// between 0 and 1 (checked by [`validate`]). Needs `critical` (an L1).
+    ///
+    /// [`validate`]: NamespaceConfig::validate
+    pub fn eager_refresh(mut self, fraction: f64) -> Self {
+        let permille = (fraction * 1000.0).round();
+        // Out of range (NaN included) is kept out of range, for `validate` to refuse.
+        self.eager_refresh = Some(if (1.0..=999.0).contains(&permille) {
+            permille as u16
+        } else {
+            0
+        });
+        self
+    }
+
+    /// Turns the fleet-wide fill lease on: a node that misses a key in L2 takes a lease on it
+    /// in L2 for `hold`; the others that miss it meanwhile wait (woken by the release, not
+    /// polling) for the holder's fill and read it from L2. A holder that dies frees the key
+    /// when `hold` runs out; a waiter tries for the lease itself then, at most three times,
+    /// and after that loads without one. Pick `hold` a little above the loader's usual
+    /// duration (its p99): longer only delays the fleet when a holder dies.
+    pub fn fill_lease(mut self, hold: Duration) -> Self {
+        self.fill_lease = Some(hold);
         self
     }
 
@@ -161,6 +221,59 @@ impl NamespaceConfig {
                 format!(
                     "namespace {:?}: fail-safe serves values kept in L1, and the namespace has \
                      none (make it critical)",
+                    self.name
+                ),
+            ));
+        }
+        if let Some(soft) = self.soft_timeout {
+            if self.fail_safe.is_none() {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "namespace {:?}: a soft timeout answers with the fail-safe value, and \
+                         the namespace has no fail-safe (set fail_safe)",
+                        self.name
+                    ),
+                ));
+            }
+            if soft.is_zero() || self.load_timeout.is_some_and(|hard| soft >= hard) {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "namespace {:?}: the soft timeout ({soft:?}) must be above zero and \
+                         below the load timeout ({:?})",
+                        self.name, self.load_timeout
+                    ),
+                ));
+            }
+        }
+        if let Some(permille) = self.eager_refresh {
+            if !(1..=999).contains(&permille) {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "namespace {:?}: eager refresh takes a fraction of the lifetime \
+                         strictly between 0 and 1 (0.001 to 0.999)",
+                        self.name
+                    ),
+                ));
+            }
+            if !self.critical {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "namespace {:?}: eager refresh watches entries in L1, and the \
+                         namespace has none (make it critical)",
+                        self.name
+                    ),
+                ));
+            }
+        }
+        if self.fill_lease.is_some_and(|hold| hold.is_zero()) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "namespace {:?}: a fill lease held for zero time would never be waited on",
                     self.name
                 ),
             ));

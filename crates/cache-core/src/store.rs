@@ -89,6 +89,13 @@ pub trait L1Store: Send + Sync {
         None
     }
 
+    /// When the live entry under `digest` expires, if there is one: what eager refresh needs
+    /// to tell a hit near its end. Default: `None` (a store that cannot tell; such a
+    /// namespace is never refreshed early).
+    fn expires_at(&self, _digest: &Digest, _now: Timestamp) -> Option<Timestamp> {
+        None
+    }
+
     /// Stores `entry` under `digest`, replacing any previous entry, and records `tags` so
     /// [`L1Store::invalidate_tag`] can find it. An entry larger than the budget is not stored.
     fn insert(&self, digest: Digest, entry: L1Entry, tags: &[String]);
@@ -128,6 +135,9 @@ pub struct L2Entry {
     pub ttl_remaining: Duration,
     /// The resource tags it was written with, so an L1 copy can be invalidated by tag too.
     pub tags: Vec<String>,
+    /// Tells this write of the entry from any later one, for [`L2Write::replacing`]; `None`
+    /// from a store that cannot tell (its entries are never replaced by a refresh).
+    pub version: Option<u64>,
 }
 
 impl L2Entry {
@@ -137,12 +147,19 @@ impl L2Entry {
             bytes,
             ttl_remaining,
             tags: Vec::new(),
+            version: None,
         }
     }
 
     /// The same entry, recording the tags it was written with.
     pub fn with_tags(mut self, tags: Vec<String>) -> Self {
         self.tags = tags;
+        self
+    }
+
+    /// The same entry, with its [`L2Entry::version`].
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = Some(version);
         self
     }
 }
@@ -161,6 +178,10 @@ pub struct L2Write {
     pub tags: Vec<String>,
     /// When set, the write only happens if the namespace's fence still equals it.
     pub fence: Option<Fence>,
+    /// For a fenced write: the [`L2Entry::version`] of a live entry it may replace (an eager
+    /// refresh replaces the entry it refreshes; a plain fill replaces nothing). A live entry of
+    /// any other version, written since, still refuses it, and so does the fence.
+    pub replaces: Option<u64>,
     /// An encoded event to publish in the same step as the write, after it; only for stores
     /// whose [`L2Store::announce_route`] is the node's bus route (see there).
     pub announce: Option<Vec<u8>>,
@@ -175,8 +196,16 @@ impl L2Write {
             ttl,
             tags: Vec::new(),
             fence: None,
+            replaces: None,
             announce: None,
         }
+    }
+
+    /// Lets a fenced write replace the live entry of `version`, if that is what the key holds
+    /// (see [`L2Write::replaces`]).
+    pub fn replacing(mut self, version: Option<u64>) -> Self {
+        self.replaces = version;
+        self
     }
 
     /// Records `tags` with the entry.
@@ -238,6 +267,36 @@ impl Logged {
     }
 }
 
+/// The answer to [`L2Store::lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// This caller holds the key's fill lease: it loads and fills, then releases it.
+    Acquired,
+    /// Another caller holds it: wait for its release with [`L2Store::wait_lease`].
+    Held(LeaseWait),
+}
+
+/// What a caller that found a fill lease taken needs to wait for its release.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseWait {
+    /// How long the lease has left: no wait lasts longer.
+    pub remaining: Duration,
+    /// Where the store's record of releases stood when the lease was found taken (opaque to
+    /// callers), so a release that lands before the wait starts still ends it.
+    pub cursor: String,
+}
+
+impl LeaseWait {
+    /// A wait of at most `remaining` for a release after `cursor`.
+    pub fn new(remaining: Duration, cursor: impl Into<String>) -> Self {
+        Self {
+            remaining,
+            cursor: cursor.into(),
+        }
+    }
+}
+
 /// The shared second-tier store (Redis in production, in-process when embedded).
 ///
 /// Contract for implementors: entries expire after their TTL; an entry written before an
@@ -247,7 +306,8 @@ impl Logged {
 /// invalidated or one of the namespace's tags is (it may also change spuriously, e.g. when
 /// another key shares a stripe: that only costs a skipped write). A fenced write is a fill: it
 /// writes nothing and returns `Ok(false)` when its fence is stale or when the key already holds
-/// a live entry (which is at least as fresh as the fill).
+/// a live entry (which is at least as fresh as the fill), unless that entry is the version the
+/// write [`L2Write::replaces`] (a refresh of it).
 ///
 /// # Errors
 /// Every method returns [`crate::ErrorKind::L2`] when the store cannot be reached or fails.
@@ -396,6 +456,33 @@ pub trait L2Store: Send + Sync {
 
     /// The current fence of `key`, to pass to a later [`L2Write::fence`] of the same key.
     async fn fence(&self, key: &CacheKey) -> Result<Fence>;
+
+    /// Takes the fill lease of `key` for `hold` under `token` if no one holds it, so one node
+    /// of the fleet loads a missing key and the others wait for its fill (see
+    /// [`crate::NamespaceConfig::fill_lease`]). A lease whose holder never releases it ends by
+    /// itself after `hold`. Default: always [`Lease::Acquired`] (a store that cannot share
+    /// leases: every node loads for itself, as without one).
+    async fn lease(&self, key: &CacheKey, token: &str, hold: Duration) -> Result<Lease> {
+        let _ = (key, token, hold);
+        Ok(Lease::Acquired)
+    }
+
+    /// Waits until the lease `wait` was found in is released (or was already, since it was
+    /// found), or at most [`LeaseWait::remaining`]. Returns whether it saw the release
+    /// (`false`: the wait ran out). Default: returns `Ok(true)` at once.
+    async fn wait_lease(&self, key: &CacheKey, wait: &LeaseWait) -> Result<bool> {
+        let _ = (key, wait);
+        Ok(true)
+    }
+
+    /// Releases the fill lease of `key` if `token` still holds it, and wakes every caller
+    /// waiting on it (whether or not it was still held: a holder whose lease ran out still
+    /// wakes the waiters of the next one, who then find the key filled or try again).
+    /// Default: nothing to release.
+    async fn release_lease(&self, key: &CacheKey, token: &str) -> Result<()> {
+        let _ = (key, token);
+        Ok(())
+    }
 
     /// Checks the store is reachable.
     async fn ping(&self) -> Result<()> {

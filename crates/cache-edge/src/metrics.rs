@@ -40,11 +40,16 @@ pub fn render(stats: &Stats, health: &Health) -> String {
         let _ = writeln!(out, "edge_cache_{name}_total{{{node}}} {value}");
     }
 
-    let gauges: [(&str, &str, f64); 5] = [
+    let gauges: [(&str, &str, f64); 6] = [
         (
             "pending_publications",
             "Publications of logged changes that failed and wait to be republished.",
             stats.pending_publications as f64,
+        ),
+        (
+            "loads_in_flight",
+            "Loads running now, background ones included.",
+            stats.loads_in_flight as f64,
         ),
         (
             "l2_connected",

@@ -16,6 +16,7 @@ pub struct SetOptions {
     ttl: Option<Duration>,
     tags: Vec<String>,
     load_timeout: Option<Duration>,
+    soft_timeout: Option<Duration>,
 }
 
 impl SetOptions {
@@ -52,6 +53,21 @@ impl SetOptions {
     pub fn load_timeout(mut self, timeout: Duration) -> Self {
         self.load_timeout = Some(timeout);
         self
+    }
+
+    /// For `get_or_load_owned`: how long to wait for a load before answering with the entry's
+    /// fail-safe value (if there is one) while the load goes on in the background, instead of
+    /// the namespace's `soft_timeout`. Refused (with [`cache_core::ErrorKind::InvalidConfig`])
+    /// by `get_or_load`, whose loader cannot outlive the call, and in a namespace without
+    /// fail-safe, which has no value to answer with.
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// The soft timeout override, if any.
+    pub fn soft_timeout_override(&self) -> Option<Duration> {
+        self.soft_timeout
     }
 
     /// The load timeout override, if any.

@@ -144,6 +144,9 @@ macro_rules! counters {
             /// Publications of logged changes that failed and wait to be republished (a node
             /// whose bus is not on L2's route; receivers replay those changes from the log).
             pub pending_publications: u64,
+            /// Loads running now (one per key, however many callers wait on it), background
+            /// ones (soft timeouts past, eager refreshes) included.
+            pub loads_in_flight: u64,
             /// When the last event was applied.
             pub last_event_time: Option<Timestamp>,
             /// How late applied events were, from their issue to their application here.
@@ -160,6 +163,7 @@ macro_rules! counters {
                     region: region.to_owned(),
                     $( $name: self.$name.get(), )*
                     pending_publications: 0,
+                    loads_in_flight: 0,
                     last_event_time: (last != 0).then(|| Timestamp::from_nanos(last)),
                     propagation_lag: self.lag.snapshot(&LAG_BUCKETS),
                     namespaces,
@@ -298,6 +302,17 @@ counters! {
     /// Reads answered by fail-safe: an entry's last value served past its expiry because its
     /// load failed or timed out, or L2 was unreachable.
     fail_safe_served,
+    /// `get_or_load_owned` calls answered with the fail-safe value at their soft timeout,
+    /// their load left to finish in the background (also in `fail_safe_served`).
+    soft_timeouts,
+    /// Background loads started by eager refresh (a hit near the end of its entry's life).
+    eager_refreshes,
+    /// Fill leases this node took in L2: it loaded a key the fleet missed.
+    leases_taken,
+    /// Times this node found a key's fill lease held by another and waited for its fill.
+    lease_waits,
+    /// Lease waits that ended with the holder's value read from L2 (no load here).
+    lease_fills,
     /// Fills dropped because an invalidation or write happened while the value was being read.
     fills_fenced,
     /// Times L1 of event-driven namespaces was dropped because the bus lost events (nodes

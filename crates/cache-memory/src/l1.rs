@@ -358,6 +358,11 @@ impl L1Store for MemoryL1 {
         None
     }
 
+    fn expires_at(&self, digest: &Digest, now: Timestamp) -> Option<Timestamp> {
+        let slot = self.entries.get(digest)?;
+        (slot.expires_at > now).then_some(slot.expires_at)
+    }
+
     fn get_stale(&self, digest: &Digest, now: Timestamp) -> Option<L1Entry> {
         let slot = self.entries.get(digest)?;
         let kept_until = slot

@@ -27,12 +27,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cache_core::log::{splice_positions, LogPosition, LogRead};
 use cache_core::{
-    CacheKey, Clock, Error, ErrorKind, Fence, L2Entry, L2Store, L2Write, Logged, LoggedChange,
-    Result, Timestamp,
+    CacheKey, Clock, Error, ErrorKind, Fence, L2Entry, L2Store, L2Write, Lease, LeaseWait, Logged,
+    LoggedChange, Result, Timestamp,
 };
 use quick_cache::unsync::Cache;
 use quick_cache::Weighter;
@@ -115,6 +116,8 @@ struct Stored {
     generation: u64,
     tags: Box<[String]>,
     weight: u64,
+    /// This write's number in the store (see [`L2Entry::version`]).
+    version: u64,
 }
 
 impl Stored {
@@ -182,6 +185,8 @@ struct State {
     tag_records: usize,
     /// No pruning below this many records; twice the live count after each prune.
     prune_floor: usize,
+    /// Writes made, numbering each entry's version.
+    writes: u64,
 }
 
 impl State {
@@ -231,8 +236,14 @@ impl State {
         }
         let generation = ns.generation;
         let live = |stored: &Stored| stored.is_live(now, generation);
-        if write.fence.is_some() && self.entries.peek(write.key.as_str()).is_some_and(live) {
-            // A fill never replaces a live entry: that entry is at least as fresh.
+        if write.fence.is_some()
+            && self
+                .entries
+                .peek(write.key.as_str())
+                .is_some_and(|stored| live(stored) && write.replaces != Some(stored.version))
+        {
+            // A fill never replaces a live entry (that entry is at least as fresh), save the
+            // one a refresh refreshes.
             return false;
         }
         let ns = self.namespace_mut(key_namespace);
@@ -264,7 +275,9 @@ impl State {
             generation,
             tags: write.tags.into_boxed_slice(),
             weight,
+            version: self.writes,
         };
+        self.writes += 1;
         self.entries.insert(key, stored);
         self.prune_tags_if_large();
         true
@@ -396,6 +409,8 @@ pub struct MemoryL2 {
     bus: Option<Arc<MemoryBus>>,
     /// Entries kept per namespace log.
     log_capacity: usize,
+    /// Fill leases, by key.
+    leases: crate::lease::Leases,
 }
 
 impl MemoryL2 {
@@ -411,6 +426,7 @@ impl MemoryL2 {
                 namespaces: HashMap::new(),
                 tag_records: 0,
                 prune_floor: 0,
+                writes: 0,
             }),
             clock,
             capacity_bytes,
@@ -419,6 +435,7 @@ impl MemoryL2 {
             unavailable: AtomicBool::new(false),
             bus: None,
             log_capacity: DEFAULT_LOG_CAPACITY,
+            leases: crate::lease::Leases::default(),
         }
     }
 
@@ -616,7 +633,8 @@ impl L2Store for MemoryL2 {
                 let ttl_remaining = stored.expires_at.saturating_since(now);
                 return Ok(Some(
                     L2Entry::new(stored.bytes.clone(), ttl_remaining)
-                        .with_tags(stored.tags.to_vec()),
+                        .with_tags(stored.tags.to_vec())
+                        .with_version(stored.version),
                 ));
             }
             Some(_) => {}
@@ -818,6 +836,22 @@ impl L2Store for MemoryL2 {
             .namespaces
             .get(key.key_namespace())
             .map_or(Fence(0), |ns| ns.key_fence(key)))
+    }
+
+    async fn lease(&self, key: &CacheKey, token: &str, hold: Duration) -> Result<Lease> {
+        self.check_available()?;
+        Ok(self.leases.lease(key.as_str(), token, hold))
+    }
+
+    async fn wait_lease(&self, key: &CacheKey, wait: &LeaseWait) -> Result<bool> {
+        self.check_available()?;
+        Ok(self.leases.wait(key.as_str(), wait).await)
+    }
+
+    async fn release_lease(&self, key: &CacheKey, token: &str) -> Result<()> {
+        self.check_available()?;
+        self.leases.release(key.as_str(), token);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<()> {

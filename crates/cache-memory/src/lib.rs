@@ -46,6 +46,7 @@ mod bus;
 mod clock;
 mod l1;
 mod l2;
+mod lease;
 
 pub use bus::MemoryBus;
 pub use clock::{ManualClock, SystemClock, EXPIRY_SLACK};

@@ -13,6 +13,7 @@
 //! | `ec:{ns}:t:<tag>` | set | the entry keys written with `tag` |
 //! | `ec:{ns}:q` | hash | the namespace's event log: `e` its epoch, `n` the last number given out |
 //! | `ec:{ns}:l` | stream | the log: entry `<n>-0` holds field `m`, the event as published |
+//! | `ec:{ns}:lease:<hex>`, `ec:{ns}:filled:<hex>` | string, stream | a key's fill lease (see `lease.rs`) |
 //!
 //! # Event log
 //!
@@ -54,13 +55,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cache_core::{
-    CacheKey, Error, ErrorKind, Fence, L2Entry, L2Info, L2Store, L2Write, LogRead, Logged,
-    LoggedChange, Result,
+    CacheKey, Error, ErrorKind, Fence, L2Entry, L2Info, L2Store, L2Write, Lease, LeaseWait,
+    LogRead, Logged, LoggedChange, Result,
 };
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 
 use crate::config::{redact, RedisConfig};
+use crate::lease::LeaseKeys;
 
 /// Returns the generation, then each entry under it ('' for a missing one).
 const GET: &str = r"
@@ -131,7 +133,8 @@ end
     };
 }
 
-/// ARGV: hash, envelope, ttl ms, fenced (0/1), expected generation, expected fence, channel
+/// ARGV: hash, envelope, ttl ms, fenced ('0': no, '1': a fill, else a refresh: the 8-byte
+/// writer's expiry of the live entry it may replace), expected generation, expected fence, channel
 /// ('' to log without publishing), event ('' for none), namespace name (JSON), log length,
 /// tags... The event is sequenced and published only after a write that happened. Returns
 /// whether it wrote (1 or 0) and the generation it wrote under, then, when it logged without
@@ -141,10 +144,15 @@ const SET: &str = concat!(
     r"
 local g = redis.call('GET', KEYS[1] .. 'g') or '0'
 local k = KEYS[1] .. g .. ':' .. ARGV[1]
-if ARGV[4] == '1' then
+if ARGV[4] ~= '0' then
   local f = redis.call('GET', KEYS[1] .. 'f') or '0'
   if g ~= ARGV[5] or f ~= ARGV[6] then return {0, g} end
-  if not redis.call('SET', k, ARGV[2], 'PX', ARGV[3], 'NX') then return {0, g} end
+  if not redis.call('SET', k, ARGV[2], 'PX', ARGV[3], 'NX') then
+    if ARGV[4] == '1' then return {0, g} end
+    local cur = redis.call('GET', k)
+    if string.sub(cur, 2, 9) ~= ARGV[4] then return {0, g} end
+    redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
+  end
 else
   redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
 end
@@ -317,6 +325,8 @@ pub struct RedisL2 {
     /// The channel events are announced on, and its route (server address + channel).
     channel: String,
     route: String,
+    /// Fill leases, and the connections their waits block on.
+    leases: Arc<crate::lease::Leases>,
 }
 
 impl RedisL2 {
@@ -345,6 +355,12 @@ impl RedisL2 {
             generations: Arc::default(),
             channel: config.channel_name().to_owned(),
             route: config.route(&client),
+            leases: Arc::new(crate::lease::Leases::new(
+                client.clone(),
+                config.connect(),
+                config.response(),
+                config.url(),
+            )),
         };
         // Loaded now so the first plain write does not meet NOSCRIPT (which it survives: it
         // loads the script then, as after a Redis restart).
@@ -517,8 +533,15 @@ impl RedisL2 {
         let namespace = write.key.key_namespace();
         let epoch = self.generations.epoch();
         let (fenced, generation, fence) = match write.fence {
-            Some(Fence(f)) => ("1", (f >> 32).to_string(), (f & 0xffff_ffff).to_string()),
-            None => ("0", String::new(), String::new()),
+            Some(Fence(f)) => (
+                // A refresh names the entry it may replace by its writer's expiry, as stored.
+                write
+                    .replaces
+                    .map_or_else(|| b"1".to_vec(), |version| version.to_be_bytes().to_vec()),
+                (f >> 32).to_string(),
+                (f & 0xffff_ffff).to_string(),
+            ),
+            None => (b"0".to_vec(), String::new(), String::new()),
         };
         let mut invocation = self.set.key(self.ns_prefix(namespace));
         invocation
@@ -972,6 +995,23 @@ impl L2Store for RedisL2 {
         Ok(Fence((g << 32) | f))
     }
 
+    async fn lease(&self, key: &CacheKey, token: &str, hold: Duration) -> Result<Lease> {
+        let keys = LeaseKeys::new(&self.ns_prefix(key.key_namespace()), key);
+        let mut conn = self.conn.clone();
+        self.leases.lease(&mut conn, &keys, token, hold).await
+    }
+
+    async fn wait_lease(&self, key: &CacheKey, wait: &LeaseWait) -> Result<bool> {
+        let keys = LeaseKeys::new(&self.ns_prefix(key.key_namespace()), key);
+        self.leases.wait(&keys, wait).await
+    }
+
+    async fn release_lease(&self, key: &CacheKey, token: &str) -> Result<()> {
+        let keys = LeaseKeys::new(&self.ns_prefix(key.key_namespace()), key);
+        let mut conn = self.conn.clone();
+        self.leases.release(&mut conn, &keys, token).await
+    }
+
     async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING")
@@ -1245,7 +1285,11 @@ fn decode_entry(key: &CacheKey, entry: Value, now_ms: u64) -> Result<Option<L2En
         Duration::from_millis(expires_at_ms.saturating_sub(now_ms).saturating_sub(margin));
     let header = raw.len() - value.len();
     raw.drain(..header);
-    Ok(Some(L2Entry::new(raw, remaining).with_tags(tags)))
+    Ok(Some(
+        L2Entry::new(raw, remaining)
+            .with_tags(tags)
+            .with_version(expires_at_ms),
+    ))
 }
 
 /// The stored form of an entry: `0x02`, the writer's expiry in Unix milliseconds (8 bytes,

@@ -21,6 +21,7 @@
 mod bus;
 mod config;
 mod l2;
+mod lease;
 
 pub use bus::RedisBus;
 pub use config::{

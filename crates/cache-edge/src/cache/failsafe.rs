@@ -18,12 +18,39 @@ use super::{lock, Inner, NsState};
 /// without asking the failing source again (within the fail-safe window).
 const THROTTLE: Duration = Duration::from_secs(1);
 
-/// Keys whose source failed recently, with until when (nanoseconds) loads are not retried.
+/// Per key, a moment (nanoseconds on the expiry clock) until which something is held off:
+/// new loads of a key whose source just failed (fail-safe), new eager refreshes of a key
+/// refreshed a moment ago.
 #[derive(Default)]
-pub(crate) struct Throttle(Mutex<HashMap<Digest, u64>>);
+pub(crate) struct KeyDeadlines(Mutex<HashMap<Digest, u64>>);
 
-/// Entries kept before expired ones are swept.
-const THROTTLE_SWEEP_AT: usize = 4_096;
+/// Entries kept before past deadlines are swept.
+const SWEEP_AT: usize = 4_096;
+
+impl KeyDeadlines {
+    /// Holds `digest` off until `until`.
+    pub(crate) fn set(&self, digest: Digest, until: u64, now: u64) {
+        let mut held = lock(&self.0);
+        if held.len() >= SWEEP_AT {
+            held.retain(|_, until| *until > now);
+        }
+        held.insert(digest, until);
+    }
+
+    /// Whether `digest` is held off at `now`.
+    pub(crate) fn pending(&self, digest: &Digest, now: u64) -> bool {
+        lock(&self.0).get(digest).is_some_and(|until| *until > now)
+    }
+
+    /// Holds `digest` off until `until` unless it already is; whether it was not.
+    pub(crate) fn start(&self, digest: Digest, until: u64, now: u64) -> bool {
+        if self.pending(&digest, now) {
+            return false;
+        }
+        self.set(digest, until, now);
+        true
+    }
+}
 
 impl<C: Codec> Inner<C> {
     /// The fail-safe value of `key`, if its namespace has fail-safe, its L1 may be trusted and
@@ -31,14 +58,12 @@ impl<C: Codec> Inner<C> {
     /// [`THROTTLE`] before asking the source again.
     pub(super) fn fail_safe(&self, ns: &NsState, key: &CacheKey) -> Option<SharedValue> {
         let value = self.stale_value(ns, key)?;
-        let until = self.clock.expiry_now().saturating_add(THROTTLE).as_nanos();
-        let mut throttled = lock(&ns.fail_safe_throttle.0);
-        if throttled.len() >= THROTTLE_SWEEP_AT {
-            let now = self.clock.expiry_now().as_nanos();
-            throttled.retain(|_, until| *until > now);
-        }
-        throttled.insert(*key.digest(), until);
-        drop(throttled);
+        let now = self.clock.expiry_now();
+        ns.fail_safe_throttle.set(
+            *key.digest(),
+            now.saturating_add(THROTTLE).as_nanos(),
+            now.as_nanos(),
+        );
         tracing::warn!(key = %key, "serving the last value past its expiry (fail-safe)");
         Some(value)
     }
@@ -47,14 +72,18 @@ impl<C: Codec> Inner<C> {
     /// `None` when the source may be asked.
     pub(super) fn throttled(&self, ns: &NsState, key: &CacheKey) -> Option<SharedValue> {
         ns.config.fail_safe?;
-        let until = *lock(&ns.fail_safe_throttle.0).get(key.digest())?;
-        if until <= self.clock.expiry_now().as_nanos() {
+        if !ns
+            .fail_safe_throttle
+            .pending(key.digest(), self.clock.expiry_now().as_nanos())
+        {
             return None;
         }
         self.stale_value(ns, key)
     }
 
-    fn stale_value(&self, ns: &NsState, key: &CacheKey) -> Option<SharedValue> {
+    /// The entry's last value past its expiry, within the fail-safe window, from an L1 the node
+    /// may trust (counted as served).
+    pub(super) fn stale_value(&self, ns: &NsState, key: &CacheKey) -> Option<SharedValue> {
         ns.config.fail_safe?;
         let l1 = self.usable_l1(ns)?;
         let stale = l1.get_stale(key.digest(), self.clock.expiry_now())?;

@@ -22,13 +22,22 @@ use super::{len64, lock, EdgeCache, Inner, NsState};
 /// One in-progress load of a key, joined by every caller that misses the key while the
 /// namespace's epoch is still the one the load started in.
 pub(super) struct Flight {
-    epoch: u64,
-    cell: OnceCell<Result<(SharedValue, Source)>>,
+    pub(super) epoch: u64,
+    pub(super) cell: OnceCell<Result<(SharedValue, Source)>>,
+}
+
+impl Flight {
+    fn new(epoch: u64) -> Arc<Flight> {
+        Arc::new(Flight {
+            epoch,
+            cell: OnceCell::new(),
+        })
+    }
 }
 
 /// Where a flight found its value, so each caller it serves is counted as a hit or a miss.
 #[derive(Debug, Clone, Copy)]
-enum Source {
+pub(super) enum Source {
     L1,
     L2,
     Loaded,
@@ -142,64 +151,123 @@ impl<C: Codec> EdgeCache<C> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let inner = &*self.inner;
+        if let Some(soft) = options.soft_timeout_override() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "{key}: a soft timeout ({soft:?}) lets the load outlive the call, which \
+                     get_or_load's borrowing loader cannot: use get_or_load_owned"
+                ),
+            ));
+        }
         // L2 is read once, by the flight below, not by every caller that missed L1: a stampede of
         // a thousand callers costs one L2 read and one load.
         let ttl = inner.ttl_for(ns, &options)?;
-        let flight_key = (index, *key.digest());
-        // A load that began before an invalidation must not serve callers that arrive after
-        // it: they start a new flight instead of joining the old one.
-        let epoch = ns.epoch.load(SeqCst);
-        let flight = {
-            let mut flights = lock(&inner.flights);
-            match flights.get(&flight_key) {
-                Some(f) if f.epoch == epoch => Arc::clone(f),
-                _ => {
-                    let f = Arc::new(Flight {
-                        epoch,
-                        cell: OnceCell::new(),
-                    });
-                    flights.insert(flight_key, Arc::clone(&f));
-                    f
-                }
-            }
-        };
+        let flight = inner.join_flight(index, key, ns.epoch.load(SeqCst));
+        let plan = LoadPlan::new(ns, &options, ttl, flight.epoch);
         let outcome = flight
             .cell
-            .get_or_init(|| async {
-                // Another flight may have filled the key between our miss and joining this one.
-                if let Some(hit) = inner.l1_get::<T>(ns, key.digest()) {
-                    return Ok((hit as SharedValue, Source::L1));
-                }
-                if let Some(hit) = inner.l2_get::<T>(ns, key).await {
-                    return Ok((hit as SharedValue, Source::L2));
-                }
-                let timeout = options.load_timeout_override().or(ns.config.load_timeout);
-                let plan = LoadPlan {
-                    ttl,
-                    tags: options.resource_tags(),
-                    epoch: flight.epoch,
-                    timeout,
-                };
-                inner.load_and_fill(ns, key, plan, loader).await
-            })
+            .get_or_init(|| inner.run_flight::<T, _, _, _>(ns, key, plan, loader))
             .await
             .clone();
-        {
-            let mut flights = lock(&inner.flights);
-            if flights
-                .get(&flight_key)
-                .is_some_and(|f| Arc::ptr_eq(f, &flight))
-            {
-                flights.remove(&flight_key);
+        inner.leave_flight(index, key, &flight);
+        inner.finish(key, outcome)
+    }
+}
+
+impl<C: Codec> Inner<C> {
+    /// The flight of `key` to join: the one in progress if it began in the namespace's current
+    /// `epoch`, else a new one. A load that began before an invalidation must not serve callers
+    /// that arrive after it: they start a new flight instead of joining the old one.
+    pub(super) fn join_flight(&self, index: usize, key: &CacheKey, epoch: u64) -> Arc<Flight> {
+        let mut flights = lock(&self.flights);
+        match flights.get(&(index, *key.digest())) {
+            Some(f) if f.epoch == epoch => Arc::clone(f),
+            _ => {
+                let f = Flight::new(epoch);
+                flights.insert((index, *key.digest()), Arc::clone(&f));
+                f
             }
         }
+    }
+
+    /// A new flight of `key` unless one is in progress (of any epoch).
+    pub(super) fn start_flight(
+        &self,
+        index: usize,
+        key: &CacheKey,
+        epoch: u64,
+    ) -> Option<Arc<Flight>> {
+        let mut flights = lock(&self.flights);
+        if flights.contains_key(&(index, *key.digest())) {
+            return None;
+        }
+        let f = Flight::new(epoch);
+        flights.insert((index, *key.digest()), Arc::clone(&f));
+        Some(f)
+    }
+
+    /// Removes `flight` from the map once it has its outcome, unless a newer one took its place.
+    pub(super) fn leave_flight(&self, index: usize, key: &CacheKey, flight: &Arc<Flight>) {
+        let mut flights = lock(&self.flights);
+        let flight_key = (index, *key.digest());
+        if flights
+            .get(&flight_key)
+            .is_some_and(|f| Arc::ptr_eq(f, flight))
+        {
+            flights.remove(&flight_key);
+        }
+    }
+
+    /// What a flight does: the L1 and L2 checks, then the load (under the fleet's fill lease
+    /// where the namespace has one). An eager refresh (`plan.refresh`) skips L1, which holds the
+    /// value being refreshed, and takes from L2 only a value that outlives the refresh window.
+    pub(super) async fn run_flight<T, F, Fut, E>(
+        &self,
+        ns: &NsState,
+        key: &CacheKey,
+        plan: LoadPlan<'_>,
+        loader: F,
+    ) -> Result<(SharedValue, Source)>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut plan = plan;
+        match plan.refresh {
+            None => {
+                // Another flight may have filled the key between our miss and joining this one.
+                if let Some(hit) = self.l1_get::<T>(ns, key.digest()) {
+                    return Ok((hit as SharedValue, Source::L1));
+                }
+                if let Some(hit) = self.l2_get::<T>(ns, key).await {
+                    return Ok((hit as SharedValue, Source::L2));
+                }
+            }
+            Some(window) => match self.l2_get_lasting::<T>(ns, key, window).await {
+                Ok(hit) => return Ok((hit as SharedValue, Source::L2)),
+                Err(version) => plan.replaces = version,
+            },
+        }
+        self.load_under_lease(ns, key, plan, loader).await
+    }
+
+    /// Counts a flight's outcome for one of its callers (a hit or a miss, by where the value
+    /// came from) and hands it out as `T`.
+    pub(super) fn finish<T: Send + Sync + 'static>(
+        &self,
+        key: &CacheKey,
+        outcome: Result<(SharedValue, Source)>,
+    ) -> Result<Arc<T>> {
         let (value, source) = outcome?;
         let (counter, tier) = match source {
-            Source::L1 => (&inner.counters.l1_hits, "l1"),
-            Source::L2 => (&inner.counters.l2_hits, "l2"),
-            Source::Loaded => (&inner.counters.misses, "loaded"),
+            Source::L1 => (&self.counters.l1_hits, "l1"),
+            Source::L2 => (&self.counters.l2_hits, "l2"),
+            Source::Loaded => (&self.counters.misses, "loaded"),
             // Counted in `fail_safe_served` when it was found.
-            Source::FailSafe => (&inner.counters.misses, "fail_safe"),
+            Source::FailSafe => (&self.counters.misses, "fail_safe"),
         };
         counter.add(1);
         trace::tier(tier);
@@ -213,17 +281,38 @@ impl<C: Codec> EdgeCache<C> {
 }
 
 /// What a load needs besides its key and loader.
-struct LoadPlan<'a> {
-    ttl: Duration,
-    tags: &'a [String],
+#[derive(Clone, Copy)]
+pub(super) struct LoadPlan<'a> {
+    pub(super) ttl: Duration,
+    pub(super) tags: &'a [String],
     /// The namespace's epoch when the flight began (fills are fenced by it).
-    epoch: u64,
+    pub(super) epoch: u64,
     /// How long the loader may run.
-    timeout: Option<Duration>,
+    pub(super) timeout: Option<Duration>,
+    /// For an eager refresh: how long the entry had left when it was found due, the least an L2
+    /// value must have to stand for a refresh another node made.
+    pub(super) refresh: Option<Duration>,
+    /// For an eager refresh: the version of the L2 entry it refreshes, which its fill may
+    /// replace (see [`cache_core::L2Write::replaces`]).
+    pub(super) replaces: Option<u64>,
+}
+
+impl<'a> LoadPlan<'a> {
+    /// A plain load (not a refresh) of an entry of `ns` with `options`' timeout and tags.
+    pub(super) fn new(ns: &NsState, options: &'a SetOptions, ttl: Duration, epoch: u64) -> Self {
+        LoadPlan {
+            ttl,
+            tags: options.resource_tags(),
+            epoch,
+            timeout: options.load_timeout_override().or(ns.config.load_timeout),
+            refresh: None,
+            replaces: None,
+        }
+    }
 }
 
 impl<C: Codec> Inner<C> {
-    async fn load_and_fill<T, F, Fut, E>(
+    pub(super) async fn load_and_fill<T, F, Fut, E>(
         &self,
         ns: &NsState,
         key: &CacheKey,
@@ -241,6 +330,8 @@ impl<C: Codec> Inner<C> {
             tags,
             epoch,
             timeout,
+            refresh: _,
+            replaces,
         } = plan;
         // With the breaker open, L2 is skipped: the loaded value goes to L1 only.
         let fence: Option<Fence> = match self.l2_call(|| self.l2.fence(key)).await {
@@ -302,7 +393,8 @@ impl<C: Codec> Inner<C> {
         if let Some(fence) = fence {
             let write = L2Write::new(key.clone(), bytes.clone(), ttl)
                 .tags(tags.to_vec())
-                .fence(Some(fence));
+                .fence(Some(fence))
+                .replacing(replaces);
             match self.l2_call(|| self.l2.set(write)).await {
                 Call::Done(Ok(true)) | Call::Skipped => {}
                 Call::Done(Ok(false)) => stale = true,

@@ -10,7 +10,9 @@ mod connection;
 mod failsafe;
 mod freshness;
 mod invalidate;
+mod lease;
 mod load;
+mod owned;
 mod pending;
 mod read;
 mod trace;
@@ -142,7 +144,9 @@ struct NsState {
     /// How long its loaders ran.
     loader_latency: crate::stats::Latency,
     /// Keys whose loads failed recently and are answered by fail-safe for a while.
-    fail_safe_throttle: failsafe::Throttle,
+    fail_safe_throttle: failsafe::KeyDeadlines,
+    /// Keys refreshed early a moment ago, not refreshed again until then.
+    refresh_after: failsafe::KeyDeadlines,
 }
 
 impl EdgeCache {
@@ -194,7 +198,8 @@ impl<C: Codec> EdgeCache<C> {
                     .then(|| NsFreshness::new(config.outage, b.staleness_bound)),
                 l2_latency: crate::stats::Latency::default(),
                 loader_latency: crate::stats::Latency::default(),
-                fail_safe_throttle: failsafe::Throttle::default(),
+                fail_safe_throttle: failsafe::KeyDeadlines::default(),
+                refresh_after: failsafe::KeyDeadlines::default(),
             })
             .collect();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -325,6 +330,7 @@ impl<C: Codec> EdgeCache<C> {
             .snapshot(&inner.node_id, &inner.region, namespaces);
         stats.pending_publications =
             u64::try_from(inner.pending_publications()).unwrap_or(u64::MAX);
+        stats.loads_in_flight = u64::try_from(lock(&inner.flights).len()).unwrap_or(u64::MAX);
         stats
     }
 

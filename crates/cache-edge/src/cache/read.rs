@@ -286,23 +286,44 @@ impl<C: Codec> Inner<C> {
         key: &CacheKey,
     ) -> L2Read<T> {
         let epoch = ns.epoch.load(SeqCst);
-        let started = tokio::time::Instant::now();
-        let read = self.l2_call(|| self.l2.get(key)).await;
-        if !matches!(read, Call::Skipped) {
-            ns.l2_latency.record(started.elapsed());
-        }
-        match read {
+        match self.l2_entry(ns, key).await {
             Call::Done(Ok(Some(entry))) => match self.accept_l2_entry(ns, key, entry, epoch) {
                 Some(value) => L2Read::Hit(value),
                 None => L2Read::Miss,
             },
             Call::Done(Ok(None)) => L2Read::Miss,
-            Call::Skipped => L2Read::Unreachable,
-            Call::Done(Err(e)) => {
-                let _ = self.l2_failed("get", e);
-                L2Read::Unreachable
-            }
+            Call::Skipped | Call::Done(Err(_)) => L2Read::Unreachable,
         }
+    }
+
+    /// What an eager refresh asks of L2: the entry if it has more than `min_left` to live
+    /// (another node refreshed it; back-filled as any read), else the version of the entry it
+    /// would replace, if L2 holds one.
+    pub(super) async fn l2_get_lasting<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        ns: &NsState,
+        key: &CacheKey,
+        min_left: Duration,
+    ) -> std::result::Result<Arc<T>, Option<u64>> {
+        let epoch = ns.epoch.load(SeqCst);
+        match self.l2_entry(ns, key).await {
+            Call::Done(Ok(Some(entry))) if entry.ttl_remaining <= min_left => Err(entry.version),
+            Call::Done(Ok(Some(entry))) => self.accept_l2_entry(ns, key, entry, epoch).ok_or(None),
+            _ => Err(None),
+        }
+    }
+
+    /// One timed L2 read through the breaker; a failure is counted and logged here.
+    async fn l2_entry(&self, ns: &NsState, key: &CacheKey) -> Call<Option<cache_core::L2Entry>> {
+        let started = tokio::time::Instant::now();
+        let read = self.l2_call(|| self.l2.get(key)).await;
+        if !matches!(read, Call::Skipped) {
+            ns.l2_latency.record(started.elapsed());
+        }
+        if let Call::Done(Err(e)) = read {
+            return Call::Done(Err(self.l2_failed("get", e)));
+        }
+        read
     }
 
     /// Decodes an entry read from L2 (a decode failure is a counted miss) and back-fills L1,

@@ -131,6 +131,28 @@ where
             .await
     }
 
+    /// [`EdgeCache::get_or_load_owned`] in this namespace: soft timeouts and eager refresh.
+    ///
+    /// # Errors
+    /// As [`EdgeCache::get_or_load_owned`].
+    pub async fn get_or_load_owned<P, F, Fut, E>(
+        &self,
+        params: &P,
+        options: SetOptions,
+        loader: F,
+    ) -> Result<Arc<T>>
+    where
+        P: Serialize + ?Sized,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let key = self.key(params)?;
+        self.cache
+            .get_or_load_owned_key(&key, options, loader)
+            .await
+    }
+
     /// [`EdgeCache::set`] in this namespace: its TTL, no tags.
     ///
     /// # Errors
