@@ -11,6 +11,7 @@ mod no_patterns;
 mod redis_acl;
 mod redis_faults;
 mod redis_fleet;
+mod redis_lease;
 mod redis_signed;
 mod redis_tls;
 mod seed_defects;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cache_core::log::LogRead;
 use cache_core::{
-    BusItem, CacheKey, Error, ErrorKind, EventBus, Fence, L2Entry, L2Info, L2Store, L2Write,
-    Result, Subscription,
+    BusItem, CacheKey, Error, ErrorKind, EventBus, Fence, L2Entry, L2Info, L2Store, L2Write, Lease,
+    LeaseWait, Result, Subscription,
 };
 use cache_memory::{MemoryBus, MemoryL2};
 
@@ -226,6 +226,24 @@ impl L2Store for NodeL2 {
     async fn fence(&self, key: &CacheKey) -> Result<Fence> {
         self.link.send().await?;
         let out = self.store.fence(key).await;
+        self.link.reply(out).await
+    }
+
+    async fn lease(&self, key: &CacheKey, token: &str, hold: std::time::Duration) -> Result<Lease> {
+        self.link.send().await?;
+        let out = self.store.lease(key, token, hold).await;
+        self.link.reply(out).await
+    }
+
+    async fn wait_lease(&self, key: &CacheKey, wait: &LeaseWait) -> Result<bool> {
+        self.link.send().await?;
+        let out = self.store.wait_lease(key, wait).await;
+        self.link.reply(out).await
+    }
+
+    async fn release_lease(&self, key: &CacheKey, token: &str) -> Result<()> {
+        self.link.send().await?;
+        let out = self.store.release_lease(key, token).await;
         self.link.reply(out).await
     }
 

@@ -88,6 +88,9 @@ pub const LIVENESS: Duration = Duration::from_millis(250);
 /// How long writers and faults run.
 const WORK: Duration = Duration::from_secs(3);
 
+/// How long a pricing entry lives: short enough that eager refreshes happen within a run.
+const PRICING_TTL: Duration = Duration::from_secs(2);
+
 /// How long readers go on once the faults healed: the bound and two liveness intervals, time
 /// for every node to catch up (a check every interval, a failed one retried within a tenth) and
 /// for reads to show it.
@@ -235,6 +238,12 @@ pub struct RunStats {
     pub loads: u64,
     /// Fills dropped because a change raced them.
     pub fills_fenced: u64,
+    /// Background loads started by eager refresh (pricing).
+    pub eager_refreshes: u64,
+    /// Fill leases taken (pricing).
+    pub leases_taken: u64,
+    /// Waits on another node's fill lease (pricing).
+    pub lease_waits: u64,
     /// Writer calls that failed (each issued again or given up).
     pub write_errors: u64,
     /// Changes given up after failures (never acknowledged).
@@ -288,6 +297,9 @@ impl RunStats {
             l2_hits,
             loads,
             fills_fenced,
+            eager_refreshes,
+            leases_taken,
+            lease_waits,
             write_errors,
             writes_given_up,
             writes_superseded,
@@ -336,6 +348,11 @@ impl fmt::Display for RunStats {
             self.writes_given_up,
             self.writes_superseded,
             self.read_errors,
+        )?;
+        writeln!(
+            f,
+            "loads: {} eager refreshes, {} fill leases taken, {} lease waits",
+            self.eager_refreshes, self.leases_taken, self.lease_waits,
         )?;
         writeln!(
             f,
@@ -610,6 +627,10 @@ struct Params {
     /// the planted staleness the checker must be shown to catch; ordinary runs keep it, so
     /// the checker runs over the breaker too.
     breaker: bool,
+    /// Whether pricing entries live [`PRICING_TTL`] with eager refresh and the fill lease.
+    /// Off in planted-bug runs for the same reason as the breaker: refreshes and short
+    /// lifetimes reload a victim's stale entries before the checker can see them.
+    refresh_and_lease: bool,
 }
 
 impl Params {
@@ -658,6 +679,7 @@ impl Params {
             read_only: None,
             plant_stale: false,
             breaker: config.plant == Plant::None,
+            refresh_and_lease: config.plant == Plant::None,
         };
         let ms = Duration::from_millis;
         match config.plant {
@@ -698,11 +720,20 @@ impl Params {
         } else {
             OutagePolicy::Bypass
         };
-        let pricing = NamespaceConfig::new(GPU_PRICING, PRICING, Duration::from_secs(60))
+        // Pricing also runs the fleet's fill lease and eager refresh under the checker: its
+        // entries live 2 s, so within a run hot keys are refreshed (past half their life) and
+        // missing ones are loaded under a lease.
+        let mut pricing = NamespaceConfig::new(GPU_PRICING, PRICING, Duration::from_secs(60))
             .event_driven(true)
             .critical(true)
             .max_memory_mb(4)
             .outage_policy(policy);
+        if self.refresh_and_lease {
+            pricing.ttl = PRICING_TTL;
+            pricing = pricing
+                .fill_lease(Duration::from_millis(50))
+                .eager_refresh(0.5);
+        }
         for config in [avail, pricing] {
             namespaces
                 .add(config)
@@ -917,6 +948,9 @@ async fn simulate(config: SimConfig) -> Outcome {
         stats.l1_hits += s.l1_hits;
         stats.l2_hits += s.l2_hits;
         stats.fills_fenced += s.fills_fenced;
+        stats.eager_refreshes += s.eager_refreshes;
+        stats.leases_taken += s.leases_taken;
+        stats.lease_waits += s.lease_waits;
         stats.gaps_detected += s.gaps_detected;
         stats.events_replayed += s.events_replayed;
         stats.duplicates_ignored += s.duplicates_ignored;

@@ -309,17 +309,23 @@ pub(crate) async fn reader(
                 Duration::ZERO
             };
             let source = Arc::clone(&world);
-            cache
-                .get_or_load_key(key, SetOptions::new(), move || async move {
-                    World::count(&source.counters.loads);
-                    let version = source.version(k);
-                    if !slow.is_zero() {
-                        tokio::time::sleep(slow).await;
-                    }
-                    Ok::<u64, std::io::Error>(version)
-                })
-                .await
-                .map(|v| Some(*v))
+            let loader = move || async move {
+                World::count(&source.counters.loads);
+                let version = source.version(k);
+                if !slow.is_zero() {
+                    tokio::time::sleep(slow).await;
+                }
+                Ok::<u64, std::io::Error>(version)
+            };
+            // Half the loads through the owned loader, which eager refresh needs.
+            let loaded = if rng.chance(50) {
+                cache.get_or_load_key(key, SetOptions::new(), loader).await
+            } else {
+                cache
+                    .get_or_load_owned_key(key, SetOptions::new(), loader)
+                    .await
+            };
+            loaded.map(|v| Some(*v))
         };
         let ended = world.now();
         match got {

@@ -597,6 +597,15 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     async fn fence(&self, key: &CacheKey) -> Result<Fence> {
         (**self).fence(key).await
     }
+    async fn lease(&self, key: &CacheKey, token: &str, hold: Duration) -> Result<Lease> {
+        (**self).lease(key, token, hold).await
+    }
+    async fn wait_lease(&self, key: &CacheKey, wait: &LeaseWait) -> Result<bool> {
+        (**self).wait_lease(key, wait).await
+    }
+    async fn release_lease(&self, key: &CacheKey, token: &str) -> Result<()> {
+        (**self).release_lease(key, token).await
+    }
     async fn ping(&self) -> Result<()> {
         (**self).ping().await
     }

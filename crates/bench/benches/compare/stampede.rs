@@ -5,13 +5,20 @@
 //! all is compared with the loader alone, measured in the same run. edge-cache (on Redis) is
 //! shown beside amalgam-cache `get_or_set` (Redis L2 and backplane) and moka's
 //! `future::Cache::get_with` (in-process only). Each stampede uses a key no run has used.
+//!
+//! The fleet rows run the same herd on [`FLEET`] edge-cache nodes at once, each with its own
+//! Redis connections, [`CALLERS`] callers on each: first with each node's single flight alone
+//! (one load per node, the baseline), then with the namespace's fleet-wide fill lease
+//! ([`cache_core::NamespaceConfig::fill_lease`]: one node loads, the others wait for its fill).
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context as _};
+use cache_core::{NamespaceConfig, Namespaces, Routing};
 use cache_edge::{EdgeCache, SetOptions};
+use cache_redis::{RedisBus, RedisConfig, RedisL2};
 use edge_cache_bench::{duration, percentile, times, verdict};
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
@@ -24,6 +31,12 @@ pub const CALLERS: usize = 1_000;
 
 /// How long the loader takes.
 pub const LOADER_DELAY: Duration = Duration::from_millis(5);
+
+/// Nodes of the fleet rows.
+pub const FLEET: usize = 5;
+
+/// How long a fleet node holds a fill lease: well above the loader's 5 ms.
+const LEASE_HOLD: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Imp {
@@ -143,7 +156,127 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
         node.shutdown().await;
         let _ = amalgam.shutdown().await;
     });
+    fleet(rt, url, sizes, nonce, report)
+}
+
+/// The fleet rows: [`FLEET`] nodes x [`CALLERS`] callers on one missing key, without and with
+/// the fill lease.
+fn fleet(
+    rt: &Runtime,
+    url: &str,
+    sizes: Sizes,
+    nonce: u128,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    println!(
+        "row 5, fleet: {FLEET} nodes x {CALLERS} concurrent callers on one missing key, \
+         without and with the fill lease"
+    );
+    let label = format!(
+        "5. hot-key stampede, {FLEET} nodes x {} callers",
+        edge_cache_bench::thousands(CALLERS as u64)
+    );
+    let mut baseline = Duration::ZERO;
+    for leased in [false, true] {
+        let nodes = rt.block_on(fleet_nodes(url, leased))?;
+        let mut taken = Vec::new();
+        let mut calls_total = 0;
+        for round in 0..sizes.stampedes {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let name = format!("fleet-{nonce}-{leased}-{round}");
+            let took = rt.block_on(async {
+                let started = Instant::now();
+                let mut herds = JoinSet::new();
+                for node in &nodes {
+                    let (node, name, calls) = (node.clone(), name.clone(), Arc::clone(&calls));
+                    herds.spawn(
+                        async move { stampede_in(&node, FLEET_NS, &name, &calls, round).await },
+                    );
+                }
+                while let Some(herd) = herds.join_next().await {
+                    herd.context("a node's herd panicked")??;
+                }
+                anyhow::Ok(started.elapsed())
+            })?;
+            taken.push(took);
+            calls_total += calls.load(SeqCst);
+        }
+        let median = percentile(&mut taken, 50).unwrap_or_default();
+        if !leased {
+            baseline = median;
+        }
+        let per_stampede = calls_total as f64 / sizes.stampedes as f64;
+        let (name, target) = if leased {
+            (
+                "edge-cache `get_or_load_key` with the fill lease",
+                format!(
+                    "1 loader call fleet-wide: {} ({calls_total} in {} stampedes)",
+                    verdict(calls_total == sizes.stampedes),
+                    sizes.stampedes
+                ),
+            )
+        } else {
+            (
+                "edge-cache `get_or_load_key`, single flight per node (baseline)",
+                String::new(),
+            )
+        };
+        report.line(
+            &label,
+            "loader calls fleet-wide; time to serve all (median)",
+            name,
+            format!(
+                "{} loader call{} per stampede; all {} served in {}",
+                fmt_calls(per_stampede),
+                if per_stampede == 1.0 { "" } else { "s" },
+                edge_cache_bench::thousands((FLEET * CALLERS) as u64),
+                duration(median)
+            ),
+            times(median.as_secs_f64() / baseline.as_secs_f64().max(1e-12)),
+            target,
+        );
+        rt.block_on(async {
+            for node in nodes {
+                node.shutdown().await;
+            }
+        });
+    }
+    report.checks.push(format!(
+        "row 5, fleet: in every stampede all {} callers on the {FLEET} nodes got the offer the \
+         loader built",
+        edge_cache_bench::thousands((FLEET * CALLERS) as u64)
+    ));
     Ok(())
+}
+
+/// The namespace of the fleet rows.
+const FLEET_NS: &str = "fleet_offers";
+
+/// [`FLEET`] nodes on `url` whose one namespace has the fill lease if `leased`.
+async fn fleet_nodes(url: &str, leased: bool) -> anyhow::Result<Vec<EdgeCache>> {
+    let mut config = NamespaceConfig::new(FLEET_NS, "fleet", TTL)
+        .critical(true)
+        .event_driven(true);
+    if leased {
+        config = config.fill_lease(LEASE_HOLD);
+    }
+    let mut namespaces = Namespaces::empty();
+    namespaces.add(config)?;
+    let redis = RedisConfig::new(url);
+    let mut nodes = Vec::with_capacity(FLEET);
+    for i in 0..FLEET {
+        nodes.push(
+            EdgeCache::builder()
+                .node_id(format!("bench-fleet-{leased}-{i}"))
+                .namespaces(namespaces.clone())
+                .routing(Routing::empty())
+                .l2(Arc::new(RedisL2::connect(&redis).await?))
+                .bus(Arc::new(RedisBus::connect(&redis).await?))
+                .build()
+                .await?,
+        );
+    }
+    Ok(nodes)
 }
 
 fn fmt_calls(per: f64) -> String {
@@ -160,7 +293,18 @@ async fn stampede_edge(
     calls: &Arc<AtomicUsize>,
     n: usize,
 ) -> anyhow::Result<()> {
-    let key = node.key("gpu_availability", &serde_json::json!({ "stampede": name }))?;
+    stampede_in(node, "gpu_availability", name, calls, n).await
+}
+
+/// [`CALLERS`] concurrent `get_or_load_key` calls on `node` for key `name` of `namespace`.
+async fn stampede_in(
+    node: &EdgeCache,
+    namespace: &str,
+    name: &str,
+    calls: &Arc<AtomicUsize>,
+    n: usize,
+) -> anyhow::Result<()> {
+    let key = node.key(namespace, &serde_json::json!({ "stampede": name }))?;
     let mut callers = JoinSet::new();
     for _ in 0..CALLERS {
         let (node, key, calls) = (node.clone(), key.clone(), Arc::clone(calls));

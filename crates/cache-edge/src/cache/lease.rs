@@ -46,7 +46,12 @@ impl<C: Codec> Inner<C> {
             let wait = match self.l2_call(|| self.l2.lease(key, &token, hold)).await {
                 Call::Done(Ok(Lease::Acquired)) => {
                     self.counters.leases_taken.add(1);
-                    let loaded = self.load_and_fill(ns, key, plan, loader).await;
+                    // This node missed L2 before it asked for the lease: a holder may have
+                    // filled the key and released it in between. Read again before loading.
+                    let loaded = match self.filled::<T>(ns, key, plan).await {
+                        Some(value) => Ok((value, Source::L2)),
+                        None => self.load_and_fill(ns, key, plan, loader).await,
+                    };
                     // Released whatever the load's outcome: after a failure the waiters try
                     // for the lease at once rather than wait it out.
                     if let Call::Done(Err(e)) =
@@ -75,15 +80,29 @@ impl<C: Codec> Inner<C> {
                 let _ = self.l2_failed("wait for lease", e);
                 break;
             }
-            let filled = match plan.refresh {
-                None => self.l2_get::<T>(ns, key).await,
-                Some(window) => self.l2_get_lasting::<T>(ns, key, window).await.ok(),
-            };
-            if let Some(value) = filled {
+            if let Some(value) = self.filled::<T>(ns, key, plan).await {
                 self.counters.lease_fills.add(1);
-                return Ok((value as SharedValue, Source::L2));
+                return Ok((value, Source::L2));
             }
         }
         self.load_and_fill(ns, key, plan, loader).await
+    }
+
+    /// The value another node's load filled into L2, if any (for a refresh, only one that
+    /// outlives the refresh window).
+    async fn filled<T>(
+        &self,
+        ns: &NsState,
+        key: &CacheKey,
+        plan: LoadPlan<'_>,
+    ) -> Option<SharedValue>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let value = match plan.refresh {
+            None => self.l2_get::<T>(ns, key).await?,
+            Some(window) => self.l2_get_lasting::<T>(ns, key, window).await.ok()?,
+        };
+        Some(value as SharedValue)
     }
 }
