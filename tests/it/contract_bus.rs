@@ -16,7 +16,7 @@ async fn next(sub: &mut Box<dyn Subscription>) -> BusItem {
 }
 
 /// The contract of `cache_core::EventBus`: `a` and `b` are two handles on one bus (two nodes).
-async fn contract(a: Arc<dyn EventBus>, b: Arc<dyn EventBus>) {
+pub(crate) async fn contract(a: Arc<dyn EventBus>, b: Arc<dyn EventBus>) {
     let mut sub_a = a.subscribe().await.unwrap();
     let mut sub_b = b.subscribe().await.unwrap();
     assert_eq!(

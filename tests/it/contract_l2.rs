@@ -24,7 +24,7 @@ async fn bytes(l2: &dyn L2Store, k: &CacheKey) -> Option<Vec<u8>> {
 }
 
 /// The contract of `cache_core::L2Store`, for any implementation.
-async fn contract(l2: Arc<dyn L2Store>) {
+pub(crate) async fn contract(l2: Arc<dyn L2Store>) {
     let l2 = &*l2;
     l2.ping().await.unwrap();
     let (a, b, other) = (key("avail", 1), key("avail", 2), key("pricing", 1));

@@ -13,6 +13,7 @@ mod redis_faults;
 mod redis_fleet;
 mod redis_lease;
 mod redis_refresh;
+mod redis_sentinel;
 mod redis_signed;
 mod redis_tls;
 mod seed_defects;

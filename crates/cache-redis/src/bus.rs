@@ -8,11 +8,11 @@ use cache_core::{
     BusItem, ConnectionState, Error, ErrorKind, EventBus, QueueGauge, Result, Subscription,
 };
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::{redact, RedisConfig};
+use crate::topology::{Conn, Connector};
 
 /// The event bus on Redis pub/sub.
 ///
@@ -23,8 +23,9 @@ use crate::config::{redact, RedisConfig};
 /// the node must know.
 #[derive(Clone)]
 pub struct RedisBus {
-    client: redis::Client,
-    publisher: ConnectionManager,
+    /// Resolves the server to subscribe to (under Sentinel, the current primary).
+    connector: Arc<Connector>,
+    publisher: Arc<Conn>,
     config: Arc<RedisConfig>,
 }
 
@@ -35,10 +36,10 @@ impl RedisBus {
     /// [`ErrorKind::InvalidConfig`] for a URL that does not parse; [`ErrorKind::Bus`] when Redis
     /// cannot be reached.
     pub async fn connect(config: &RedisConfig) -> Result<RedisBus> {
-        let client = config.client()?;
-        let publisher = config.connection_manager(&client, ErrorKind::Bus).await?;
+        let connector = Arc::new(Connector::new(config)?);
+        let publisher = Conn::connect(config, Arc::clone(&connector), ErrorKind::Bus).await?;
         Ok(RedisBus {
-            client,
+            connector,
             publisher,
             config: Arc::new(config.clone()),
         })
@@ -62,11 +63,12 @@ impl std::fmt::Debug for RedisBus {
 #[async_trait]
 impl EventBus for RedisBus {
     async fn publish(&self, payload: Vec<u8>) -> Result<()> {
-        let mut conn = self.publisher.clone();
+        let mut conn = self.publisher.get();
         let _receivers: i64 = conn
             .publish(self.config.channel_name(), payload)
             .await
             .map_err(|e| {
+                self.publisher.suspect();
                 Error::new(
                     ErrorKind::Bus,
                     format!("PUBLISH to {} failed: {e}", self.config.channel_name()),
@@ -77,21 +79,13 @@ impl EventBus for RedisBus {
     }
 
     fn route(&self) -> Option<String> {
-        Some(self.config.route(&self.client))
+        Some(self.connector.route(&self.config))
     }
 
     async fn subscribe(&self) -> Result<Box<dyn Subscription>> {
         // The first subscription is made here so a node that cannot subscribe fails to start,
         // with the reason, instead of starting deaf.
-        let first = subscribe_once(&self.client, &self.config)
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Bus,
-                    format!("cannot subscribe to {}: {e}", self.config.channel_name()),
-                )
-                .with_source(e)
-            })?;
+        let first = subscribe_once(&self.connector, &self.config).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let bytes = Arc::new(AtomicUsize::new(0));
         let feed = Feed {
@@ -105,7 +99,7 @@ impl EventBus for RedisBus {
         let _ = feed.send(BusItem::State(ConnectionState::Connected));
         let restart = Arc::new(Notify::new());
         tokio::spawn(run(
-            self.client.clone(),
+            Arc::clone(&self.connector),
             Arc::clone(&self.config),
             first,
             feed,
@@ -231,22 +225,36 @@ impl Feed {
     }
 }
 
-async fn subscribe_once(
-    client: &redis::Client,
-    config: &RedisConfig,
-) -> redis::RedisResult<redis::aio::PubSub> {
+async fn subscribe_once(connector: &Connector, config: &RedisConfig) -> Result<redis::aio::PubSub> {
+    let fail = |e: redis::RedisError| {
+        Error::new(
+            ErrorKind::Bus,
+            format!("cannot subscribe to {}: {e}", config.channel_name()),
+        )
+        .with_source(e)
+    };
+    let (client, _) = connector.resolve(ErrorKind::Bus).await?;
     let connect = client.get_async_pubsub();
     let mut pubsub = tokio::time::timeout(config.connect(), connect)
         .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connection timed out")))??;
-    pubsub.subscribe(config.channel_name()).await?;
+        .map_err(|_| {
+            fail(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "connection timed out",
+            )))
+        })?
+        .map_err(fail)?;
+    pubsub
+        .subscribe(config.channel_name())
+        .await
+        .map_err(fail)?;
     Ok(pubsub)
 }
 
 /// Forwards messages until the connection is lost, then reconnects with backoff; ends when the
 /// subscriber is dropped.
 async fn run(
-    client: redis::Client,
+    connector: Arc<Connector>,
     config: Arc<RedisConfig>,
     first: redis::aio::PubSub,
     mut tx: Feed,
@@ -274,7 +282,7 @@ async fn run(
             () = tx.closed() => return,
             () = tokio::time::sleep(delay) => {}
         }
-        match subscribe_once(&client, &config).await {
+        match subscribe_once(&connector, &config).await {
             Ok(connected) => {
                 tracing::info!(channel = config.channel_name(), "resubscribed to Redis");
                 if tx.state(ConnectionState::Resubscribed).is_err() {

@@ -297,7 +297,13 @@ impl RedisConfig {
 
     /// Opens a client for the URL.
     pub(crate) fn client(&self) -> cache_core::Result<redis::Client> {
-        self.check_transport()?;
+        self.client_for(&self.url)
+    }
+
+    /// The checks every URL passes before a client is made for it: the transport (see
+    /// `allow_plaintext`), the key prefix, and TLS support.
+    pub(crate) fn check(&self, url: &str) -> cache_core::Result<()> {
+        self.check_transport(url)?;
         // A brace in the prefix would become the hash tag of every key (Redis Cluster hashes
         // the first `{...}`), and would let a prefix and a namespace spell another prefix's
         // keys: keys are `<prefix>{<namespace>}:...`, namespaces hold no brace, so with none in
@@ -313,15 +319,22 @@ impl RedisConfig {
             ));
         }
         #[cfg(not(feature = "tls"))]
-        if self.url.starts_with("rediss://") {
+        if url.starts_with("rediss") {
             return Err(cache_core::Error::new(
                 cache_core::ErrorKind::InvalidConfig,
                 format!(
                     "{}: rediss:// needs cache-redis built with the `tls` feature",
-                    redact(&self.url)
+                    redact(url)
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Opens a client for `url` (this config's, or a data node's that Sentinel named) with this
+    /// config's TLS settings, after the same checks.
+    pub(crate) fn client_for(&self, url: &str) -> cache_core::Result<redis::Client> {
+        self.check(url)?;
         #[cfg(feature = "tls")]
         {
             // rustls needs one process-wide crypto provider; if the application installed its
@@ -331,7 +344,7 @@ impl RedisConfig {
         #[cfg(feature = "tls")]
         let client = if self.tls_root_certificate.is_some() || self.tls_client.is_some() {
             redis::Client::build_with_tls(
-                self.url.as_str(),
+                url,
                 redis::TlsCertificates {
                     client_tls: self.tls_client.as_ref().map(|(cert, key)| {
                         redis::ClientTlsConfig {
@@ -343,14 +356,14 @@ impl RedisConfig {
                 },
             )
         } else {
-            redis::Client::open(self.url.as_str())
+            redis::Client::open(url)
         };
         #[cfg(not(feature = "tls"))]
-        let client = redis::Client::open(self.url.as_str());
+        let client = redis::Client::open(url);
         client.map_err(|e| {
             cache_core::Error::new(
                 cache_core::ErrorKind::InvalidConfig,
-                format!("invalid Redis URL {}: {e}", redact(&self.url)),
+                format!("invalid Redis URL {}: {e}", redact(url)),
             )
             .with_source(e)
         })
@@ -360,14 +373,14 @@ impl RedisConfig {
 impl RedisConfig {
     /// Refuses a plain-text URL to a host that is not loopback, and a TLS URL that skips
     /// certificate checks, unless the config opted in.
-    fn check_transport(&self) -> cache_core::Result<()> {
+    fn check_transport(&self, url: &str) -> cache_core::Result<()> {
         let refuse = |why: String| {
             Err(cache_core::Error::new(
                 cache_core::ErrorKind::InvalidConfig,
-                format!("{}: {why}", redact(&self.url)),
+                format!("{}: {why}", redact(url)),
             ))
         };
-        if self.url.starts_with("redis://") && !self.allow_plaintext && !is_loopback(&self.url) {
+        if url.starts_with("redis://") && !self.allow_plaintext && !is_loopback(url) {
             return refuse(
                 "plain-text redis:// to a host that is not loopback would send the password, \
                  events and values readable on the network; use rediss://, or opt in with \
@@ -375,16 +388,29 @@ impl RedisConfig {
                     .to_owned(),
             );
         }
-        if self.url.starts_with("rediss://")
-            && self.url.ends_with("#insecure")
-            && !self.allow_insecure_tls
-        {
+        if url.starts_with("rediss://") && url.ends_with("#insecure") && !self.allow_insecure_tls {
             return refuse(
                 "#insecure skips checking the server's certificate; trust the fleet's CA with \
                  tls_root_certificate instead, or opt in with \
                  RedisConfig::allow_insecure_tls(true)"
                     .to_owned(),
             );
+        }
+        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            if !self.allow_plaintext
+                && !hosts
+                    .split(',')
+                    .all(|host| is_loopback(&format!("redis://{host}")))
+            {
+                return refuse(
+                    "plain-text redis+sentinel:// to Sentinels that are not loopback would \
+                     send the password, events and values readable on the network; use \
+                     rediss+sentinel://, or opt in with RedisConfig::allow_plaintext(true)"
+                        .to_owned(),
+                );
+            }
         }
         Ok(())
     }

@@ -63,6 +63,7 @@ use redis::{AsyncCommands, Script, Value};
 
 use crate::config::{redact, RedisConfig};
 use crate::lease::LeaseKeys;
+use crate::topology::{Conn, Connector};
 
 /// Returns the generation, then each entry under it ('' for a missing one).
 const GET: &str = r"
@@ -307,7 +308,7 @@ async fn evalsha_or_load<T: redis::FromRedisValue>(
 /// the connection is re-established in the background and later calls succeed again.
 #[derive(Clone)]
 pub struct RedisL2 {
-    conn: ConnectionManager,
+    conn: Arc<Conn>,
     prefix: String,
     max_value_bytes: usize,
     url: String,
@@ -337,9 +338,23 @@ impl RedisL2 {
     /// [`ErrorKind::InvalidConfig`] for a URL that does not parse; [`ErrorKind::L2`] when Redis
     /// cannot be reached or refuses the credentials.
     pub async fn connect(config: &RedisConfig) -> Result<RedisL2> {
-        let client = config.client()?;
-        let conn = config.connection_manager(&client, ErrorKind::L2).await?;
+        let connector = Arc::new(Connector::new(config)?);
+        let conn = Conn::connect(config, Arc::clone(&connector), ErrorKind::L2).await?;
+        let route = connector.route(config);
+        let generations: Arc<Generations> = Arc::default();
+        {
+            // A new primary may lack the last generation bumps the old one made (replication
+            // is asynchronous): nothing remembered of the old one is assumed of it.
+            let generations = Arc::clone(&generations);
+            conn.on_switch(Box::new(move || generations.forget(None)));
+        }
         let l2 = RedisL2 {
+            leases: Arc::new(crate::lease::Leases::new(
+                Arc::clone(&conn),
+                config.connect(),
+                config.response(),
+                config.url(),
+            )),
             conn,
             prefix: config.prefix().to_owned(),
             max_value_bytes: config.max_value(),
@@ -352,19 +367,13 @@ impl RedisL2 {
             set_if_current: Script::new(SET_IF_CURRENT_SCRIPT),
             read_log: Script::new(READ_LOG),
             log_length: config.log_len(),
-            generations: Arc::default(),
+            generations,
             channel: config.channel_name().to_owned(),
-            route: config.route(&client),
-            leases: Arc::new(crate::lease::Leases::new(
-                client.clone(),
-                config.connect(),
-                config.response(),
-                config.url(),
-            )),
+            route,
         };
         // Loaded now so the first plain write does not meet NOSCRIPT (which it survives: it
         // loads the script then, as after a Redis restart).
-        let mut conn = l2.conn.clone();
+        let mut conn = l2.conn.get();
         if let Err(e) = l2.set_if_current.load_async(&mut conn).await {
             tracing::debug!(url = %l2.url, error = %e, "SCRIPT LOAD failed; loaded on first use");
         }
@@ -588,7 +597,7 @@ impl RedisL2 {
         channel: &str,
         event: &[u8],
     ) -> Result<T> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut invocation = self.invalidate_namespaces.prepare_invoke();
         for key_namespace in key_namespaces {
             invocation.key(self.ns_prefix(key_namespace));
@@ -624,7 +633,7 @@ impl RedisL2 {
         channel: &str,
         event: &[u8],
     ) -> Result<T> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         self.delete
             .key(self.ns_prefix(key.key_namespace()))
             .arg(key.digest().to_hex())
@@ -656,7 +665,7 @@ impl RedisL2 {
         channel: &str,
         event: &[u8],
     ) -> Result<T> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         self.invalidate_tag
             .key(self.ns_prefix(key_namespace))
             .arg(tag)
@@ -684,6 +693,8 @@ impl RedisL2 {
     }
 
     fn fail(&self, op: &str, e: redis::RedisError) -> Error {
+        // Under Sentinel the primary may have moved: ask which it is now.
+        self.conn.suspect();
         Error::new(
             ErrorKind::L2,
             format!("Redis {op} failed ({}): {e}", self.url),
@@ -691,9 +702,20 @@ impl RedisL2 {
         .with_source(e)
     }
 
+    /// The server this store talks to now, `host:port` (under Sentinel, the primary it last
+    /// found; it changes when the store follows a failover).
+    pub fn server(&self) -> String {
+        self.conn.addr()
+    }
+
+    /// How many times this store moved to a new primary (always 0 on one server).
+    pub fn primaries_followed(&self) -> u64 {
+        self.conn.switches()
+    }
+
     /// The entry keys of one namespace's generation, for tests and tools: `ec:{ns}:<gen>:`.
     pub async fn generation(&self, key_namespace: &str) -> Result<u64> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let g: Option<u64> = conn
             .get(self.generation_key(key_namespace))
             .await
@@ -725,7 +747,7 @@ impl L2Store for RedisL2 {
                 self.push_entry_key(entry_key, namespace, generation, key);
                 get.arg(entry_key.as_str());
             });
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             let reply: Value = get
                 .query_async(&mut conn)
                 .await
@@ -757,7 +779,7 @@ impl L2Store for RedisL2 {
         }
         let namespace = first.key_namespace();
         let prefix = self.ns_prefix(namespace);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let epoch = self.generations.epoch();
         if let Some(assumed) = self.known_generation(namespace) {
             let trusted = self.generations.trusted();
@@ -811,7 +833,7 @@ impl L2Store for RedisL2 {
     async fn set(&self, write: L2Write) -> Result<bool> {
         let (envelope, ttl_ms) = self.envelope(&write)?;
         let namespace = write.key.key_namespace();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         if write.fence.is_none() && write.tags.is_empty() {
             if let Some(generation) = self.trusted_generation(namespace) {
                 // The common write, in one round trip: with an announcement, one small script
@@ -869,7 +891,7 @@ impl L2Store for RedisL2 {
         key_namespaces: &[String],
         announce: Option<Vec<u8>>,
     ) -> Result<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let Some(event) = announce else {
             // A pipeline of INCRs: one round trip, and no script touching several namespaces
             // (which Redis Cluster would refuse as cross-slot).
@@ -901,7 +923,7 @@ impl L2Store for RedisL2 {
         let reply: Value = match change {
             LoggedChange::Set(write) => {
                 let (envelope, ttl_ms) = self.envelope(&write)?;
-                let mut conn = self.conn.clone();
+                let mut conn = self.conn.get();
                 let (written, message) = self
                     .set_script(&mut conn, &write, envelope, ttl_ms, "", event)
                     .await?;
@@ -942,7 +964,7 @@ impl L2Store for RedisL2 {
             ));
         }
         let prefix = self.ns_prefix(key_namespace);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let reply: Vec<Value> = self
             .read_log
             .key(format!("{prefix}q"))
@@ -979,7 +1001,7 @@ impl L2Store for RedisL2 {
 
     async fn fence(&self, key: &CacheKey) -> Result<Fence> {
         let prefix = self.ns_prefix(key.key_namespace());
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let (g, f): (Option<u64>, Option<u64>) = conn
             .mget(&[format!("{prefix}g"), format!("{prefix}f")])
             .await
@@ -997,7 +1019,7 @@ impl L2Store for RedisL2 {
 
     async fn lease(&self, key: &CacheKey, token: &str, hold: Duration) -> Result<Lease> {
         let keys = LeaseKeys::new(&self.ns_prefix(key.key_namespace()), key);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         self.leases.lease(&mut conn, &keys, token, hold).await
     }
 
@@ -1008,12 +1030,12 @@ impl L2Store for RedisL2 {
 
     async fn release_lease(&self, key: &CacheKey, token: &str) -> Result<()> {
         let keys = LeaseKeys::new(&self.ns_prefix(key.key_namespace()), key);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         self.leases.release(&mut conn, &keys, token).await
     }
 
     async fn ping(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
@@ -1022,7 +1044,7 @@ impl L2Store for RedisL2 {
     }
 
     async fn info(&self) -> Result<L2Info> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let text: String = redis::cmd("INFO")
             .arg("memory")
             .arg("clients")

@@ -12,7 +12,7 @@
 //! still holds it) and appends to the stream. Blocking commands hold their connection, so waits
 //! run on connections of their own, kept in a small idle pool, never on the shared one.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cache_core::{CacheKey, Error, ErrorKind, Lease, LeaseWait, Result};
@@ -20,6 +20,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script, Value};
 
 use crate::config::redact;
+use crate::topology::Conn;
 
 /// KEYS: the lease, the release stream; ARGV: token, hold in ms. Returns `{1}` when the lease
 /// was taken, else `{0, ms left, id of the last release or '0-0'}`.
@@ -49,7 +50,8 @@ const RELEASE_KEPT: Duration = Duration::from_secs(10);
 
 /// The lease scripts and the connections waits block on.
 pub(crate) struct Leases {
-    client: redis::Client,
+    /// The shared connection, whose current server waits connect to.
+    conn: Arc<Conn>,
     connect_timeout: Duration,
     response_timeout: Duration,
     url: String,
@@ -60,13 +62,13 @@ pub(crate) struct Leases {
 
 impl Leases {
     pub(crate) fn new(
-        client: redis::Client,
+        conn: Arc<Conn>,
         connect_timeout: Duration,
         response_timeout: Duration,
         url: &str,
     ) -> Self {
         Self {
-            client,
+            conn,
             connect_timeout,
             response_timeout,
             url: redact(url),
@@ -177,7 +179,8 @@ impl Leases {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None);
-        self.client
+        self.conn
+            .client()
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| self.fail("lease wait connect", e))

@@ -22,6 +22,7 @@ mod bus;
 mod config;
 mod l2;
 mod lease;
+mod topology;
 
 pub use bus::RedisBus;
 pub use config::{

@@ -17,6 +17,10 @@
 //! [`TcpProxy`] (in [`proxy`]) sits between a client and a server on loopback and can make the
 //! link go silent without closing it, or cut every connection at once, to reproduce network faults.
 //!
+//! [`RedisCluster`] and [`RedisSentinel`] (in [`topology`]) start several such servers as a Redis
+//! Cluster, or as a primary and a replica watched by three sentinels, ready for a test to kill a
+//! primary and time the failover.
+//!
 //! This crate is for tests only (`publish = false`); like any test support it panics rather than
 //! returning errors, so a broken environment shows up as a failed test with a clear message.
 //!
@@ -49,7 +53,7 @@ use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -58,8 +62,10 @@ use tempfile::TempDir;
 
 pub mod history;
 pub mod proxy;
+pub mod topology;
 
 pub use proxy::TcpProxy;
+pub use topology::{RedisCluster, RedisSentinel};
 
 /// The binary the harness runs, looked up on `PATH`.
 const REDIS_SERVER: &str = "redis-server";
@@ -80,6 +86,9 @@ const PORT_ATTEMPTS: usize = 5;
 
 /// The file, inside the server's directory, that receives its stdout and stderr.
 const LOG_FILE: &str = "redis-server.log";
+
+/// The config file, inside the server's directory, of a server started with one.
+const CONFIG_FILE: &str = "redis.conf";
 
 /// How many lines of the log a panic message quotes.
 const LOG_TAIL_LINES: usize = 20;
@@ -106,6 +115,9 @@ pub struct RedisServer {
     port: u16,
     /// Arguments given to `start_with_args`, passed again on `restart`.
     extra_args: Vec<String>,
+    /// The config file given as the first argument (sentinels need one), passed again on
+    /// `restart`; `None` for a plain server.
+    config: Option<PathBuf>,
     /// Declared last so it is removed only after `Drop::drop` has killed the process.
     dir: TempDir,
 }
@@ -139,24 +151,48 @@ impl RedisServer {
 
     /// `start_with_args` with the binary as a parameter, so the missing-binary path is testable.
     fn start_program(program: &OsStr, extra: &[&str]) -> RedisServer {
+        let extra_args: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
+        Self::start_custom(program, None, || extra_args.clone())
+    }
+
+    /// The general form of [`start_with_args`](Self::start_with_args), for the topologies.
+    ///
+    /// `config`, when given, is written to `redis.conf` in the server's directory and passed as
+    /// the first argument, where `redis-server --sentinel` requires its (writable) config file.
+    /// `extra` is called once per attempt, so arguments that name a port of their own (such as
+    /// `--cluster-port`) get a fresh one when an attempt loses its ports to another process.
+    pub(crate) fn start_custom(
+        program: &OsStr,
+        config: Option<&str>,
+        mut extra: impl FnMut() -> Vec<String>,
+    ) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("edge-cache-redis-")
             .tempdir()
             .unwrap_or_else(|e| {
                 panic!("could not create a temporary directory for redis-server: {e}")
             });
-        let extra_args: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
+        let config = config.map(|text| {
+            let path = dir.path().join(CONFIG_FILE);
+            fs::write(&path, text)
+                .unwrap_or_else(|e| panic!("could not write {}: {e}", path.display()));
+            path
+        });
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
+            let extra_args = extra();
             // Between dropping the probe listener and the server's bind, another test may take
             // the port; the server then exits with "Address already in use" and we pick again.
-            if let Launch::Ready(child) = launch(program, port, dir.path(), &extra_args) {
+            if let Launch::Ready(child) =
+                launch(program, config.as_deref(), port, dir.path(), &extra_args)
+            {
                 return RedisServer {
                     pid: child.id(),
                     watchdog: watchdog(child.id()),
                     child: Some(child),
                     port,
                     extra_args,
+                    config,
                     dir,
                 };
             }
@@ -215,6 +251,7 @@ impl RedisServer {
         loop {
             if let Launch::Ready(child) = launch(
                 OsStr::new(REDIS_SERVER),
+                self.config.as_deref(),
                 self.port,
                 self.dir.path(),
                 &self.extra_args,
@@ -240,6 +277,12 @@ impl RedisServer {
 }
 
 impl RedisServer {
+    /// Whether the process is running, that is neither stopped nor dropped: a topology skips the
+    /// nodes a test killed when it asks the others about their state.
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Stopped before the server, so it never fires at a pid the system may hand out again.
     fn stop_watchdog(&mut self) {
         if let Some(watchdog) = self.watchdog.take() {
@@ -350,13 +393,20 @@ enum Launch {
 }
 
 /// Spawns the server on `port` and waits until it answers, or until it exits because the port
-/// is taken.
+/// is taken. `config`, when given, comes first on the command line, where Redis expects a config
+/// file; the options that follow override it.
 ///
 /// # Panics
 ///
 /// If the binary is missing, the server exits for any other reason, or it does not answer within
 /// [`READY_DEADLINE`]. The process is killed and reaped before panicking.
-fn launch(program: &OsStr, port: u16, dir: &Path, extra: &[String]) -> Launch {
+fn launch(
+    program: &OsStr,
+    config: Option<&Path>,
+    port: u16,
+    dir: &Path,
+    extra: &[String],
+) -> Launch {
     let log_path = dir.join(LOG_FILE);
     let log = OpenOptions::new()
         .create(true)
@@ -370,6 +420,7 @@ fn launch(program: &OsStr, port: u16, dir: &Path, extra: &[String]) -> Launch {
         .unwrap_or_else(|e| panic!("could not open {}: {e}", log_path.display()));
 
     let mut command = Command::new(program);
+    command.args(config);
     command
         .arg("--port")
         .arg(port.to_string())
@@ -503,7 +554,6 @@ fn listens_on(_pid: u32, _port: u16) -> bool {
     true
 }
 
-/// Sends `SIGKILL` (a no-op if the process already exited) and reaps the process.
 /// A `sh` that kills the server `pid` once its standard input closes, which happens when this
 /// process exits however it exits: a test binary killed by `SIGKILL` or a timeout cannot run
 /// `Drop`, and its servers would otherwise live on. The pipe's write end is only in this process
@@ -521,6 +571,7 @@ fn watchdog(pid: u32) -> Option<Child> {
         .ok()
 }
 
+/// Sends `SIGKILL` (a no-op if the process already exited) and reaps the process.
 fn kill_and_wait(mut child: Child) -> io::Result<ExitStatus> {
     child.kill()?;
     child.wait()

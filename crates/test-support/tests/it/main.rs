@@ -3,6 +3,7 @@
 mod history;
 mod proxy;
 mod server;
+mod topology;
 mod wait;
 
 use std::io::{BufRead, BufReader, Read, Write};
