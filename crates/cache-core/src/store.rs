@@ -484,6 +484,15 @@ pub trait L2Store: Send + Sync {
         Ok(())
     }
 
+    /// Counts the times this store moved to another server that may lack changes the one
+    /// before acknowledged (a replica promoted by a failover: replication is asynchronous). A
+    /// node seeing it move reads nothing of its event-driven namespaces from the store until it
+    /// has invalidated them there, announced, so no value a lost write had replaced is served.
+    /// Default: 0 (a store that never moves).
+    fn server_epoch(&self) -> u64 {
+        0
+    }
+
     /// Checks the store is reachable.
     async fn ping(&self) -> Result<()> {
         Ok(())
@@ -605,6 +614,9 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     }
     async fn release_lease(&self, key: &CacheKey, token: &str) -> Result<()> {
         (**self).release_lease(key, token).await
+    }
+    fn server_epoch(&self) -> u64 {
+        (**self).server_epoch()
     }
     async fn ping(&self) -> Result<()> {
         (**self).ping().await

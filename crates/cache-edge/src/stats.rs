@@ -336,6 +336,9 @@ counters! {
     drops_new_epoch,
     /// Namespace L1 drops because the log went back (a failover lost its last entries).
     drops_regressed,
+    /// Times L2 moved to a promoted replica and this node invalidated its event-driven
+    /// namespaces there before reading it again.
+    failovers_recovered,
     /// Times a namespace under the shortened-TTL policy had its L1 emptied and refilled with
     /// short-lived entries because the log had not confirmed it within the bound.
     shortened_ttl_modes,

@@ -1017,6 +1017,10 @@ impl L2Store for RedisL2 {
         Ok(Fence((g << 32) | f))
     }
 
+    fn server_epoch(&self) -> u64 {
+        self.conn.switches()
+    }
+
     async fn lease(&self, key: &CacheKey, token: &str, hold: Duration) -> Result<Lease> {
         let keys = LeaseKeys::new(&self.ns_prefix(key.key_namespace()), key);
         let mut conn = self.conn.get();

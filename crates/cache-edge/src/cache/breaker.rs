@@ -96,7 +96,7 @@ impl<C: Codec> Inner<C> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        if !self.breaker.admit(self.clock.now().as_nanos()) {
+        if !self.breaker.admit(self.clock.now().as_nanos()) || self.l2_moved() {
             self.counters.l2_skipped.add(1);
             return Call::Skipped;
         }

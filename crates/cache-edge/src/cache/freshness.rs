@@ -303,6 +303,9 @@ impl<C: Codec> Inner<C> {
     pub(super) async fn catch_up(&self) -> Result<()> {
         let started = self.clock.now();
         self.counters.log_checks.add(1);
+        if self.l2_moved() {
+            return Err(self.moved_error());
+        }
         for ns in &self.namespaces {
             let Some(fresh) = self.fresh(ns) else {
                 continue;
@@ -312,7 +315,9 @@ impl<C: Codec> Inner<C> {
             // same lock) is not reopened here. Numbers above the head read were given out
             // after this catch-up started: missing them does not stop it vouching.
             let cursor = lock(&fresh.cursor);
-            if cursor.missing().is_none_or(|(from, _)| from > head) {
+            // Not if L2 moved meanwhile: what was read may come from the new server, which
+            // vouches for nothing until it is made safe.
+            if cursor.missing().is_none_or(|(from, _)| from > head) && !self.l2_moved() {
                 fresh.sure_at.fetch_max(started.as_nanos(), SeqCst);
                 let until = started.saturating_add(fresh.window).as_nanos();
                 fresh.serve_until.store(until, SeqCst);
@@ -463,6 +468,9 @@ pub(crate) async fn run<C: Codec>(inner: Arc<Inner<C>>, mut shutdown: watch::Rec
             () = tokio::time::sleep(wait) => {}
         }
         inner.sample_outage();
+        if let Err(e) = inner.recover_after_failover().await {
+            tracing::warn!(node_id = %inner.node_id, error = %e, "could not invalidate the event-driven namespaces on the server L2 moved to; L2 stays unread");
+        }
         // A resubscribe after this read is not covered by this catch-up.
         let resubscribes = inner.freshness.resubscribes.load(SeqCst);
         let replayed_before = inner.counters.events_replayed.get();

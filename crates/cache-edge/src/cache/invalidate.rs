@@ -163,7 +163,7 @@ impl<C: Codec> EdgeCache<C> {
 }
 
 impl<C: Codec> Inner<C> {
-    fn new_event(
+    pub(super) fn new_event(
         &self,
         event_type: EventType,
         resource_id: String,
@@ -183,7 +183,7 @@ impl<C: Codec> Inner<C> {
 
     /// Invalidates the event's namespaces in L2 (once, here), applies the event to this node's
     /// L1 and publishes it.
-    async fn invalidate_namespaces_and_issue(&self, event: &Event) -> Result<()> {
+    pub(super) async fn invalidate_namespaces_and_issue(&self, event: &Event) -> Result<()> {
         let namespaces = &event.affected_namespaces;
         if namespaces.is_empty() {
             return self.issue(event, Ok(())).await;

@@ -7,6 +7,7 @@ mod apply;
 mod auth;
 mod breaker;
 mod connection;
+mod failover;
 mod failsafe;
 mod freshness;
 mod invalidate;
@@ -122,6 +123,8 @@ pub(crate) struct Inner<C> {
     /// When a refused event was last logged (nanoseconds since the epoch), to log at most one
     /// a second.
     refusal_logged_at: AtomicU64,
+    /// The [`L2Store::server_epoch`] this node last made safe to read (see `failover.rs`).
+    server_seen: AtomicU64,
 }
 
 struct NsState {
@@ -173,6 +176,8 @@ impl<C: Codec> EdgeCache<C> {
         let l2_route = l2.announce_route();
         let announce_via_l2 = matches!((&l2_route, bus.route()), (Some(a), Some(b)) if *a == b);
         let sequenced = l2.sequenced();
+        // Only a node that follows logs acts on a move (see `failover.rs`).
+        let l2_server_epoch = if sequenced { l2.server_epoch() } else { 0 };
         // A bus on another route than L2's: L2 logs each announced change without publishing
         // it, and this node publishes what was logged (retrying failures from a pending set).
         let publish_logged = sequenced && !announce_via_l2;
@@ -241,6 +246,7 @@ impl<C: Codec> EdgeCache<C> {
             breaker: breaker::Breaker::new(b.breaker),
             replay_guard: auth::ReplayGuard::default(),
             refusal_logged_at: AtomicU64::new(0),
+            server_seen: AtomicU64::new(l2_server_epoch),
         });
         // Start counted as a node that may miss invalidations; the subscription's first
         // `Connected` makes it complete where it can be.
