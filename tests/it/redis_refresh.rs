@@ -1,6 +1,7 @@
-//! `get_or_load_owned` on a real redis-server: eager refresh keeps a hot key read by two nodes
-//! from ever missing, and a soft timeout answers with the last value while the slow load goes
-//! on and then fills L1 and Redis.
+//! Protecting the origin on a real redis-server: eager refresh keeps a hot key read by two
+//! nodes from ever missing; a soft timeout answers with the last value while the slow load goes
+//! on and then fills L1 and Redis; fail-safe serves a failed load's last value within its window,
+//! never after it, and never one an invalidation removed.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -168,5 +169,69 @@ async fn a_soft_timeout_answers_with_the_last_value_and_the_load_then_fills_redi
         Some("v2")
     );
     assert_eq!(a.stats().l1_hits, hits + 1, "and L1");
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_on_redis_serves_within_its_window_never_after_and_never_an_invalidated_value() {
+    let server = RedisServer::start();
+    let config = RedisConfig::new(server.url());
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp::from_nanos(
+        u64::try_from(now.as_nanos()).unwrap(),
+    )));
+    let window = Duration::from_secs(30);
+    let offers = NamespaceConfig::new("offers", "offers", Duration::from_secs(60))
+        .critical(true)
+        .fail_safe(window);
+    let a = node(&config, "a", offers, Some(clock.clone() as Arc<dyn Clock>)).await;
+    let l2 = RedisL2::connect(&config).await.unwrap();
+    let short = SetOptions::new().ttl(Duration::from_millis(1_100));
+    let failing = || async { Err::<String, _>(std::io::Error::other("origin down")) };
+    for id in [1, 2] {
+        let p = json!({ "id": id });
+        a.get_or_load("offers", &p, short.clone(), || async {
+            Ok::<_, std::io::Error>(format!("v{id}"))
+        })
+        .await
+        .unwrap();
+        let key = a.key("offers", &p).unwrap();
+        eventually("Redis lets the entry go", DEADLINE, || async {
+            l2.get(&key).await.unwrap().is_none()
+        })
+        .await;
+    }
+    // Key 2 is invalidated after its expiry: it is no fail-safe candidate.
+    a.invalidate_key(&a.key("offers", &json!({"id": 2})).unwrap())
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+
+    let served = a
+        .get_or_load("offers", &json!({"id": 1}), SetOptions::new(), failing)
+        .await
+        .unwrap();
+    assert_eq!(*served, "v1", "within the window: the last value");
+    assert_eq!(a.stats().fail_safe_served, 1);
+    let err = a
+        .get_or_load("offers", &json!({"id": 2}), SetOptions::new(), failing)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        cache_core::ErrorKind::Loader,
+        "invalidated: no fail-safe"
+    );
+
+    // Past the window (and the one-second throttle), the failure is the caller's.
+    clock.advance(window);
+    let err = a
+        .get_or_load("offers", &json!({"id": 1}), SetOptions::new(), failing)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), cache_core::ErrorKind::Loader);
+    assert_eq!(a.stats().fail_safe_served, 1);
     a.shutdown().await;
 }
