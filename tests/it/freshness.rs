@@ -748,6 +748,66 @@ async fn a_failed_publication_is_pending_retried_and_the_reader_converges_from_t
     fleet.shutdown().await;
 }
 
+/// The pending set is bounded: past `max_pending_publications` a failed publication is not
+/// kept (counted), and the reader still converges from the log.
+#[tokio::test]
+async fn a_full_pending_set_keeps_no_more_and_the_log_still_carries_every_change() {
+    let fleet = Fleet::split(Arc::new(MemoryBus::new())).await;
+    let small = EdgeCache::builder()
+        .node_id("small")
+        .l2(fleet.l2.clone() as Arc<dyn L2Store>)
+        .bus(fleet.bus.clone() as Arc<dyn EventBus>)
+        .clock(fleet.clock.clone() as Arc<dyn Clock>)
+        .staleness_bound(BOUND)
+        .liveness_interval(LIVENESS)
+        .max_pending_publications(2)
+        .build()
+        .await
+        .unwrap();
+    fleet.warm("gpu_availability").await;
+    fleet.bus.fail_publishes(true);
+    let mut errors = Vec::new();
+    for id in 0..4 {
+        let err = small
+            .set(
+                "gpu_availability",
+                &json!({ "id": id }),
+                &format!("new {id}"),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), cache_core::ErrorKind::Bus);
+        errors.push(err.to_string());
+    }
+    assert!(
+        errors[..2]
+            .iter()
+            .all(|e| e.contains("pending and retried")),
+        "{errors:?}"
+    );
+    assert!(
+        errors[2..]
+            .iter()
+            .all(|e| e.contains("pending set is full")),
+        "{errors:?}"
+    );
+    let s = small.stats();
+    assert_eq!((s.pending_publications, s.publications_dropped), (2, 2));
+    for id in 0..4 {
+        eventually("the reader converges from the log", DEADLINE, || async {
+            fleet.read("gpu_availability", id).await == Some(format!("new {id}"))
+        })
+        .await;
+    }
+    fleet.bus.fail_publishes(false);
+    eventually("the pending set empties", DEADLINE, || async {
+        small.stats().pending_publications == 0
+    })
+    .await;
+    small.shutdown().await;
+    fleet.shutdown().await;
+}
+
 /// `OutagePolicy::ShortenedTtl`: with the log unreadable past the bound, the namespace's L1 is
 /// emptied and refilled with short-lived entries; once the log confirms again, fills live as
 /// long as usual.

@@ -33,6 +33,10 @@ pub const DEFAULT_STALENESS_BOUND: Duration = Duration::from_secs(3);
 /// confirm it heard every change (see [`EdgeCacheBuilder::liveness_interval`]).
 pub const DEFAULT_LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How many failed publications a node keeps for republishing by default (see
+/// [`EdgeCacheBuilder::max_pending_publications`]).
+pub const DEFAULT_MAX_PENDING_PUBLICATIONS: usize = 10_000;
+
 /// Builds an [`EdgeCache`]. Everything has a default: the seed's namespaces and routes, the
 /// process-wide in-process L2 and event bus (so every `EdgeCache` in the process shares them,
 /// as nodes share one Redis), the system clock and a node id `edge_node_<8 hex>`.
@@ -70,6 +74,7 @@ pub struct EdgeCacheBuilder<C: Codec = JsonCodec> {
     pub(crate) event_keys: Option<EventKeys>,
     pub(crate) limits: Limits,
     pub(crate) breaker: crate::cache::BreakerConfig,
+    pub(crate) max_pending_publications: usize,
 }
 
 impl Default for EdgeCacheBuilder {
@@ -95,6 +100,7 @@ impl Default for EdgeCacheBuilder {
                 failures: DEFAULT_BREAKER_FAILURES,
                 open_for: DEFAULT_BREAKER_OPEN_FOR,
             },
+            max_pending_publications: DEFAULT_MAX_PENDING_PUBLICATIONS,
         }
     }
 }
@@ -121,6 +127,7 @@ impl<C: Codec> EdgeCacheBuilder<C> {
             event_keys: self.event_keys,
             limits: self.limits,
             breaker: self.breaker,
+            max_pending_publications: self.max_pending_publications,
         }
     }
 
@@ -202,6 +209,19 @@ impl<C: Codec> EdgeCacheBuilder<C> {
     /// one failed check).
     pub fn staleness_bound(mut self, bound: Duration) -> Self {
         self.staleness_bound = bound;
+        self
+    }
+
+    /// How many failed publications the node keeps for republishing, at most (a node whose bus
+    /// is not on L2's route: see [`crate::Stats::pending_publications`]); default
+    /// [`DEFAULT_MAX_PENDING_PUBLICATIONS`]. One is kept per key written (the newest) and one
+    /// per other change, so a bus that stays down under many distinct changes would otherwise
+    /// grow the set without end. Past the bound a failed publication is not kept
+    /// (`publications_dropped`): nodes that follow the log still replay the change within the
+    /// staleness bound; nodes that only hear the bus (seed nodes) never get it, as with any
+    /// lost message.
+    pub fn max_pending_publications(mut self, max: usize) -> Self {
+        self.max_pending_publications = max;
         self
     }
 

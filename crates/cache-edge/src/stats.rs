@@ -256,6 +256,9 @@ counters! {
     /// Attempts to republish a pending publication (see
     /// [`Stats::pending_publications`]).
     publish_retries,
+    /// Failed publications not kept for republishing because the pending set was full (see
+    /// `EdgeCacheBuilder::max_pending_publications`); nodes that follow the log replay them.
+    publications_dropped,
     /// Messages received from the bus (own ones included).
     events_received,
     /// Events applied to L1 (received from others or issued here).

@@ -237,7 +237,7 @@ impl<C: Codec> EdgeCache<C> {
             listener: Mutex::new(None),
             sequenced,
             publish_logged,
-            pending: Pending::default(),
+            pending: Pending::new(b.max_pending_publications),
             republisher: Mutex::new(None),
             freshness: Freshness::new(b.staleness_bound, b.liveness_interval),
             liveness: Mutex::new(None),

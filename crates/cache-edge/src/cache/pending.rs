@@ -32,9 +32,10 @@ impl PendingKey {
 }
 
 /// The pending set.
-#[derive(Default)]
 pub(super) struct Pending {
     entries: Mutex<HashMap<PendingKey, Vec<u8>>>,
+    /// Entries kept at most.
+    max: usize,
     /// `entries.len()`, kept under its lock, read without it.
     len: AtomicUsize,
     /// Wakes the republishing task when an entry is added.
@@ -42,16 +43,32 @@ pub(super) struct Pending {
 }
 
 impl Pending {
+    /// An empty set keeping at most `max` entries.
+    pub(super) fn new(max: usize) -> Self {
+        Self {
+            entries: Mutex::default(),
+            max,
+            len: AtomicUsize::new(0),
+            wake: Notify::new(),
+        }
+    }
+
     pub(super) fn len(&self) -> usize {
         self.len.load(SeqCst)
     }
 
-    fn insert(&self, key: PendingKey, message: Vec<u8>) {
+    /// Keeps `message` under `key` (replacing what the key held); whether it was kept (not when
+    /// the set is full and `key` is new to it).
+    fn insert(&self, key: PendingKey, message: Vec<u8>) -> bool {
         let mut entries = lock(&self.entries);
+        if entries.len() >= self.max && !entries.contains_key(&key) {
+            return false;
+        }
         entries.insert(key, message);
         self.len.store(entries.len(), SeqCst);
         drop(entries);
         self.wake.notify_one();
+        true
     }
 
     /// Removes `key`'s entry if it is still `message` (or any message, with `None`).
@@ -96,14 +113,29 @@ impl<C: Codec> Inner<C> {
             }
             Err(e) => {
                 self.counters.publish_errors.add(1);
-                tracing::warn!(node_id = %self.node_id, event_id, error = %e, "publishing a logged change failed; it is pending and retried, and nodes replay it from the log");
-                self.pending.insert(pending_key(), message);
+                if self.pending.insert(pending_key(), message) {
+                    tracing::warn!(node_id = %self.node_id, event_id, error = %e, "publishing a logged change failed; it is pending and retried, and nodes replay it from the log");
+                    return Err(Error::new(
+                        ErrorKind::Bus,
+                        format!(
+                            "the change was made and logged, but publishing its event \
+                             {event_id} failed ({e}); the publication is pending and retried, \
+                             and nodes replay the change from the log within the staleness \
+                             bound"
+                        ),
+                    )
+                    .with_source(e));
+                }
+                self.counters.publications_dropped.add(1);
+                tracing::warn!(node_id = %self.node_id, event_id, error = %e, max = self.pending.max, "publishing a logged change failed and the pending set is full; not kept: nodes that follow the log replay it, others never hear it");
                 Err(Error::new(
                     ErrorKind::Bus,
                     format!(
                         "the change was made and logged, but publishing its event {event_id} \
-                         failed ({e}); the publication is pending and retried, and nodes replay \
-                         the change from the log within the staleness bound"
+                         failed ({e}), and the pending set is full ({} publications), so it is \
+                         not retried; nodes that follow the log replay the change within the \
+                         staleness bound",
+                        self.pending.max
                     ),
                 )
                 .with_source(e))
