@@ -1,7 +1,7 @@
 //! [`MemoryBus`]: an in-process event bus with deterministic fault controls.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use async_trait::async_trait;
@@ -15,9 +15,14 @@ use tokio::sync::mpsc::{
 /// Delivers every published payload to every subscriber in the process, in publish order, like
 /// Redis pub/sub on a single channel (the publisher's own subscription included).
 ///
-/// Each subscriber has its own unbounded queue, so a slow subscriber never holds up a publisher
-/// or the other subscribers. Subscriptions whose receiving side was dropped are pruned on the
-/// next publish.
+/// Each subscriber has its own queue, so a slow subscriber never holds up a publisher or the
+/// other subscribers. A queue holds at most [`MemoryBus::with_max_queued_bytes`] bytes of
+/// messages (default [`DEFAULT_MAX_QUEUED_BYTES`]), as a Redis subscription does: past that,
+/// messages for that subscriber are dropped and it is told
+/// [`ConnectionState::Disconnected`], then [`ConnectionState::Resubscribed`] once it has taken
+/// half of what it held, so a node replays what it missed from its event log and memory stays
+/// bounded however fast anyone publishes. Subscriptions whose receiving side was dropped are
+/// pruned on the next publish.
 ///
 /// # Fault controls
 ///
@@ -58,7 +63,13 @@ pub struct MemoryBus {
     /// Unique among the buses of this process: what [`EventBus::route`] names.
     id: u64,
     state: Mutex<BusState>,
+    /// Bytes of messages a subscription holds at most.
+    max_queued_bytes: usize,
 }
+
+/// The default bound on the bytes of messages one subscription holds: 8 MiB, as a Redis
+/// subscription's (`cache_redis::DEFAULT_MAX_QUEUED_BYTES`).
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 << 20;
 
 impl Default for MemoryBus {
     fn default() -> Self {
@@ -66,6 +77,7 @@ impl Default for MemoryBus {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             state: Mutex::default(),
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }
@@ -89,9 +101,47 @@ struct Subscriber {
     tx: UnboundedSender<BusItem>,
     connected: bool,
     gauge: QueueGauge,
+    /// What its queue holds and whether it is dropping messages (shared with the
+    /// subscription, which counts down and ends the overflow).
+    queue: Arc<QueueBytes>,
 }
 
+/// The bytes of messages a subscription holds, against its bound.
+struct QueueBytes {
+    held: AtomicUsize,
+    max: usize,
+    /// [`FLOWING`], [`OVERFLOWING`] or [`TOLD`].
+    state: AtomicU8,
+}
+
+/// Messages are queued.
+const FLOWING: u8 = 0;
+/// Messages are dropped; `Disconnected` is queued behind what the subscriber holds.
+const OVERFLOWING: u8 = 1;
+/// Messages are dropped, and the subscriber has taken `Disconnected`: it hears
+/// `Resubscribed` once it has taken half of what it held.
+const TOLD: u8 = 2;
+
 impl Subscriber {
+    /// Queues a message, or drops it while the queue is over its bound (telling the subscriber
+    /// it was disconnected when the overflow starts); false once the subscription is gone.
+    fn send_message(&self, payload: &[u8]) -> bool {
+        let queue = &self.queue;
+        if queue.state.load(Ordering::SeqCst) != FLOWING {
+            return !self.tx.is_closed();
+        }
+        if queue.held.load(Ordering::SeqCst) + payload.len() > queue.max {
+            queue.state.store(OVERFLOWING, Ordering::SeqCst);
+            return self.send(BusItem::State(ConnectionState::Disconnected));
+        }
+        queue.held.fetch_add(payload.len(), Ordering::SeqCst);
+        let sent = self.send(BusItem::Message(payload.to_vec()));
+        if !sent {
+            queue.held.fetch_sub(payload.len(), Ordering::SeqCst);
+        }
+        sent
+    }
+
     /// Queues `item`; false once the subscription is gone.
     fn send(&self, item: BusItem) -> bool {
         self.gauge.queued();
@@ -111,7 +161,7 @@ impl BusState {
                 // Like Redis pub/sub: what is published while a subscriber is away is lost.
                 return !sub.tx.is_closed();
             }
-            (0..copies).all(|_| sub.send(BusItem::Message(payload.to_vec())))
+            (0..copies).all(|_| sub.send_message(payload))
         });
     }
 
@@ -143,6 +193,15 @@ impl MemoryBus {
     /// A bus with no subscribers and no faults armed.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A bus whose subscriptions each hold at most `bytes` bytes of messages (at least the
+    /// largest event, [`cache_core::MAX_EVENT_BYTES`]); see the type's docs.
+    pub fn with_max_queued_bytes(bytes: usize) -> Self {
+        Self {
+            max_queued_bytes: bytes.max(cache_core::MAX_EVENT_BYTES),
+            ..Self::default()
+        }
     }
 
     /// The process-wide bus, created on first use: the embedded default shared by every cache in
@@ -274,10 +333,16 @@ impl EventBus for MemoryBus {
 
     async fn subscribe(&self) -> Result<Box<dyn Subscription>> {
         let (tx, rx) = unbounded_channel();
+        let queue = Arc::new(QueueBytes {
+            held: AtomicUsize::new(0),
+            max: self.max_queued_bytes,
+            state: AtomicU8::new(FLOWING),
+        });
         let subscriber = Subscriber {
             tx,
             connected: true,
             gauge: QueueGauge::default(),
+            queue: Arc::clone(&queue),
         };
         let gauge = subscriber.gauge.clone();
         let own = subscriber.tx.downgrade();
@@ -285,7 +350,13 @@ impl EventBus for MemoryBus {
         let sent = subscriber.send(BusItem::State(ConnectionState::Connected));
         debug_assert!(sent, "the receiver is alive");
         self.lock().subscribers.push(subscriber);
-        Ok(Box::new(MemorySubscription { rx, gauge, own }))
+        Ok(Box::new(MemorySubscription {
+            rx,
+            gauge,
+            own,
+            queue,
+            resumed: false,
+        }))
     }
 
     fn route(&self) -> Option<String> {
@@ -310,6 +381,10 @@ impl fmt::Debug for MemoryBus {
 struct MemorySubscription {
     rx: UnboundedReceiver<BusItem>,
     gauge: QueueGauge,
+    /// The bytes its queue holds, shared with the bus.
+    queue: Arc<QueueBytes>,
+    /// An overflow just ended: `Resubscribed` is the next item.
+    resumed: bool,
     /// This subscription's own sender, to report the states of a requested resubscribe; weak,
     /// so the subscription still ends when the bus lets go of it.
     own: WeakUnboundedSender<BusItem>,
@@ -321,7 +396,37 @@ impl Subscription for MemorySubscription {
     /// Cancel safe: `UnboundedReceiver::recv` loses nothing when its future is dropped, and the
     /// gauge is counted down in the same poll that returns the item.
     async fn next(&mut self) -> Option<BusItem> {
-        self.gauge.pass(self.rx.recv().await)
+        if std::mem::take(&mut self.resumed) {
+            return Some(BusItem::State(ConnectionState::Resubscribed));
+        }
+        let item = self.gauge.pass(self.rx.recv().await);
+        let queue = &self.queue;
+        match &item {
+            Some(BusItem::Message(payload)) => {
+                queue.held.fetch_sub(payload.len(), Ordering::SeqCst);
+            }
+            Some(BusItem::State(ConnectionState::Disconnected)) => {
+                let _ = queue.state.compare_exchange(
+                    OVERFLOWING,
+                    TOLD,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+            }
+            _ => {}
+        }
+        // Told, and half the room free again: messages are queued from now on, and the
+        // subscriber hears it was resubscribed right after this item (and catches up from its
+        // log on what was dropped).
+        if queue.held.load(Ordering::SeqCst) <= queue.max / 2
+            && queue
+                .state
+                .compare_exchange(TOLD, FLOWING, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            self.resumed = true;
+        }
+        item
     }
 
     fn queue_gauge(&self) -> Option<QueueGauge> {

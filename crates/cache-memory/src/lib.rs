@@ -48,7 +48,7 @@ mod l1;
 mod l2;
 mod lease;
 
-pub use bus::MemoryBus;
+pub use bus::{MemoryBus, DEFAULT_MAX_QUEUED_BYTES};
 pub use clock::{ManualClock, SystemClock, EXPIRY_SLACK};
 pub use l1::{
     MemoryL1, MemoryL1Factory, ENTRY_OVERHEAD_BYTES, NEW_TAG_OVERHEAD_BYTES, TAG_OVERHEAD_BYTES,

@@ -273,3 +273,34 @@ async fn the_global_bus_is_shared() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_subscriber_over_its_bound_is_disconnected_and_resubscribed_once_it_drains() {
+    // 64 KiB (the least a bus takes): four 16 KiB messages fit, the rest overflow.
+    let bus = MemoryBus::with_max_queued_bytes(0);
+    let mut slow = connected(&bus).await;
+    let mut quick = connected(&bus).await;
+    let message = |i: u8| vec![i; 16 * 1024];
+    for i in 0..10 {
+        bus.publish(message(i)).await.unwrap();
+        // The quick subscriber takes each at once and never overflows.
+        assert_eq!(next_message(&mut quick).await, message(i));
+    }
+    for i in 0..4 {
+        assert_eq!(next_message(&mut slow).await, message(i));
+    }
+    assert_eq!(
+        next(&mut slow).await,
+        BusItem::State(ConnectionState::Disconnected),
+        "the overflow is reported after what was queued"
+    );
+    assert_eq!(
+        next(&mut slow).await,
+        BusItem::State(ConnectionState::Resubscribed),
+        "and, drained, the subscription is back"
+    );
+    assert_nothing_queued(&mut slow);
+    bus.publish(message(10)).await.unwrap();
+    assert_eq!(next_message(&mut slow).await, message(10));
+    assert_eq!(next_message(&mut quick).await, message(10));
+}
