@@ -9,12 +9,16 @@
 //!    code.
 //! 2. A private `redis-server` is started on a free loopback port, as the tests start theirs
 //!    ([`test_support::RedisServer`]); it is killed when the benchmark ends, whatever happens.
-//! 3. **Rows 1-5, 7 and 8** (L1 hits, L2 hits, writes, propagation, stampede, L1 memory,
-//!    recovery after a lost subscription) are measured by the `compare` bench target of `crates/bench` (`cargo bench -p edge-cache-bench --bench
-//!    compare`), where the peers (amalgam-cache, moka, quick_cache, raw redis-rs) are
-//!    dev-dependencies: they never reach users or `cargo xtask test`. It runs once per row (row 7
-//!    first), each run a process of its own, on database 2 of the server, and hands its lines
-//!    back as JSON; see its module docs for each row's method.
+//! 3. **Rows 1-5 and 7-9** (L1 hits, L2 hits, writes, propagation, stampede, L1 memory,
+//!    recovery after a lost subscription, fan-out to 1 to 1,000 subscribed nodes on one server)
+//!    are measured by the `compare` bench target of `crates/bench` (`cargo bench -p
+//!    edge-cache-bench --bench compare`), where the peers (amalgam-cache, moka, quick_cache, raw
+//!    redis-rs) are dev-dependencies: they never reach users or `cargo xtask test`. It runs once
+//!    per row (row 7 first), each run a process of its own, on database 2 of the server, and
+//!    hands its lines back as JSON; see its module docs for each row's method. Row 9 holds up
+//!    to 2,000 pub/sub connections at once (200 with `--quick`), so its process needs that many
+//!    open files (`ulimit -n`) and the server as many clients (`maxclients`); it checks both
+//!    before it connects, and closes every connection at the end.
 //! 4. **Row 6**, namespace invalidation with `N` (1,000,000) keys present against the seed's
 //!    SCAN+DEL, is measured here, on databases 0 and 1:
 //!    - **Fill.** Database 0 gets `N` entries of the key namespace `gpu_avail` written exactly as
@@ -84,8 +88,11 @@ one table; every figure is a ratio against a baseline measured in the same run:
   7. L1 memory: overhead per entry, byte budget under churn
   8. recovery after a lost subscription, 1,000 and 10,000 missed changes: resubscribe to
      caught up and entries replayed per second vs a raw XRANGE of the log; warm L1 kept
+  9. fan-out on one server to 1, 10, 100 and 1,000 subscribed nodes (100 at most with
+     --quick): last-node propagation p50/p99, events/s sustained, Redis CPU per event, vs raw
+     pub/sub; and 16 invalidations per event vs one at the largest fleet
 
-Rows 1-5, 7 and 8 run in the `compare` bench target of crates/bench (release build; the peers
+Rows 1-5 and 7-9 run in the `compare` bench target of crates/bench (release build; the peers
 are its dev-dependencies), row 6 here. Needs redis-server on PATH; takes a few minutes (the
 first run also compiles the release builds).
 
@@ -106,7 +113,7 @@ pub const DEFAULT_KEYS: u64 = 1_000_000;
 pub const QUICK_KEYS: u64 = 100_000;
 
 /// Every row, numbered as in the issue.
-pub const ROWS: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+pub const ROWS: [u8; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 /// Set in the environment of the release build that a dev build of xtask starts.
 const RELEASE_ENV: &str = "EDGE_CACHE_BENCH_RELEASE";
@@ -221,7 +228,7 @@ fn row_list(text: &str) -> anyhow::Result<BTreeSet<u8>> {
             .parse()
             .ok()
             .filter(|r| ROWS.contains(r))
-            .with_context(|| format!("`--only` expects row numbers 1 to 8, got `{part}`"))?;
+            .with_context(|| format!("`--only` expects row numbers 1 to 9, got `{part}`"))?;
         rows.insert(row);
     }
     ensure!(!rows.is_empty(), "`--only` needs at least one row");
@@ -490,7 +497,7 @@ mod tests {
     fn parse_defaults_flags_and_help() {
         assert_eq!(parse(&[]).unwrap(), BenchArgs::default());
         assert_eq!(parse(&[]).unwrap().keys, 1_000_000);
-        assert_eq!(parse(&[]).unwrap().rows.len(), 8);
+        assert_eq!(parse(&[]).unwrap().rows.len(), 9);
         let parsed = parse(&args(&["--keys", "5000", "--write", "docs/benchmarks.md"])).unwrap();
         assert_eq!(
             parsed,
@@ -545,7 +552,8 @@ mod tests {
         assert!(err(&["--keys", "0"]).contains("at least 1"));
         assert!(err(&["--keys", "1M"]).contains("expects a whole number"));
         assert!(err(&["--keys", "-5"]).contains("expects a whole number"));
-        assert!(err(&["--only", "9"]).contains("row numbers 1 to 8"));
+        assert!(err(&["--only", "10"]).contains("row numbers 1 to 9"));
+        assert!(err(&["--only", "0"]).contains("row numbers 1 to 9"));
         assert!(err(&["--only", ","]).contains("at least one row"));
         assert!(err(&["--quick=yes"]).contains("unknown argument"));
     }
@@ -563,6 +571,7 @@ mod tests {
     fn rows_run_row_7_first_then_in_order_once_each() {
         assert_eq!(compare_rows_in_order(&[3, 7, 1, 5, 3]), vec![7, 1, 3, 5]);
         assert_eq!(compare_rows_in_order(&[2]), vec![2]);
+        assert_eq!(compare_rows_in_order(&[9, 8, 7]), vec![7, 8, 9]);
     }
 
     #[test]

@@ -352,6 +352,23 @@ derived once outside the timed loops (`EdgeCache::key`, then the `*_key` methods
    applied). Then every unwritten key is read on the reader (each must be an L1 hit) and every
    written one (each must be its new value, from L2). Five recoveries of each size (two with
    `--quick`), the sizes alternating; medians reported.
+9. **Fan-out.** One publisher and N = 1, 10, 100 and 1,000 subscribers (1 to 100 with
+   `--quick`), all in the bench's process, each with a connection of its own: N `RedisBus`
+   subscriptions fed by `RedisBus::publish`, and the baseline, N raw redis-rs pub/sub
+   connections fed by a raw `PUBLISH` of the same bytes on a channel of their own. Every
+   message is an edge-cache invalidation of one key (`Event::encode`, as `invalidate_key`
+   builds it) with a log position spliced in as a sequenced store publishes it; each
+   subscriber, raw or edge-cache alike, reads the position from the message's tail, compares
+   the rest with the event published and counts it (no full decode: here all N share the
+   process's two workers). Propagation: an event every 1 ms, timed to the last of the N
+   subscribers to count it; p50 and p99. Sustained: 64 publishes in flight and at most 256
+   events not yet delivered everywhere (every 64 delivered let 64 more go) for a fixed time;
+   events and deliveries (events × N) per second, and Redis's CPU per event (`INFO cpu`, main
+   thread). At the largest N, events naming 16 keys run in the same turns, and their
+   invalidations per second are compared with one-key events'. The implementations take
+   turns, three rounds (two with `--quick`). Every subscriber must count every event exactly
+   once, byte for byte, and no subscription may report a lost connection or a full queue;
+   every connection is closed at the end, which Redis confirms.
 ";
 
 /// The UTC date and time of `now`, `YYYY-MM-DD HH:MM UTC`.

@@ -11,7 +11,9 @@
 //! 5. a hot-key stampede ([`stampede`]);
 //! 7. L1 memory per entry and the byte budget under churn ([`memory`]);
 //! 8. recovery after a lost subscription: replaying the missed events from the log
-//!    ([`recovery`]).
+//!    ([`recovery`]);
+//! 9. fan-out at fleet scale on one server: 1 to 1,000 subscribed nodes, events per second,
+//!    Redis CPU per event, propagation to the last node, and coalescing ([`fanout`]).
 //!
 //! Run it through `cargo xtask bench` (which also runs row 6, runs this target once per row so
 //! that no row inherits another's process state, and writes `docs/benchmarks.md`), or alone:
@@ -23,6 +25,7 @@
 
 mod alloc;
 mod data;
+mod fanout;
 mod l1;
 mod l2;
 mod memory;
@@ -106,10 +109,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.only.contains(&8) {
         recovery::run(&rt, &url, sizes, &mut report)?;
     }
+    if args.only.contains(&9) {
+        fanout::run(&rt, &url, args.quick, &mut report)?;
+    }
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
 
     report.setup.push(format!(
-        "client: release build; rows 2-5 and 8 on a multi-thread tokio runtime with 2 workers, row 1 \
+        "client: release build; rows 2-5, 8 and 9 on a multi-thread tokio runtime with 2 workers, row 1 \
          on one current-thread runtime per reading thread; {} mode",
         if args.quick {
             "quick (fewer iterations)"
