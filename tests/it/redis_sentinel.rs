@@ -390,3 +390,32 @@ async fn no_read_is_stale_past_the_bound_across_a_failover() {
         node.shutdown().await;
     }
 }
+
+/// Data nodes that want an ACL user's password: the URL's credentials reach them (the
+/// Sentinels take none), and a wrong password is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_and_password_reach_the_data_nodes() {
+    let topology = tokio::task::block_in_place(|| RedisSentinel::start_with_user("edge", "s3cret"));
+    let hosts = sentinel_url(&topology)
+        .trim_start_matches("redis+sentinel://")
+        .to_owned();
+    let good = RedisConfig::new(format!("redis+sentinel://edge:s3cret@{hosts}"));
+    let l2 = RedisL2::connect(&good).await.unwrap();
+    crate::contract_l2::contract(Arc::new(l2)).await;
+    let bus = good.clone().channel("sentinel_acl");
+    crate::contract_bus::contract(
+        Arc::new(RedisBus::connect(&bus).await.unwrap()),
+        Arc::new(RedisBus::connect(&bus).await.unwrap()),
+    )
+    .await;
+
+    let bad = RedisConfig::new(format!("redis+sentinel://edge:wrong@{hosts}"));
+    let err = RedisL2::connect(&bad).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::L2);
+    let text = err.to_string();
+    assert!(!text.contains("wrong"), "the password never shows: {text}");
+    assert!(
+        text.to_lowercase().contains("authentication failed"),
+        "the reason is given: {text}"
+    );
+}

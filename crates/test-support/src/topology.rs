@@ -398,11 +398,59 @@ impl RedisSentinel {
     /// (see [`RedisServer::start`]), or the topology is not ready within 30 s (with what was still
     /// missing).
     pub fn start() -> RedisSentinel {
-        let primary = RedisServer::start_with_args(&NO_SYNC_DELAY);
+        Self::start_inner(None)
+    }
+
+    /// [`start`](Self::start) with the data nodes protected: the ACL user `user` with
+    /// `password` may do everything, the `default` user needs `password` too, the replica
+    /// replicates as `user`, and the sentinels monitor the primary as `user`. The sentinels
+    /// themselves take no password.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_with_user(user: &str, password: &str) -> RedisSentinel {
+        Self::start_inner(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_inner(auth: Option<(String, String)>) -> RedisSentinel {
+        let mut primary_args: Vec<String> = NO_SYNC_DELAY.iter().map(|a| (*a).to_owned()).collect();
+        if let Some((user, password)) = &auth {
+            primary_args.extend([
+                "--requirepass".to_owned(),
+                password.clone(),
+                "--user".to_owned(),
+                user.clone(),
+                "on".to_owned(),
+                format!(">{password}"),
+                "~*".to_owned(),
+                "&*".to_owned(),
+                "+@all".to_owned(),
+            ]);
+        }
+        let primary_refs: Vec<&str> = primary_args.iter().map(String::as_str).collect();
+        let primary = RedisServer::start_with_args(&primary_refs);
         let primary_port = primary.port().to_string();
-        let mut replica_args = vec!["--replicaof", "127.0.0.1", &primary_port];
-        replica_args.extend(NO_SYNC_DELAY);
-        let replica = RedisServer::start_with_args(&replica_args);
+        let mut replica_args = primary_args.clone();
+        replica_args.extend([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            primary_port.clone(),
+        ]);
+        if let Some((user, password)) = &auth {
+            replica_args.extend([
+                "--masteruser".to_owned(),
+                user.clone(),
+                "--masterauth".to_owned(),
+                password.clone(),
+            ]);
+            remember_credentials(primary.port(), user, password);
+        }
+        let replica_refs: Vec<&str> = replica_args.iter().map(String::as_str).collect();
+        let replica = RedisServer::start_with_args(&replica_refs);
+        if let Some((user, password)) = &auth {
+            remember_credentials(replica.port(), user, password);
+        }
         poll_until(
             &format!(
                 "the replica on port {} linked to the primary on port {primary_port}",
@@ -412,7 +460,13 @@ impl RedisSentinel {
             || link_up(replica.port()),
         );
 
-        let config = sentinel_config(primary.port());
+        let mut config = sentinel_config(primary.port());
+        if let Some((user, password)) = &auth {
+            let _ = write!(
+                config,
+                "sentinel auth-user {MASTER_NAME} {user}\nsentinel auth-pass {MASTER_NAME} {password}\n"
+            );
+        }
         let sentinels = (0..SENTINELS)
             .map(|_| {
                 RedisServer::start_custom(OsStr::new(REDIS_SERVER), Some(&config), || {
@@ -599,6 +653,14 @@ impl RedisSentinel {
     }
 }
 
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        for node in &self.data {
+            forget_credentials(node.port());
+        }
+    }
+}
+
 /// A sentinel's configuration. It goes in the sentinel's own directory, where the sentinel
 /// rewrites it with what it learns (its id, the replicas, the other sentinels, a failover).
 fn sentinel_config(primary: u16) -> String {
@@ -777,12 +839,60 @@ fn query(port: u16, args: &[&str]) -> io::Result<Reply> {
     let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut request = format!("*{}\r\n", args.len());
-    for arg in args {
-        let _ = write!(request, "${}\r\n{arg}\r\n", arg.len());
+    let encode = |request: &mut String, args: &[&str]| {
+        let _ = write!(request, "*{}\r\n", args.len());
+        for arg in args {
+            let _ = write!(request, "${}\r\n{arg}\r\n", arg.len());
+        }
+    };
+    let mut request = String::new();
+    let credentials = credentials_for(port);
+    if let Some((user, password)) = &credentials {
+        encode(&mut request, &["AUTH", user, password]);
     }
+    encode(&mut request, args);
     (&stream).write_all(request.as_bytes())?;
-    read_reply(&mut BufReader::new(stream))
+    let mut reader = BufReader::new(stream);
+    if credentials.is_some() {
+        match read_reply(&mut reader)? {
+            Reply::Simple(ok) if ok == "OK" => {}
+            other => return Err(invalid(format!("AUTH replied {other:?}"))),
+        }
+    }
+    read_reply(&mut reader)
+}
+
+/// The ACL user and password the data nodes on some ports want (see
+/// [`RedisSentinel::start_with_user`]), by port: [`query`] authenticates with them.
+fn credentials() -> &'static std::sync::Mutex<std::collections::HashMap<u16, (String, String)>> {
+    static CREDENTIALS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<u16, (String, String)>>,
+    > = std::sync::OnceLock::new();
+    CREDENTIALS.get_or_init(Default::default)
+}
+
+/// Forgets what [`remember_credentials`] kept for `port`: its server is gone, and another may
+/// take the port.
+fn forget_credentials(port: u16) {
+    credentials()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&port);
+}
+
+fn remember_credentials(port: u16, user: &str, password: &str) {
+    credentials()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(port, (user.to_owned(), password.to_owned()));
+}
+
+fn credentials_for(port: u16) -> Option<(String, String)> {
+    credentials()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&port)
+        .cloned()
 }
 
 /// Sends one command and returns its bulk-string reply, such as the text of `INFO`; an error
