@@ -153,6 +153,18 @@ pub(crate) async fn contract(l2: Arc<dyn L2Store>) {
     assert!(l2.set(write(&d, b"d").fence(Some(fd))).await.unwrap());
     assert!(l2.set(write(&e, b"e").fence(Some(fe))).await.unwrap());
 
+    // Many keys of one namespace in one step; keys of two namespaces are refused.
+    let many: Vec<CacheKey> = (20..26).map(|id| key("avail", id)).collect();
+    for k in &many[..4] {
+        l2.set(write(k, b"m")).await.unwrap();
+    }
+    assert_eq!(l2.delete_many(&many, None).await.unwrap(), 4);
+    for k in &many {
+        assert!(bytes(l2, k).await.is_none());
+    }
+    let mixed = [key("avail", 30), key("pricing", 30)];
+    assert!(l2.delete_many(&mixed, None).await.is_err());
+
     leases(l2).await;
 
     // Expiry.

@@ -1002,3 +1002,40 @@ async fn the_breaker_opens_while_redis_is_down_and_closes_when_it_is_back() {
     assert!(a.stats().l2_breaker_opened >= 1);
     a.shutdown().await;
 }
+
+/// `invalidate_keys` over Redis: sixteen keys leave in one announcement (one script: the
+/// deletes, the log entry and the publish), and every node drops exactly those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_keys_are_invalidated_fleet_wide_in_one_announcement() {
+    let server = RedisServer::start();
+    let config = config(&server);
+    let (a, b) = (node(&config, "a").await, node(&config, "b").await);
+    let ids: Vec<String> = (0..20).map(|i| format!("g-{i}")).collect();
+    for id in &ids {
+        a.set("gpu_availability", &json!({ "gpu_id": id }), &"free".to_owned())
+            .await
+            .unwrap();
+    }
+    // b reads each until it is an L1 hit (an event still on its way may drop a copy).
+    for id in &ids {
+        eventually("b holds the entry in L1", DEADLINE, || async {
+            let before = b.stats().l1_hits;
+            avail(&b, id).await.is_some() && b.stats().l1_hits > before
+        })
+        .await;
+    }
+    let keys: Vec<_> = ids[..16]
+        .iter()
+        .map(|id| a.key("gpu_availability", &json!({ "gpu_id": id })).unwrap())
+        .collect();
+    let (published, heard) = (a.stats().events_published, b.stats().events_applied);
+    a.invalidate_keys(&keys).await.unwrap();
+    assert_eq!(a.stats().events_published - published, 1, "one announcement");
+    applied(&b, heard + 1).await;
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(avail(&b, id).await.is_some(), i >= 16, "b {id}");
+        assert_eq!(avail(&a, id).await.is_some(), i >= 16, "a {id}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -151,6 +151,15 @@ impl L2Store for NodeL2 {
         self.link.reply(out).await
     }
 
+    async fn delete_many(&self, keys: &[CacheKey], announce: Option<Vec<u8>>) -> Result<u64> {
+        self.link.send().await?;
+        let out = self.store.delete_many(keys, announce).await;
+        for key in keys {
+            self.world.turns.landed(key.as_str());
+        }
+        self.link.reply(out).await
+    }
+
     async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()> {
         self.link.send().await?;
         let out = self.store.invalidate_namespace(key_namespace).await;

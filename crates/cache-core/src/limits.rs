@@ -74,6 +74,11 @@ impl Limits {
         self.params_bytes
     }
 
+    /// The most keys one event may name (what an issuer splits a batch by).
+    pub fn max_keys_per_event(&self) -> usize {
+        self.keys_per_event
+    }
+
     /// Checks a raw message before it is decoded: its size, then its nesting (one pass over
     /// its bytes, no allocation).
     ///

@@ -236,6 +236,8 @@ pub enum LoggedChange {
     Set(L2Write),
     /// [`L2Store::delete`] of this key.
     Delete(CacheKey),
+    /// [`L2Store::delete_many`] of these keys (all of one namespace).
+    DeleteMany(Vec<CacheKey>),
     /// [`L2Store::invalidate_tag`] of `tag` in `key_namespace`.
     InvalidateTag {
         /// The namespace whose entries carry the tag.
@@ -359,6 +361,30 @@ pub trait L2Store: Send + Sync {
     async fn delete_and_announce(&self, key: &CacheKey, announce: Vec<u8>) -> Result<bool> {
         let _ = (key, announce);
         Err(cannot_publish())
+    }
+
+    /// Removes `keys`, all of one key namespace, in one step, then publishes `announce` (an
+    /// encoded event naming them) if given, only for stores with an
+    /// [`L2Store::announce_route`]; how many were there. One announcement for many keys is
+    /// what lets a large fleet absorb many invalidations: the cost of an event is per event,
+    /// not per key. The default deletes one key at a time and refuses an announcement for more
+    /// than one key.
+    ///
+    /// # Errors
+    /// As [`L2Store::delete`]; [`crate::ErrorKind::InvalidConfig`] from stores that cannot
+    /// publish.
+    async fn delete_many(&self, keys: &[CacheKey], announce: Option<Vec<u8>>) -> Result<u64> {
+        match (keys, announce) {
+            ([key], Some(event)) => Ok(u64::from(self.delete_and_announce(key, event).await?)),
+            (_, Some(_)) => Err(cannot_publish()),
+            (_, None) => {
+                let mut removed = 0;
+                for key in keys {
+                    removed += u64::from(self.delete(key).await?);
+                }
+                Ok(removed)
+            }
+        }
     }
 
     /// [`L2Store::invalidate_tag`], then publishes `announce` in the same step. Only for stores
@@ -580,6 +606,9 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     }
     async fn delete_and_announce(&self, key: &CacheKey, announce: Vec<u8>) -> Result<bool> {
         (**self).delete_and_announce(key, announce).await
+    }
+    async fn delete_many(&self, keys: &[CacheKey], announce: Option<Vec<u8>>) -> Result<u64> {
+        (**self).delete_many(keys, announce).await
     }
     async fn invalidate_tag_and_announce(
         &self,

@@ -680,6 +680,32 @@ impl L2Store for MemoryL2 {
         Ok(removed)
     }
 
+    /// # Errors
+    /// As [`L2Store::delete_and_announce`].
+    async fn delete_many(&self, keys: &[CacheKey], announce: Option<Vec<u8>>) -> Result<u64> {
+        self.check_available()?;
+        if keys
+            .iter()
+            .any(|k| Some(k.key_namespace()) != keys.first().map(CacheKey::key_namespace))
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "keys removed in one step must share a namespace",
+            ));
+        }
+        let bus = announce.as_deref().map(|e| self.announcer(e)).transpose()?;
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let removed = keys
+            .iter()
+            .map(|key| u64::from(state.delete(key, now)))
+            .sum();
+        if let (Some(bus), Some(announce), Some(first)) = (bus, &announce, keys.first()) {
+            self.announce(&mut state, bus, &[first.key_namespace()], announce)?;
+        }
+        Ok(removed)
+    }
+
     async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()> {
         self.check_available()?;
         self.lock().invalidate_namespace(key_namespace);
@@ -797,6 +823,19 @@ impl L2Store for MemoryL2 {
                 let removed = state.delete(&key, now);
                 let message = state.sequence(&[key.key_namespace()], &event, capacity);
                 Logged::new(u64::from(removed), Some(message))
+            }
+            LoggedChange::DeleteMany(keys) => {
+                let removed = keys
+                    .iter()
+                    .map(|key| u64::from(state.delete(key, now)))
+                    .sum();
+                let namespaces: Vec<&str> = keys
+                    .first()
+                    .map(CacheKey::key_namespace)
+                    .into_iter()
+                    .collect();
+                let message = state.sequence(&namespaces, &event, capacity);
+                Logged::new(removed, Some(message))
             }
             LoggedChange::InvalidateTag { key_namespace, tag } => {
                 let removed = state.invalidate_tag(&key_namespace, &tag, now);

@@ -215,17 +215,21 @@ return #KEYS
 "
 );
 
-/// ARGV: hash, channel ('' to log without publishing), event ('' for none), namespace name
-/// (JSON), log length. Returns how many entries it removed, and, when it logged without
-/// publishing, the message as logged.
+/// ARGV: channel ('' to log without publishing), event ('' for none), namespace name (JSON), log
+/// length, then the hash of each key to remove (all of the namespace of KEYS[1]). Returns how
+/// many entries it removed, and, when it logged without publishing, the message as logged: one
+/// announcement however many keys.
 const DELETE: &str = concat!(
     announce_lua!(),
     r"
 local g = redis.call('GET', KEYS[1] .. 'g') or '0'
 redis.call('INCR', KEYS[1] .. 'f')
-local removed = redis.call('DEL', KEYS[1] .. g .. ':' .. ARGV[1])
-if ARGV[3] ~= '' then
-  local msg = announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[4], ARGV[3], ARGV[5], ARGV[2])
+local removed = 0
+for i = 5, #ARGV do
+  removed = removed + redis.call('DEL', KEYS[1] .. g .. ':' .. ARGV[i])
+end
+if ARGV[2] ~= '' then
+  local msg = announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[3], ARGV[2], ARGV[4], ARGV[1])
   if msg then return {removed, msg} end
 end
 return removed
@@ -620,27 +624,41 @@ impl RedisL2 {
         }
     }
 
-    async fn delete_with(&self, key: &CacheKey, announce: Option<Vec<u8>>) -> Result<bool> {
+    async fn delete_with(&self, keys: &[CacheKey], announce: Option<Vec<u8>>) -> Result<u64> {
         let (channel, event) = self.announcement(&announce)?;
-        let removed: i64 = self.delete_script(key, channel, event).await?;
-        Ok(removed > 0)
+        let removed: i64 = self.delete_script(keys, channel, event).await?;
+        Ok(u64::try_from(removed).unwrap_or(0))
     }
 
-    /// The DELETE script; `channel` and `event` as [`DELETE`] takes them.
+    /// The DELETE script; `channel` and `event` as [`DELETE`] takes them. `keys` are of one
+    /// namespace (the first key's; callers check).
     async fn delete_script<T: redis::FromRedisValue>(
         &self,
-        key: &CacheKey,
+        keys: &[CacheKey],
         channel: &str,
         event: &[u8],
     ) -> Result<T> {
+        let Some(first) = keys.first() else {
+            return Err(Error::new(ErrorKind::L2, "DEL of no key"));
+        };
+        let namespace = first.key_namespace();
+        if keys.iter().any(|k| k.key_namespace() != namespace) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "keys removed in one step must share a namespace",
+            ));
+        }
         let mut conn = self.conn.get();
-        self.delete
-            .key(self.ns_prefix(key.key_namespace()))
-            .arg(key.digest().to_hex())
+        let mut invocation = self.delete.key(self.ns_prefix(namespace));
+        invocation
             .arg(channel)
             .arg(event)
-            .arg(json_name(key.key_namespace()))
-            .arg(self.log_length)
+            .arg(json_name(namespace))
+            .arg(self.log_length);
+        for key in keys {
+            invocation.arg(key.digest().to_hex());
+        }
+        invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.fail("DEL", e))
@@ -874,11 +892,21 @@ impl L2Store for RedisL2 {
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<bool> {
-        self.delete_with(key, None).await
+        Ok(self.delete_with(std::slice::from_ref(key), None).await? > 0)
     }
 
     async fn delete_and_announce(&self, key: &CacheKey, announce: Vec<u8>) -> Result<bool> {
-        self.delete_with(key, Some(announce)).await
+        Ok(self
+            .delete_with(std::slice::from_ref(key), Some(announce))
+            .await?
+            > 0)
+    }
+
+    async fn delete_many(&self, keys: &[CacheKey], announce: Option<Vec<u8>>) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.delete_with(keys, announce).await
     }
 
     async fn invalidate_namespace(&self, key_namespace: &str) -> Result<()> {
@@ -929,7 +957,11 @@ impl L2Store for RedisL2 {
                     .await?;
                 return Ok(Logged::new(u64::from(written), message));
             }
-            LoggedChange::Delete(key) => self.delete_script(&key, "", event).await?,
+            LoggedChange::Delete(key) => {
+                self.delete_script(std::slice::from_ref(&key), "", event)
+                    .await?
+            }
+            LoggedChange::DeleteMany(keys) => self.delete_script(&keys, "", event).await?,
             LoggedChange::InvalidateTag { key_namespace, tag } => {
                 self.invalidate_tag_script(&key_namespace, &tag, "", event)
                     .await?

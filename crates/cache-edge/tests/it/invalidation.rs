@@ -273,3 +273,66 @@ async fn user_routes_extend_what_an_event_invalidates() {
     assert!(present(&a, "provider_status", "x").await);
     a.shutdown().await;
 }
+
+/// `invalidate_keys`: one announcement per namespace (split at the event bound) drops exactly
+/// the keys named, on every node and in L2.
+#[tokio::test]
+async fn a_batch_of_keys_is_one_announcement_per_namespace_and_drops_exactly_those_keys() {
+    let fleet = Fleet::new();
+    let a = fleet.node("a").await;
+    let b = fleet
+        .builder("b")
+        .limits(cache_core::Limits::default().keys_per_event(8))
+        .build()
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..24).map(|i| format!("g-{i}")).collect();
+    for id in &ids {
+        fill(&a, id).await;
+    }
+    // b holds every availability and pricing entry in L1.
+    for id in &ids {
+        assert!(present(&b, "gpu_availability", id).await);
+        assert!(present(&b, "gpu_pricing", id).await);
+    }
+    let key = |ns: &str, id: &str| b.key(ns, &json!({ "id": id })).unwrap();
+    // 20 availability keys and 2 pricing keys, interleaved; b's bound splits 20 into 8+8+4.
+    let mut batch: Vec<CacheKey> = ids[..20]
+        .iter()
+        .map(|id| key("gpu_availability", id))
+        .collect();
+    batch.insert(5, key("gpu_pricing", "g-0"));
+    batch.push(key("gpu_pricing", "g-1"));
+    let published = b.stats().events_published;
+    let applied_on_a = a.stats().events_applied;
+    b.invalidate_keys(&batch).await.unwrap();
+    assert_eq!(
+        b.stats().events_published - published,
+        4,
+        "three announcements for availability (8+8+4 keys) and one for pricing"
+    );
+    applied(&a, applied_on_a + 4).await;
+    for node in [&a, &b] {
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                present(node, "gpu_availability", id).await,
+                i >= 20,
+                "{} availability {id}",
+                node.node_id()
+            );
+            assert_eq!(
+                present(node, "gpu_pricing", id).await,
+                i >= 2,
+                "{} pricing {id}",
+                node.node_id()
+            );
+        }
+    }
+    // Nothing to do for no keys; an unknown namespace is refused before anything is sent.
+    b.invalidate_keys(&[]).await.unwrap();
+    let stranger = CacheKey::derive("nobody", &json!({"id": 1})).unwrap();
+    let err = b.invalidate_keys(&[stranger]).await.unwrap_err();
+    assert_eq!(err.kind(), cache_core::ErrorKind::UnknownNamespace);
+    a.shutdown().await;
+    b.shutdown().await;
+}
