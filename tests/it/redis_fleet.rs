@@ -1012,9 +1012,13 @@ async fn sixteen_keys_are_invalidated_fleet_wide_in_one_announcement() {
     let (a, b) = (node(&config, "a").await, node(&config, "b").await);
     let ids: Vec<String> = (0..20).map(|i| format!("g-{i}")).collect();
     for id in &ids {
-        a.set("gpu_availability", &json!({ "gpu_id": id }), &"free".to_owned())
-            .await
-            .unwrap();
+        a.set(
+            "gpu_availability",
+            &json!({ "gpu_id": id }),
+            &"free".to_owned(),
+        )
+        .await
+        .unwrap();
     }
     // b reads each until it is an L1 hit (an event still on its way may drop a copy).
     for id in &ids {
@@ -1030,7 +1034,11 @@ async fn sixteen_keys_are_invalidated_fleet_wide_in_one_announcement() {
         .collect();
     let (published, heard) = (a.stats().events_published, b.stats().events_applied);
     a.invalidate_keys(&keys).await.unwrap();
-    assert_eq!(a.stats().events_published - published, 1, "one announcement");
+    assert_eq!(
+        a.stats().events_published - published,
+        1,
+        "one announcement"
+    );
     applied(&b, heard + 1).await;
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(avail(&b, id).await.is_some(), i >= 16, "b {id}");
