@@ -316,7 +316,9 @@ derived once outside the timed loops (`EdgeCache::key`, then the `*_key` methods
    time, implementations taking turns event by event. Both edge-cache flows also run between
    two nodes without the event log (as in row 3), in the same turns. Target: each sequenced
    flow's p50 at most 1.10× the same flow's without the log (p50: over 2,000 events the p99 is
-   the 20th slowest and moves by more than that between runs alone).
+   the 20th slowest and moves by more than that between runs alone). Batch lines: A
+   invalidates 1,024 keys, one `invalidate_key` call each against 64 `invalidate_keys` calls of
+   16 (one announcement each), taking turns, timed until B's hook has counted all 1,024.
 5. **Stampede.** 1,000 tasks call `get_or_load` on one key no run has used; the loader counts
    its calls, sleeps 5 ms (a slow origin) and builds the offer. Time from the first spawn to the
    last caller served, against the loader alone.

@@ -24,6 +24,7 @@
 //! five runs).
 
 mod alloc;
+mod batch;
 mod data;
 mod fanout;
 mod l1;
@@ -102,6 +103,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.only.contains(&4) {
         propagation::run(&rt, &url, sizes, &mut report)?;
+        batch::run(&rt, &url, sizes, &mut report)?;
     }
     if args.only.contains(&5) {
         stampede::run(&rt, &url, sizes, &mut report)?;
