@@ -118,6 +118,19 @@ impl Connector {
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] for a URL that does not parse or is refused.
     pub(crate) fn new(config: &RedisConfig) -> Result<Connector> {
+        if config.url().starts_with("redis+cluster://")
+            || config.url().starts_with("rediss+cluster://")
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "{}: Redis Cluster is not supported yet (docs/scaling.md has the planned \
+                     layout); use one server or a Sentinel-managed primary \
+                     (redis+sentinel://)",
+                    redact(config.url())
+                ),
+            ));
+        }
         match SentinelSpec::parse(config.url()) {
             None => Ok(Connector::Single(config.client()?)),
             Some(spec) => {
@@ -392,6 +405,12 @@ mod tests {
                 "{err}"
             );
         }
+        // A cluster URL says what is supported instead of failing to parse.
+        let err =
+            Connector::new(&RedisConfig::new("redis+cluster://u:secret@h:1,h:2")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+        assert!(err.to_string().contains("not supported yet"), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
         // The password never shows.
         let err = SentinelSpec::parse("redis+sentinel://u:secret@h:1/")
             .unwrap()
