@@ -137,7 +137,7 @@ impl<C: Codec> EdgeCache<C> {
     /// announcement per namespace the keys belong to (split further past the event bound,
     /// [`cache_core::Limits`], 1,024 keys by default) instead of one per key. The cost of an
     /// event is per event, not per key, at every node of the fleet: `cargo xtask bench` row 9
-    /// measured 9.9x more invalidations a second delivered to 1,000 subscribers with 16 keys
+    /// measured about 10x more invalidations a second delivered to 1,000 subscribers with 16 keys
     /// per event. No keys: nothing to do.
     ///
     /// # Errors
