@@ -391,15 +391,18 @@ async fn no_read_is_stale_past_the_bound_across_a_failover() {
     }
 }
 
-/// Data nodes that want an ACL user's password: the URL's credentials reach them (the
-/// Sentinels take none), and a wrong password is refused with the reason.
+/// Data nodes that want an ACL user's password and Sentinels that want theirs: the URL's
+/// credentials reach the data nodes, its `sentinel_password` the Sentinels, and either one
+/// wrong or missing is refused with the reason and without the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_acl_user_and_password_reach_the_data_nodes() {
+async fn an_acl_user_and_password_reach_the_data_nodes_and_the_sentinels() {
     let topology = tokio::task::block_in_place(|| RedisSentinel::start_with_user("edge", "s3cret"));
     let hosts = sentinel_url(&topology)
         .trim_start_matches("redis+sentinel://")
         .to_owned();
-    let good = RedisConfig::new(format!("redis+sentinel://edge:s3cret@{hosts}"));
+    let good = RedisConfig::new(format!(
+        "redis+sentinel://edge:s3cret@{hosts}?sentinel_password=s3cret"
+    ));
     let l2 = RedisL2::connect(&good).await.unwrap();
     crate::contract_l2::contract(Arc::new(l2)).await;
     let bus = good.clone().channel("sentinel_acl");
@@ -409,13 +412,29 @@ async fn an_acl_user_and_password_reach_the_data_nodes() {
     )
     .await;
 
-    let bad = RedisConfig::new(format!("redis+sentinel://edge:wrong@{hosts}"));
-    let err = RedisL2::connect(&bad).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::L2);
-    let text = err.to_string();
-    assert!(!text.contains("wrong"), "the password never shows: {text}");
-    assert!(
-        text.to_lowercase().contains("authentication failed"),
-        "the reason is given: {text}"
-    );
+    for (url, why) in [
+        (
+            format!("redis+sentinel://edge:wrong@{hosts}?sentinel_password=s3cret"),
+            "the primary it names",
+        ),
+        (
+            format!("redis+sentinel://edge:s3cret@{hosts}?sentinel_password=wrong"),
+            "authentication failed",
+        ),
+        (format!("redis+sentinel://edge:s3cret@{hosts}"), "noauth"),
+    ] {
+        let err = RedisL2::connect(&RedisConfig::new(url.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::L2, "{url}");
+        let text = err.to_string();
+        assert!(
+            !text.contains("wrong") && !text.contains("s3cret"),
+            "no password shows: {text}"
+        );
+        assert!(
+            text.to_lowercase().contains(why),
+            "{url}: the reason is given: {text}"
+        );
+    }
 }

@@ -439,7 +439,7 @@ pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    let shown = match rest.split_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or("", |(u, _)| u);
             let shown = if userinfo.contains(':') {
@@ -450,6 +450,14 @@ pub fn redact(url: &str) -> String {
             format!("{scheme}://{shown}@{host}")
         }
         None => url.to_owned(),
+    };
+    // A Sentinel URL's `sentinel_password=` query parameter is a password too.
+    match shown.split_once("sentinel_password=") {
+        Some((before, after)) => {
+            let tail = after.find('&').map_or("", |i| &after[i..]);
+            format!("{before}sentinel_password=***{tail}")
+        }
+        None => shown,
     }
 }
 
@@ -465,6 +473,10 @@ mod tests {
         );
         assert_eq!(redact("rediss://:s3cret@h:6380"), "rediss://:***@h:6380");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact("redis+sentinel://u:pw@h:1/m?sentinel_user=s&sentinel_password=sp&x=1"),
+            "redis+sentinel://u:***@h:1/m?sentinel_user=s&sentinel_password=***&x=1"
+        );
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub(crate) struct SentinelSpec {
     db: String,
     /// Whether the data nodes speak TLS (`rediss+sentinel://`).
     tls: bool,
+    /// `user:password@`, `:password@` or empty: how the Sentinels themselves are asked
+    /// (`?sentinel_user=…&sentinel_password=…`).
+    sentinel_auth: String,
 }
 
 impl SentinelSpec {
@@ -67,6 +70,24 @@ impl SentinelSpec {
         if sentinels.is_empty() || sentinels.iter().any(|h| !h.contains(':')) {
             return Some(Err(bad("every Sentinel needs host:port")));
         }
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let (mut sentinel_user, mut sentinel_password) = (None, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("sentinel_user", user)) => sentinel_user = Some(user),
+                Some(("sentinel_password", password)) => sentinel_password = Some(password),
+                _ => {
+                    return Some(Err(bad(
+                        "the only query parameters are sentinel_user and sentinel_password",
+                    )))
+                }
+            }
+        }
+        let sentinel_auth = match (sentinel_user, sentinel_password) {
+            (None, None) => String::new(),
+            (user, Some(password)) => format!("{}:{password}@", user.unwrap_or_default()),
+            (Some(_), None) => return Some(Err(bad("sentinel_user needs sentinel_password"))),
+        };
         let (master, db) = path.split_once('/').unwrap_or((path, ""));
         if master.is_empty() {
             return Some(Err(bad("the master name is missing")));
@@ -81,6 +102,7 @@ impl SentinelSpec {
                 format!("/{db}")
             },
             tls: scheme.starts_with("rediss"),
+            sentinel_auth,
         }))
     }
 
@@ -189,8 +211,8 @@ impl Connector {
         config: &RedisConfig,
     ) -> std::result::Result<(redis::Client, String), String> {
         let timeout = config.connect();
-        let client =
-            redis::Client::open(format!("redis://{sentinel}")).map_err(|e| e.to_string())?;
+        let client = redis::Client::open(format!("redis://{}{sentinel}", spec.sentinel_auth))
+            .map_err(|e| e.to_string())?;
         let mut conn = tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
             .await
             .map_err(|_| "connect timed out".to_owned())?
@@ -211,8 +233,8 @@ impl Connector {
             .map_err(|e| e.to_string())?;
         let mut data = tokio::time::timeout(timeout, node.get_multiplexed_async_connection())
             .await
-            .map_err(|_| format!("{host}:{port}: connect timed out"))?
-            .map_err(|e| format!("{host}:{port}: {e}"))?;
+            .map_err(|_| format!("the primary it names, {host}:{port}: connect timed out"))?
+            .map_err(|e| format!("the primary it names, {host}:{port}: {e}"))?;
         // `INFO replication` rather than `ROLE`: the ACL line in docs/operations.md allows
         // INFO, and ROLE is in @dangerous.
         let info: String = tokio::time::timeout(
@@ -220,10 +242,12 @@ impl Connector {
             redis::cmd("INFO").arg("replication").query_async(&mut data),
         )
         .await
-        .map_err(|_| format!("{host}:{port}: no reply to INFO"))?
-        .map_err(|e| format!("{host}:{port}: {e}"))?;
+        .map_err(|_| format!("the primary it names, {host}:{port}: no reply to INFO"))?
+        .map_err(|e| format!("the primary it names, {host}:{port}: {e}"))?;
         if !info.lines().any(|line| line.trim() == "role:master") {
-            return Err(format!("{host}:{port} is not a primary (yet)"));
+            return Err(format!(
+                "the primary it names, {host}:{port} is not a primary (yet)"
+            ));
         }
         Ok((node, format!("{host}:{port}")))
     }
@@ -388,6 +412,17 @@ mod tests {
             spec.route("events"),
             "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/edge-cache#events"
         );
+        let with_auth = SentinelSpec::parse("redis+sentinel://h:1/m/3?sentinel_password=sp")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (with_auth.sentinel_auth.as_str(), with_auth.db.as_str()),
+            (":sp@", "/3")
+        );
+        let bad = SentinelSpec::parse("redis+sentinel://h:1/m?sentinel_pass=sp")
+            .unwrap()
+            .unwrap_err();
+        assert!(bad.to_string().contains("query parameters"), "{bad}");
         let tls = SentinelSpec::parse("rediss+sentinel://h:1/m")
             .unwrap()
             .unwrap();

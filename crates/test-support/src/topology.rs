@@ -404,7 +404,7 @@ impl RedisSentinel {
     /// [`start`](Self::start) with the data nodes protected: the ACL user `user` with
     /// `password` may do everything, the `default` user needs `password` too, the replica
     /// replicates as `user`, and the sentinels monitor the primary as `user`. The sentinels
-    /// themselves take no password.
+    /// want `password` too (as `default`, and among themselves).
     ///
     /// # Panics
     ///
@@ -462,16 +462,23 @@ impl RedisSentinel {
 
         let mut config = sentinel_config(primary.port());
         if let Some((user, password)) = &auth {
+            // The sentinels want the password too (as `default`), among themselves as well.
             let _ = write!(
                 config,
-                "sentinel auth-user {MASTER_NAME} {user}\nsentinel auth-pass {MASTER_NAME} {password}\n"
+                "sentinel auth-user {MASTER_NAME} {user}\nsentinel auth-pass {MASTER_NAME} {password}\n\
+                 requirepass {password}\nsentinel sentinel-pass {password}\n"
             );
         }
-        let sentinels = (0..SENTINELS)
+        let sentinels: Vec<RedisServer> = (0..SENTINELS)
             .map(|_| {
-                RedisServer::start_custom(OsStr::new(REDIS_SERVER), Some(&config), || {
-                    vec!["--sentinel".to_owned()]
-                })
+                let sentinel =
+                    RedisServer::start_custom(OsStr::new(REDIS_SERVER), Some(&config), || {
+                        vec!["--sentinel".to_owned()]
+                    });
+                if let Some((_, password)) = &auth {
+                    remember_credentials(sentinel.port(), "default", password);
+                }
+                sentinel
             })
             .collect();
         let topology = RedisSentinel {
@@ -655,7 +662,7 @@ impl RedisSentinel {
 
 impl Drop for RedisSentinel {
     fn drop(&mut self) {
-        for node in &self.data {
+        for node in self.data.iter().chain(&self.sentinels) {
             forget_credentials(node.port());
         }
     }
