@@ -39,6 +39,16 @@ async fn node(
     builder.build().await.unwrap()
 }
 
+/// A manual clock for the node's L1, starting at the wall clock's now (Redis keeps real time).
+fn clock_at_now() -> Arc<ManualClock> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    Arc::new(ManualClock::new(Timestamp::from_nanos(
+        u64::try_from(now.as_nanos()).unwrap(),
+    )))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eager_refresh_keeps_a_hot_key_on_two_nodes_from_ever_missing() {
     let server = RedisServer::start();
@@ -107,12 +117,7 @@ async fn eager_refresh_keeps_a_hot_key_on_two_nodes_from_ever_missing() {
 async fn a_soft_timeout_answers_with_the_last_value_and_the_load_then_fills_redis() {
     let server = RedisServer::start();
     let config = RedisConfig::new(server.url());
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap();
-    let clock = Arc::new(ManualClock::new(Timestamp::from_nanos(
-        u64::try_from(now.as_nanos()).unwrap(),
-    )));
+    let clock = clock_at_now();
     let offers = NamespaceConfig::new("offers", "offers", Duration::from_secs(60))
         .critical(true)
         .fail_safe(Duration::from_secs(60))
@@ -176,12 +181,7 @@ async fn a_soft_timeout_answers_with_the_last_value_and_the_load_then_fills_redi
 async fn fail_safe_on_redis_serves_within_its_window_never_after_and_never_an_invalidated_value() {
     let server = RedisServer::start();
     let config = RedisConfig::new(server.url());
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap();
-    let clock = Arc::new(ManualClock::new(Timestamp::from_nanos(
-        u64::try_from(now.as_nanos()).unwrap(),
-    )));
+    let clock = clock_at_now();
     let window = Duration::from_secs(30);
     let offers = NamespaceConfig::new("offers", "offers", Duration::from_secs(60))
         .critical(true)
