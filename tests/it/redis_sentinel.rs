@@ -311,9 +311,16 @@ async fn no_read_is_stale_past_the_bound_across_a_failover() {
             Arc::clone(&stop),
         )));
     }
-    eventually("the fleet has written a while", DEADLINE, || async {
-        history.check(BOUND).acks >= 200
-    })
+    let scale = std::env::var("EDGE_CACHE_FAULT_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    eventually(
+        "the fleet has written a while",
+        DEADLINE * scale as u32,
+        || async { history.check(BOUND).acks >= 200 * scale },
+    )
     .await;
     // Make the loss certain: freeze the replica, cut its link on the primary, let writes be
     // acknowledged by the primary alone, then kill the primary and let the replica, which
@@ -333,7 +340,7 @@ async fn no_read_is_stale_past_the_bound_across_a_failover() {
     assert_eq!(cut, 1, "the replica's link was cut");
     let acks_before_loss = history.check(BOUND).acks;
     eventually("writes only the primary has", DEADLINE, || async {
-        history.check(BOUND).acks >= acks_before_loss + 60
+        history.check(BOUND).acks >= acks_before_loss + 60 * scale
     })
     .await;
     topology.kill_primary();
@@ -348,9 +355,11 @@ async fn no_read_is_stale_past_the_bound_across_a_failover() {
         .await;
     }
     let acks_at_recovery = history.check(BOUND).acks;
-    eventually("writes go on after the failover", DEADLINE, || async {
-        history.check(BOUND).acks >= acks_at_recovery + 200
-    })
+    eventually(
+        "writes go on after the failover",
+        DEADLINE * scale as u32,
+        || async { history.check(BOUND).acks >= acks_at_recovery + 200 * scale },
+    )
     .await;
     // Past the bound, every read must have caught up with every write acknowledged before it.
     let settle = origin.elapsed() + BOUND;

@@ -1,8 +1,9 @@
 //! `cargo xtask chaos --seeds N [--first S] [flags] [--faults SCALE]`: the deterministic fleet
 //! simulation (`edge_cache_tests::sim`) over `N` seeds from `S`, on every core; a failing seed
 //! prints its report and the one command that replays it. With `--faults`, then the real-Redis
-//! fault suite (`tests/it/redis_faults.rs`) in a release build, each workload `SCALE` times as
-//! long as in `cargo xtask test`.
+//! fault suite (`tests/it/redis_faults.rs`) and the Sentinel failover under load
+//! (`tests/it/redis_sentinel.rs`) in a release build, each workload `SCALE` times as long as in
+//! `cargo xtask test`.
 //!
 //! Without `--first`, the seeds start at the current Unix time in seconds, so each run explores
 //! seeds the test suite (0..1000) does not; the range is printed first.
@@ -23,8 +24,9 @@ staleness bound. A failing seed prints its report and the command that replays i
                            previous one is still returning
   --no-repeated-restarts   never let L2 lose its logs twice while nodes follow them
 (both patterns are in by default; leaving one out tells whether a failure needs it)
-  --faults SCALE           then run the real-Redis fault suite (each test starts its own
-                           redis-server) with every workload SCALE times as long as in
+  --faults SCALE           then run the real-Redis fault suite and the Sentinel failover
+                           (each test starts its own servers) with every workload SCALE
+                           times as long as in
                            `cargo xtask test`; at least one of --seeds and --faults is needed";
 
 /// What `chaos` was asked to do.
@@ -86,22 +88,26 @@ pub(crate) fn run(chaos: Chaos) -> Result<()> {
     }
     if let Some(scale) = chaos.faults {
         let scale = scale.to_string();
-        crate::run_with_env(
-            "cargo",
-            &[
-                "test",
-                "--release",
-                "--package",
-                "edge-cache-tests",
-                "--test",
-                "it",
-                "redis_faults",
-                "--",
-                "--nocapture",
-            ],
-            &[("EDGE_CACHE_FAULT_SCALE", &scale)],
-        )
-        .context("the real-Redis fault suite failed")?;
+        // The fault suite, then the Sentinel failover judged by the history checker, each
+        // workload `scale` times as long.
+        for suite in ["redis_faults", "redis_sentinel::no_read_is_stale"] {
+            crate::run_with_env(
+                "cargo",
+                &[
+                    "test",
+                    "--release",
+                    "--package",
+                    "edge-cache-tests",
+                    "--test",
+                    "it",
+                    suite,
+                    "--",
+                    "--nocapture",
+                ],
+                &[("EDGE_CACHE_FAULT_SCALE", &scale)],
+            )
+            .with_context(|| format!("the real-Redis suite {suite} failed"))?;
+        }
     }
     Ok(())
 }
