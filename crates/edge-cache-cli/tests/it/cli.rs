@@ -252,3 +252,35 @@ fn help_documents_the_exit_codes_and_hides_the_url_from_the_environment() {
     });
     assert_eq!(usage.code, Some(1), "{usage:?}");
 }
+
+/// The operator CLI on a Sentinel-managed primary: `--redis redis+sentinel://…` names only the
+/// Sentinels, so the write and the read went through the primary they name.
+#[test]
+fn set_then_get_through_sentinel() {
+    let topology = test_support::RedisSentinel::start();
+    let hosts: Vec<String> = topology
+        .sentinel_urls()
+        .iter()
+        .map(|url| {
+            url.trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    let url = format!(
+        "redis+sentinel://{}/{}",
+        hosts.join(","),
+        topology.master_name()
+    );
+    let value = json!({"available": true});
+    let mut set = edge_cache(&url);
+    set.args(["set", "gpu_availability", PARAMS, &value.to_string()]);
+    let set = run(set);
+    assert_eq!(set.code, Some(0), "{set:?}");
+    let mut get = edge_cache(&url);
+    get.args(["get", "gpu_availability", PARAMS]);
+    let get = run(get);
+    assert_eq!(get.code, Some(0), "{get:?}");
+    let read: Value = serde_json::from_str(&get.stdout).unwrap();
+    assert_eq!(read, value);
+}
