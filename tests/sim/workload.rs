@@ -40,6 +40,9 @@ enum Change {
     NotifyOne,
     /// The source moves one key of each namespace, then a booking (routed to both).
     NotifyBooking,
+    /// The source moves a few keys, then `invalidate_keys` drops them all (one announcement
+    /// per namespace).
+    InvalidateKeys,
 }
 
 /// One writer: a change every few milliseconds on a random node, until told to stop.
@@ -67,7 +70,8 @@ pub(crate) async fn writer(world: Arc<World>, fleet: Arc<Fleet>, mut rng: Rng) {
         };
         let change = match rng.below(100) {
             0..=39 => Change::Set,
-            40..=59 => Change::InvalidateKey,
+            40..=51 => Change::InvalidateKey,
+            52..=59 => Change::InvalidateKeys,
             60..=69 => Change::InvalidateNamespace,
             70..=87 => Change::NotifyOne,
             _ => Change::NotifyBooking,
@@ -80,6 +84,7 @@ pub(crate) async fn writer(world: Arc<World>, fleet: Arc<Fleet>, mut rng: Rng) {
         match change {
             Change::Set => w.set(key, &mut rng).await,
             Change::InvalidateKey => w.invalidate_key(key, &mut rng).await,
+            Change::InvalidateKeys => w.invalidate_keys(key, &mut rng).await,
             Change::InvalidateNamespace | Change::NotifyOne | Change::NotifyBooking => {
                 w.namespaces(change, key, &mut rng).await
             }
@@ -185,6 +190,57 @@ impl Writer<'_> {
                 return;
             }
             turns = world.turns.take(&[k]).await;
+        }
+    }
+
+    /// The source moves `k` and up to three other keys (of either namespace); `invalidate_keys`
+    /// then drops them all. Each is acknowledged with its version when the call returns `Ok`
+    /// (each key's turn is held until its delete landed).
+    async fn invalidate_keys(&self, k: usize, rng: &mut Rng) {
+        let world = self.world;
+        let mut ks = vec![k];
+        for _ in 0..rng.below(4) {
+            ks.push(rng.index(world.keys.len()));
+        }
+        ks.sort_unstable();
+        ks.dedup();
+        let take = || async {
+            let mut turns = Vec::with_capacity(ks.len());
+            for &k in &ks {
+                turns.push(world.turns.take(&[k]).await);
+            }
+            turns
+        };
+        let mut turns = take().await;
+        for &k in &ks {
+            world.bump(k);
+        }
+        for attempt in 1.. {
+            let acked: Vec<(usize, u64)> = ks.iter().map(|&k| (k, world.version(k))).collect();
+            let op = world.turns.park(
+                ks.iter()
+                    .map(|&k| world.keys[k].slot.clone())
+                    .zip(turns)
+                    .collect(),
+            );
+            world.trace(|| format!("{} invalidate_keys acking {acked:?}", self.name()));
+            let keys: Vec<CacheKey> = ks.iter().map(|&k| self.key(k).clone()).collect();
+            let result = self.cache().invalidate_keys(&keys).await;
+            world.turns.unpark(op);
+            world.trace(|| self.outcome("invalidate_keys", &result));
+            if result.is_ok() {
+                world.history.ack_many(
+                    acked
+                        .iter()
+                        .map(|&(key, version)| (world.keys[key].label.as_str(), version)),
+                    world.now(),
+                );
+                return;
+            }
+            if !self.again(attempt, rng).await {
+                return;
+            }
+            turns = take().await;
         }
     }
 
