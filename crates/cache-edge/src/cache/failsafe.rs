@@ -44,10 +44,17 @@ impl KeyDeadlines {
 
     /// Holds `digest` off until `until` unless it already is; whether it was not.
     pub(crate) fn start(&self, digest: Digest, until: u64, now: u64) -> bool {
-        if self.pending(&digest, now) {
+        let mut held = lock(&self.0);
+        if held
+            .get(&digest)
+            .is_some_and(|held_until| *held_until > now)
+        {
             return false;
         }
-        self.set(digest, until, now);
+        if held.len() >= SWEEP_AT {
+            held.retain(|_, until| *until > now);
+        }
+        held.insert(digest, until);
         true
     }
 }
