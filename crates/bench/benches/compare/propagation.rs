@@ -234,8 +234,11 @@ pub fn run(rt: &Runtime, url: &str, sizes: Sizes, report: &mut Report) -> anyhow
                     .with_context(|| format!("warming up {}", imp.name()))?;
             }
         }
-        for &i in &order {
-            for (slot, imp) in Imp::ALL.into_iter().enumerate() {
+        // In a shuffled order, different each turn: an event leaves work behind (A decoding its
+        // own event heard back), and a fixed order would charge it to whichever flow comes next.
+        for (n, &i) in order.iter().enumerate() {
+            for slot in data::turn_order(n, Imp::ALL.len()) {
+                let imp = Imp::ALL[slot];
                 let took = flows
                     .event(imp, i)
                     .await
