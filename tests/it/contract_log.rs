@@ -139,10 +139,12 @@ where
     assert_eq!(heard.positions[1].seq, 1);
     let pricing = l2.read_log("pricing", 0, 10).await.unwrap();
     assert_eq!((pricing.head, pricing.entries.len()), (1, 1));
-    assert_eq!(
-        Event::decode(&pricing.entries[0].1).unwrap().positions,
-        heard.positions,
-        "both logs hold the same message"
+    let logged = Event::decode(&pricing.entries[0].1).unwrap();
+    assert_eq!(logged.event_id, heard.event_id, "each log holds the event");
+    assert!(
+        logged.positions.contains(&heard.positions[1]),
+        "with its own position in that log ({:?})",
+        logged.positions
     );
 
     // Exact ranges: after 2, at most 2 entries; after the head, none.
@@ -303,7 +305,15 @@ pub(crate) async fn logging_without_publishing(l2: Arc<dyn L2Store>, bus: Arc<dy
     let log = l2.read_log(ns, 0, 100).await.unwrap();
     assert_eq!((log.epoch, log.head), (epoch, 4), "nothing else was logged");
     assert_eq!(log.entries[0], (1, first));
-    assert_eq!(log.entries[3], (4, both));
+    assert_eq!(log.entries[3].0, 4);
+    assert!(
+        positions(&log.entries[3].1).contains(&(ns.to_owned(), epoch, 4)),
+        "the two-namespace change is logged with its position in this log"
+    );
+    assert_eq!(
+        Event::decode(&log.entries[3].1).unwrap().event_id,
+        Event::decode(&both).unwrap().event_id
+    );
     // Nothing was published: the first message the subscription gets is this one.
     bus.publish(b"{\"marker\":1}".to_vec()).await.unwrap();
     assert_eq!(next_message(&mut sub).await, b"{\"marker\":1}");
@@ -332,6 +342,60 @@ async fn redis_trims_its_log_and_says_so() {
     let server = RedisServer::start();
     let l2 = Arc::new(RedisL2::connect(&redis_config(&server)).await.unwrap());
     trimming(l2, 10).await;
+}
+
+/// Redis numbers a log's entries itself (the stream id `<epoch>-*`), so a stream lost on its own
+/// (evicted, or deleted by hand) would number the next change 0 again under the same epoch: a
+/// receiver at 5 would take it for a duplicate and miss it. The next change starts a new epoch
+/// instead, which every receiver treats as a reset; so does a lost epoch with its stream kept.
+#[tokio::test]
+async fn redis_starts_a_new_epoch_when_a_log_loses_its_stream_or_its_epoch() {
+    let server = RedisServer::start();
+    let l2 = RedisL2::connect(&redis_config(&server)).await.unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let k = key("lost", 1);
+    let write = || L2Write::new(k.clone(), b"v".to_vec(), TTL).announce(write_event(&k));
+    for _ in 0..5 {
+        assert!(l2.set(write()).await.unwrap());
+    }
+    let before = l2.read_log("lost", 0, 10).await.unwrap();
+    assert_eq!((before.head, before.entries.len()), (5, 5));
+
+    for lost in ["ec:{lost}:log", "ec:{lost}:epoch"] {
+        let epoch = l2.read_log("lost", 0, 1).await.unwrap().epoch;
+        let () = redis::cmd("DEL")
+            .arg(lost)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(l2.set(write()).await.unwrap());
+        let after = l2.read_log("lost", 0, 10).await.unwrap();
+        assert_ne!(
+            after.epoch, epoch,
+            "{lost} lost: the next change starts a new epoch"
+        );
+        assert_eq!(
+            (after.head, after.first, after.entries.len()),
+            (1, 1, 1),
+            "{lost} lost: numbered 1 in it"
+        );
+        assert_eq!(
+            positions_in_tail(&after.entries[0].1),
+            Some(vec![LogPosition::new("lost", after.epoch, 1)])
+        );
+    }
+
+    // A read finds the loss as well: a new, empty epoch.
+    let epoch = l2.read_log("lost", 0, 1).await.unwrap().epoch;
+    let () = redis::cmd("DEL")
+        .arg("ec:{lost}:log")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let read = l2.read_log("lost", 0, 10).await.unwrap();
+    assert_ne!(read.epoch, epoch);
+    assert_eq!((read.head, read.first, read.entries.len()), (0, 1, 0));
 }
 
 #[tokio::test]

@@ -171,7 +171,9 @@ pub struct LogRead {
     /// below it were trimmed away: a reader that needs them cannot replay, only flush.
     pub first: u64,
     /// The entries after the position asked for, in order, up to the limit asked for: each its
-    /// sequence number and the message as it was published (positions included).
+    /// sequence number and the message as it was published, carrying at least its position in
+    /// this log (a change that touched several namespaces may carry only this one's: the others
+    /// are in their own logs).
     pub entries: Vec<(u64, Vec<u8>)>,
 }
 

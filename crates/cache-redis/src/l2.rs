@@ -11,23 +11,27 @@
 //! | `ec:{ns}:f` | string (integer) | the fence counter, bumped by deletes and tag invalidations |
 //! | `ec:{ns}:<gen>:<sha256 hex>` | string | an entry: envelope (tags + value), with `PX` TTL |
 //! | `ec:{ns}:t:<tag>` | set | the entry keys written with `tag` |
-//! | `ec:{ns}:q` | hash | the namespace's event log: `e` its epoch, `n` the last number given out |
-//! | `ec:{ns}:l` | stream | the log: entry `<n>-0` holds field `m`, the event as published |
+//! | `ec:{ns}:epoch` | hash | the namespace's event log: `e` its epoch |
+//! | `ec:{ns}:log` | stream | the log: entry `<epoch>-<n>` holds field `m`, the event as published without its positions and closing brace; `<epoch>-0` marks the epoch's start |
 //! | `ec:{ns}:lease:<hex>`, `ec:{ns}:filled:<hex>` | string, stream | a key's fill lease (see `lease.rs`) |
 //!
 //! # Event log
 //!
 //! Every script that announces a change also sequences it ([`cache_core::log`]): for each
-//! namespace the change touches it `HINCRBY`s `n`, starts a new epoch when the namespace has
-//! none (the `TIME` of that moment, in microseconds: a Redis that restarted empty, or lost the
-//! hash to eviction, starts another), splices the positions into the event as its last field,
-//! `XADD`s it under id `<n>-0` to the namespace's stream trimmed to about
-//! [`crate::RedisConfig::log_length`] entries (`MAXLEN ~`), and `PUBLISH`es it: the change, its
-//! position, its log entry and its publication are one atomic step ([`L2Store::change_and_log`]
-//! runs the same scripts with no channel: they log, publish nothing and return the message as
-//! logged, for a node whose bus is on another server to publish). A receiver reads the log
-//! back with one script ([`L2Store::read_log`]): epoch, head, the oldest number still held
-//! (the trim point), and the entries it asked for, by id range.
+//! namespace the change touches it `XADD`s the event to the namespace's stream under id
+//! `<epoch>-*`, so that Redis gives the entry the next number of the epoch (dense: the last
+//! plus one), starts a new epoch when the namespace has none or its stream is gone (the `TIME`
+//! of that moment, in microseconds: a Redis that restarted empty, or lost either key to
+//! eviction, starts another), trims the stream to about [`crate::RedisConfig::log_length`]
+//! entries (`XTRIM MAXLEN ~`, once every 64 numbers), splices the positions into the event as
+//! its last field and `PUBLISH`es it: the change, its position, its log entry and its
+//! publication are one atomic step ([`L2Store::change_and_log`] runs the same scripts with no
+//! channel: they log, publish nothing and return the message as it would have been published,
+//! for a node whose bus is on another server to publish). The position is the stream's own id,
+//! so a change costs one `HGET` of the epoch and one `XADD` over an unsequenced one, no counter
+//! of its own. A receiver reads the log back with one script ([`L2Store::read_log`]): epoch,
+//! head, the oldest number still held (the trim point), and the entries it asked for, by id
+//! range, each with its position put back in.
 //!
 //! Namespace invalidation is one `INCR` whatever the number of keys: entries of older
 //! generations are unreachable and expire on their own TTL. Tag invalidation deletes exactly the
@@ -55,8 +59,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cache_core::{
-    CacheKey, Error, ErrorKind, Fence, L2Entry, L2Info, L2Store, L2Write, Lease, LeaseWait,
-    LogRead, Logged, LoggedChange, Result,
+    log, CacheKey, Error, ErrorKind, Fence, L2Entry, L2Info, L2Store, L2Write, Lease, LeaseWait,
+    LogPosition, LogRead, Logged, LoggedChange, Result,
 };
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
@@ -77,36 +81,56 @@ return out
 
 /// The Lua functions every announcing script starts with (see [`crate::l2`]'s "Event log").
 /// `announce(q, l, names, ev, maxlen, channel)` gives the change the next number of each
-/// namespace it touches (`q[i]` the namespace's sequence hash, `l[i]` its log stream, `names[i]`
-/// its name as a JSON string), starting a new epoch (from Redis's clock) where the namespace has
-/// none, appends the event with its positions as its last field to each log (trimmed to about
-/// `maxlen` entries) and publishes it on `channel`; `announce1(q, l, name, ev, maxlen, channel)`
-/// does the same for one namespace, without building tables (most changes touch one). All in
-/// the script's one atomic step, after the change it announces. `ev` is the event *without its
-/// closing brace*, so the positions are appended with one concatenation. A `maxlen` of `'0'`
-/// (the event log switched off) publishes the event as it is. An empty `channel` logs without
-/// publishing and returns the message as logged, for the caller to publish on another server
+/// namespace it touches (`q[i]` the hash holding the namespace's epoch, `l[i]` its log stream,
+/// `names[i]` its name as a JSON string): it appends the event to each log under id
+/// `<epoch>-*`, so Redis numbers the entry itself (the last number plus one, dense within an
+/// epoch), starting a new epoch (from Redis's clock) where the namespace has none or its stream
+/// is gone, trims each log to about `maxlen` entries every `min(64, maxlen)` numbers, and
+/// publishes the event with its positions as its last field on `channel`;
+/// `announce1(q, l, name, ev, maxlen, channel)` does the same for one namespace, without
+/// building tables (most changes touch one). All in the script's one atomic step, after the
+/// change it announces. `ev` is the event *without its closing brace*: it is logged so (the
+/// reader appends its position and the brace, [`parse_log_read`]) and published with the
+/// positions appended in one concatenation. A `maxlen` of `'0'` (the event log switched off)
+/// publishes the event as it is. An empty `channel` logs without publishing and returns the
+/// message as it would have been published, for the caller to publish on another server
 /// ([`L2Store::change_and_log`]); callers only pass one with a log.
 macro_rules! announce_lua {
     () => {
         r#"
-local function new_epoch(q, l, n)
+local function new_epoch(q, l)
   local t = redis.call('TIME')
   local e = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('HSET', q, 'e', e, 'n', n)
+  redis.call('HSET', q, 'e', e)
   if redis.call('EXISTS', l) == 1 then redis.call('DEL', l) end
-  return e, n
+  redis.call('XADD', l, e .. '-0', 'm', '')
+  return e
+end
+local function append(q, l, ev, maxlen)
+  local e = redis.call('HGET', q, 'e')
+  if e then
+    local id = redis.pcall('XADD', l, e .. '-*', 'm', ev)
+    if type(id) == 'string' then
+      local n = string.sub(id, #e + 2)
+      if n ~= '0' then
+        if tonumber(n) % math.min(64, tonumber(maxlen)) == 0 then
+          redis.call('XTRIM', l, 'MAXLEN', '~', maxlen)
+        end
+        return e, n
+      end
+    end
+  end
+  e = new_epoch(q, l)
+  redis.call('XADD', l, e .. '-1', 'm', ev)
+  return e, '1'
 end
 local function announce1(q, l, name, ev, maxlen, channel)
   if maxlen == '0' then
     redis.call('PUBLISH', channel, ev .. '}')
     return
   end
-  local n = redis.call('HINCRBY', q, 'n', 1)
-  local e = redis.call('HGET', q, 'e')
-  if not e then e, n = new_epoch(q, l, 1) end
+  local e, n = append(q, l, ev, maxlen)
   local msg = ev .. ',"pos":[[' .. name .. ',' .. e .. ',' .. n .. ']]}'
-  redis.call('XADD', l, 'MAXLEN', '~', maxlen, n .. '-0', 'm', msg)
   if channel == '' then return msg end
   redis.call('PUBLISH', channel, msg)
 end
@@ -115,18 +139,12 @@ local function announce(q, l, names, ev, maxlen, channel)
     redis.call('PUBLISH', channel, ev .. '}')
     return
   end
-  local parts, seqs = {}, {}
+  local parts = {}
   for i = 1, #names do
-    local n = redis.call('HINCRBY', q[i], 'n', 1)
-    local e = redis.call('HGET', q[i], 'e')
-    if not e then e, n = new_epoch(q[i], l[i], 1) end
+    local e, n = append(q[i], l[i], ev, maxlen)
     parts[i] = '[' .. names[i] .. ',' .. e .. ',' .. n .. ']'
-    seqs[i] = n
   end
   local msg = ev .. ',"pos":[' .. table.concat(parts, ',') .. ']}'
-  for i = 1, #names do
-    redis.call('XADD', l[i], 'MAXLEN', '~', maxlen, seqs[i] .. '-0', 'm', msg)
-  end
   if channel == '' then return msg end
   redis.call('PUBLISH', channel, msg)
 end
@@ -164,7 +182,7 @@ for i = 11, #ARGV do
   if redis.call('PTTL', t) < ttl then redis.call('PEXPIRE', t, ttl) end
 end
 if ARGV[8] ~= '' then
-  local msg = announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[9], ARGV[8], ARGV[10], ARGV[7])
+  local msg = announce1(KEYS[1] .. 'epoch', KEYS[1] .. 'log', ARGV[9], ARGV[8], ARGV[10], ARGV[7])
   if msg then return {1, g, msg} end
 end
 return {1, g}
@@ -204,8 +222,8 @@ for i = 1, #KEYS do redis.call('INCR', KEYS[i] .. 'g') end
 if ARGV[2] ~= '' then
   local q, l, names = {}, {}, {}
   for i = 1, #KEYS do
-    q[i] = KEYS[i] .. 'q'
-    l[i] = KEYS[i] .. 'l'
+    q[i] = KEYS[i] .. 'epoch'
+    l[i] = KEYS[i] .. 'log'
     names[i] = ARGV[3 + i]
   end
   local msg = announce(q, l, names, ARGV[2], ARGV[3], ARGV[1])
@@ -229,7 +247,7 @@ for i = 5, #ARGV do
   removed = removed + redis.call('DEL', KEYS[1] .. g .. ':' .. ARGV[i])
 end
 if ARGV[2] ~= '' then
-  local msg = announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[3], ARGV[2], ARGV[4], ARGV[1])
+  local msg = announce1(KEYS[1] .. 'epoch', KEYS[1] .. 'log', ARGV[3], ARGV[2], ARGV[4], ARGV[1])
   if msg then return {removed, msg} end
 end
 return removed
@@ -251,42 +269,43 @@ end
 redis.call('DEL', t)
 redis.call('INCR', KEYS[1] .. 'f')
 if ARGV[3] ~= '' then
-  local msg = announce1(KEYS[1] .. 'q', KEYS[1] .. 'l', ARGV[4], ARGV[3], ARGV[5], ARGV[2])
+  local msg = announce1(KEYS[1] .. 'epoch', KEYS[1] .. 'log', ARGV[4], ARGV[3], ARGV[5], ARGV[2])
   if msg then return {removed, msg} end
 end
 return removed
 "
 );
 
-/// One namespace's log, read in one step. KEYS: the sequence hash, the log stream; ARGV: the
-/// number to read after, the most entries to return. A namespace without a log is given one
-/// (a new epoch, with nothing in it), so that the empty log a restart leaves behind is another
-/// epoch than the one a reader saw before it. Returns epoch, head, the first number held, then
-/// each entry's id and message.
-const READ_LOG: &str = r"
-local q = redis.call('HMGET', KEYS[1], 'e', 'n')
-local e, head = q[1], tonumber(q[2] or '0')
-if not e then
-  local t = redis.call('TIME')
-  e = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('HSET', KEYS[1], 'e', e, 'n', 0)
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DEL', KEYS[2]) end
-  head = 0
+/// One namespace's log, read in one step. KEYS: the hash holding the epoch, the log stream;
+/// ARGV: the number to read after, the most entries to return. A namespace without a log, or
+/// whose stream is gone (or is not of its epoch), is given a new one (a new epoch, with nothing
+/// in it), so that the empty log a restart leaves behind is another epoch than the one a reader
+/// saw before it. Returns epoch, head, the first number held, then each entry's id
+/// (`<epoch>-<n>`) and message (the event without its closing brace).
+const READ_LOG: &str = concat!(
+    announce_lua!(),
+    r"
+local e = redis.call('HGET', KEYS[1], 'e')
+local last = {}
+if e then last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1) end
+if #last == 0 or string.sub(last[1][1], 1, #e + 1) ~= e .. '-' then
+  return {new_epoch(KEYS[1], KEYS[2]), '0', '1'}
 end
-local first = head + 1
+local head = tonumber(string.sub(last[1][1], #e + 2))
 local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-if #oldest > 0 then first = tonumber(string.match(oldest[1][1], '^(%d+)')) end
+local first = math.max(1, tonumber(string.sub(oldest[1][1], #e + 2)))
 local out = {e, tostring(head), tostring(first)}
 local after = tonumber(ARGV[1])
 if after < head then
-  local entries = redis.call('XRANGE', KEYS[2], (after + 1) .. '-0', '+', 'COUNT', ARGV[2])
+  local entries = redis.call('XRANGE', KEYS[2], e .. '-' .. (after + 1), '+', 'COUNT', ARGV[2])
   for i = 1, #entries do
     out[#out + 1] = entries[i][1]
     out[#out + 1] = entries[i][2][2]
   end
 end
 return out
-";
+"
+);
 
 /// Sends `evalsha`, an `EVALSHA` of `script`; on `NOSCRIPT` (a Redis that restarted or flushed
 /// its scripts since it was loaded; nothing ran) loads the script and sends it once more, as
@@ -481,10 +500,10 @@ impl RedisL2 {
         let mut evalsha = redis::cmd("EVALSHA");
         let mut log_keys = String::with_capacity(2 * (self.prefix.len() + namespace.len()) + 8);
         self.push_ns_prefix(&mut log_keys, namespace);
-        log_keys.push('q');
+        log_keys.push_str("epoch");
         let sequence_end = log_keys.len();
         self.push_ns_prefix(&mut log_keys, namespace);
-        log_keys.push('l');
+        log_keys.push_str("log");
         let (sequence_key, log_key) = log_keys.split_at(sequence_end);
         evalsha
             .arg(self.set_if_current.get_hash())
@@ -999,8 +1018,8 @@ impl L2Store for RedisL2 {
         let mut conn = self.conn.get();
         let reply: Vec<Value> = self
             .read_log
-            .key(format!("{prefix}q"))
-            .key(format!("{prefix}l"))
+            .key(format!("{prefix}epoch"))
+            .key(format!("{prefix}log"))
             .arg(after)
             .arg(limit.max(1))
             .invoke_async(&mut conn)
@@ -1244,24 +1263,21 @@ fn parse_log_read(key_namespace: &str, reply: Vec<Value>) -> Result<LogRead> {
             format!("unexpected reply to a read of {key_namespace}'s log: {what}"),
         )
     };
-    let number = |value: &Value| -> Option<u64> {
+    let text = |value: &Value| -> Option<String> {
         match value {
-            Value::BulkString(text) => {
-                let text = std::str::from_utf8(text).ok()?;
-                // An entry id is `<seq>-0`.
-                text.split('-').next()?.parse().ok()
-            }
-            Value::SimpleString(text) => text.parse().ok(),
-            Value::Int(n) => u64::try_from(*n).ok(),
+            Value::BulkString(text) => String::from_utf8(text.clone()).ok(),
+            Value::SimpleString(text) => Some(text.clone()),
+            Value::Int(n) => Some(n.to_string()),
             _ => None,
         }
     };
     let mut values = reply.into_iter();
-    let mut head_field = |name: &str| {
+    let mut head_field = |name: &str| -> Result<u64> {
         values
             .next()
             .as_ref()
-            .and_then(number)
+            .and_then(text)
+            .and_then(|t| t.parse().ok())
             .ok_or_else(|| bad(name))
     };
     let epoch = head_field("epoch")?;
@@ -1273,11 +1289,24 @@ fn parse_log_read(key_namespace: &str, reply: Vec<Value>) -> Result<LogRead> {
         let [id, message] = pair else {
             return Err(bad("an entry without its message"));
         };
-        let seq = number(id).ok_or_else(|| bad("an entry id"))?;
+        // An entry id is `<epoch>-<n>`.
+        let seq = text(id)
+            .and_then(|id| {
+                let (e, n) = id.split_once('-')?;
+                (e.parse::<u64>().ok()? == epoch).then_some(())?;
+                n.parse::<u64>().ok()
+            })
+            .ok_or_else(|| bad("an entry id"))?;
         let Value::BulkString(message) = message else {
             return Err(bad("an entry's message"));
         };
-        entries.push((seq, message.clone()));
+        // Logged without its closing brace: the position goes where the script put it in the
+        // published copy.
+        let mut event = Vec::with_capacity(message.len() + 1);
+        event.extend_from_slice(message);
+        event.push(b'}');
+        let position = LogPosition::new(key_namespace, epoch, seq);
+        entries.push((seq, log::splice_positions(&event, &[position])));
     }
     Ok(LogRead::new(epoch, head, first, entries))
 }

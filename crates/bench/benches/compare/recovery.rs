@@ -43,8 +43,8 @@ const NAMESPACE: &str = "gpu_availability";
 /// Its key namespace, as the log is named.
 const KEY_NAMESPACE: &str = "gpu_avail";
 
-/// The namespace's log stream in `RedisL2`'s key layout (`ec:{ns}:l`, default prefix).
-const LOG_KEY: &str = "ec:{gpu_avail}:l";
+/// The namespace's log stream in `RedisL2`'s key layout (`ec:{ns}:log`, default prefix).
+const LOG_KEY: &str = "ec:{gpu_avail}:log";
 
 /// The Redis user the reader connects as, so that it alone can be held away.
 const READER_USER: &str = "bench-recovery-reader";
@@ -532,9 +532,9 @@ async fn recover(
     let mut raw = setup.admin.clone();
     let (xrange, read_log) = if floor_first {
         let floor = read_log_pages(&setup.l2, from, k).await?;
-        (xrange_pages(&mut raw, from, k).await?, floor)
+        (xrange_pages(&mut raw, epoch, from, k).await?, floor)
     } else {
-        let raw_time = xrange_pages(&mut raw, from, k).await?;
+        let raw_time = xrange_pages(&mut raw, epoch, from, k).await?;
         (raw_time, read_log_pages(&setup.l2, from, k).await?)
     };
 
@@ -576,15 +576,16 @@ async fn acl_user(admin: &mut MultiplexedConnection, state: &str) -> anyhow::Res
     Ok(())
 }
 
-/// Reads the `k` log entries after number `after` with raw `XRANGE`s of [`PAGE`] entries, each
+/// Reads the `k` log entries after number `after` of `epoch` with raw `XRANGE`s of [`PAGE`] entries, each
 /// page starting after the last id of the one before; returns how long that took.
 async fn xrange_pages(
     conn: &mut MultiplexedConnection,
+    epoch: u64,
     after: u64,
     k: usize,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let mut start = format!("({after}-0");
+    let mut start = format!("({epoch}-{after}");
     let mut read = 0;
     while read < k {
         let reply: Value = redis::cmd("XRANGE")

@@ -44,9 +44,9 @@ const RAW_CHANNEL: &str = "bench:raw:writes";
 
 /// The generation key the floor's script reads; never set, so it reads as generation 0.
 const RAW_GENERATION: &str = "bench:raw:g";
-/// The floor's sequence hash and event log, as a namespace's `q` and `l` keys.
-const RAW_SEQUENCE: &str = "bench:raw:q";
-const RAW_LOG: &str = "bench:raw:l";
+/// The floor's log epoch and event log, as a namespace's `epoch` and `log` keys.
+const RAW_SEQUENCE: &str = "bench:raw:epoch";
+const RAW_LOG: &str = "bench:raw:log";
 
 /// The most a sequenced write may cost relative to the same write without the event log.
 const SEQUENCING_TARGET: f64 = 1.10;
