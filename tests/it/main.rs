@@ -9,6 +9,7 @@ mod freshness;
 mod hostile;
 mod no_patterns;
 mod redis_acl;
+mod redis_failover;
 mod redis_faults;
 mod redis_fleet;
 mod redis_lease;

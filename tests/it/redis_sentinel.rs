@@ -201,7 +201,7 @@ async fn a_fleet_follows_a_failover_without_a_restart() {
 }
 
 /// Sends `signal` to `pid` with kill(1).
-fn signal(pid: u32, signal: &str) {
+pub(crate) fn signal(pid: u32, signal: &str) {
     let status = std::process::Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
@@ -211,11 +211,11 @@ fn signal(pid: u32, signal: &str) {
 }
 
 /// The staleness bound of the checked fleet.
-const BOUND: Duration = Duration::from_secs(2);
+pub(crate) const BOUND: Duration = Duration::from_secs(2);
 
 /// Writes versions 1, 2, 3... of `key` on `node` every few milliseconds until `stop`, each
 /// retried until it is acknowledged, and records each acknowledgement.
-async fn write_loop(
+pub(crate) async fn write_loop(
     node: EdgeCache,
     key: String,
     history: History,
@@ -244,7 +244,7 @@ async fn write_loop(
 }
 
 /// Re-reads every key on `node` until `stop`, recording each read.
-async fn read_loop(
+pub(crate) async fn read_loop(
     node: EdgeCache,
     keys: Vec<String>,
     history: History,

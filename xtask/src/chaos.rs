@@ -1,8 +1,9 @@
 //! `cargo xtask chaos --seeds N [--first S] [flags] [--faults SCALE]`: the deterministic fleet
 //! simulation (`edge_cache_tests::sim`) over `N` seeds from `S`, on every core; a failing seed
 //! prints its report and the one command that replays it. With `--faults`, then the real-Redis
-//! fault suite (`tests/it/redis_faults.rs`) and the Sentinel failover under load
-//! (`tests/it/redis_sentinel.rs`) in a release build, each workload `SCALE` times as long as in
+//! fault suite (`tests/it/redis_faults.rs`), the Sentinel failover under load
+//! (`tests/it/redis_sentinel.rs`) and the failovers behind one address
+//! (`tests/it/redis_failover.rs`) in a release build, each workload `SCALE` times as long as in
 //! `cargo xtask test`.
 //!
 //! Without `--first`, the seeds start at the current Unix time in seconds, so each run explores
@@ -88,9 +89,13 @@ pub(crate) fn run(chaos: Chaos) -> Result<()> {
     }
     if let Some(scale) = chaos.faults {
         let scale = scale.to_string();
-        // The fault suite, then the Sentinel failover judged by the history checker, each
-        // workload `scale` times as long.
-        for suite in ["redis_faults", "redis_sentinel::no_read_is_stale"] {
+        // The fault suite, then the failovers judged by the history checker, each workload
+        // `scale` times as long.
+        for suite in [
+            "redis_faults",
+            "redis_sentinel::no_read_is_stale",
+            "redis_failover",
+        ] {
             crate::run_with_env(
                 "cargo",
                 &[

@@ -519,6 +519,18 @@ pub trait L2Store: Send + Sync {
         0
     }
 
+    /// Asks the store which server answers it now, so that [`L2Store::server_epoch`] also
+    /// moves when another server took over behind the same address (a virtual IP, a DNS name
+    /// or a proxy that follows the primary) or the server restarted: either may have lost
+    /// changes it acknowledged. A sequenced node calls it at every liveness check. Default:
+    /// nothing to ask.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::L2`] when the store cannot be reached.
+    async fn check_server(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Checks the store is reachable.
     async fn ping(&self) -> Result<()> {
         Ok(())
@@ -646,6 +658,9 @@ impl<T: L2Store + ?Sized> L2Store for Arc<T> {
     }
     fn server_epoch(&self) -> u64 {
         (**self).server_epoch()
+    }
+    async fn check_server(&self) -> Result<()> {
+        (**self).check_server().await
     }
     async fn ping(&self) -> Result<()> {
         (**self).ping().await

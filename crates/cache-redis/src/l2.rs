@@ -351,6 +351,46 @@ pub struct RedisL2 {
     route: String,
     /// Fill leases, and the connections their waits block on.
     leases: Arc<crate::lease::Leases>,
+    /// Which server instance answered the last [`L2Store::check_server`].
+    identity: Arc<Identity>,
+}
+
+/// The server instance behind the connection, by its `run_id` (`INFO server`): another one
+/// behind the same address (a failover behind a virtual IP, a DNS name or a proxy, or a
+/// restart) moves [`L2Store::server_epoch`] as a Sentinel switch does.
+#[derive(Default)]
+struct Identity {
+    /// The `run_id` last seen; `None` before the first check and after a Sentinel switch
+    /// (which counts the move itself).
+    run_id: std::sync::Mutex<Option<String>>,
+    /// How many times it changed.
+    changes: std::sync::atomic::AtomicU64,
+}
+
+impl Identity {
+    /// Records `run_id`; returns whether it replaced another one.
+    fn observe(&self, run_id: &str) -> bool {
+        let mut seen = self
+            .run_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = seen.as_deref().is_some_and(|before| before != run_id);
+        if seen.as_deref() != Some(run_id) {
+            *seen = Some(run_id.to_owned());
+        }
+        if changed {
+            self.changes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        changed
+    }
+
+    fn forget(&self) {
+        *self
+            .run_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
 }
 
 impl RedisL2 {
@@ -365,11 +405,17 @@ impl RedisL2 {
         let conn = Conn::connect(config, Arc::clone(&connector), ErrorKind::L2).await?;
         let route = connector.route(config);
         let generations: Arc<Generations> = Arc::default();
+        let identity: Arc<Identity> = Arc::default();
         {
             // A new primary may lack the last generation bumps the old one made (replication
-            // is asynchronous): nothing remembered of the old one is assumed of it.
+            // is asynchronous): nothing remembered of the old one is assumed of it. The switch
+            // counts as the move; the new primary's run_id is the one compared from now on.
             let generations = Arc::clone(&generations);
-            conn.on_switch(Box::new(move || generations.forget(None)));
+            let identity = Arc::clone(&identity);
+            conn.on_switch(Box::new(move || {
+                generations.forget(None);
+                identity.forget();
+            }));
         }
         let l2 = RedisL2 {
             leases: Arc::new(crate::lease::Leases::new(
@@ -393,6 +439,7 @@ impl RedisL2 {
             generations,
             channel: config.channel_name().to_owned(),
             route,
+            identity,
         };
         // Loaded now so the first plain write does not meet NOSCRIPT (which it survives: it
         // loads the script then, as after a Redis restart).
@@ -410,6 +457,10 @@ impl RedisL2 {
             Ok(_) => {}
             // Not worth failing the connection over: some proxies refuse INFO.
             Err(e) => tracing::debug!(url = %l2.url, error = %e, "INFO memory could not be read"),
+        }
+        // The server every later check compares with.
+        if let Err(e) = l2.check_server().await {
+            tracing::debug!(url = %l2.url, error = %e, "the server's run_id could not be read");
         }
         Ok(l2)
     }
@@ -1070,6 +1121,39 @@ impl L2Store for RedisL2 {
 
     fn server_epoch(&self) -> u64 {
         self.conn.switches()
+            + self
+                .identity
+                .changes
+                .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn check_server(&self) -> Result<()> {
+        let mut conn = self.conn.get();
+        let info: String = match redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(info) => info,
+            // A proxy that refuses INFO: which server answers cannot be told this way.
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) || e.code().is_some() => {
+                return Ok(())
+            }
+            Err(e) => return Err(self.fail("INFO server", e)),
+        };
+        let Some(run_id) = info
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(str::trim)
+        else {
+            return Ok(());
+        };
+        if self.identity.observe(run_id) {
+            // Generation bumps the old server made may be missing here.
+            self.generations.forget(None);
+            tracing::warn!(url = %self.url, "another Redis server answers at this address (a failover or a restart): it may lack acknowledged changes");
+        }
+        Ok(())
     }
 
     async fn lease(&self, key: &CacheKey, token: &str, hold: Duration) -> Result<Lease> {

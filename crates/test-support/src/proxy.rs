@@ -97,7 +97,6 @@ const BUFFER_SIZE: usize = 16 * 1024;
 /// refused and nothing of the proxy is left running.
 pub struct TcpProxy {
     addr: SocketAddr,
-    target: SocketAddr,
     shared: Arc<Shared>,
     /// `None` only while dropping.
     acceptor: Option<JoinHandle<()>>,
@@ -130,17 +129,17 @@ impl TcpProxy {
             connections: Mutex::new(Vec::new()),
             to_target: AtomicU64::new(0),
             to_client: AtomicU64::new(0),
+            target: Mutex::new(target),
         });
         let acceptor = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
                 .name(format!("proxy{}-acc", addr.port()))
-                .spawn(move || accept_loop(&listener, target, &shared))
+                .spawn(move || accept_loop(&listener, &shared))
                 .unwrap_or_else(|e| panic!("tcp proxy: could not spawn its accepting thread: {e}"))
         };
         TcpProxy {
             addr,
-            target,
             shared,
             acceptor: Some(acceptor),
         }
@@ -169,9 +168,25 @@ impl TcpProxy {
         self.addr.port()
     }
 
-    /// The address every connection is forwarded to.
+    /// The address every new connection is forwarded to.
     pub fn target(&self) -> SocketAddr {
-        self.target
+        *self
+            .shared
+            .target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Forwards every connection accepted from now on to `target` instead; current connections
+    /// keep their old target until [`cut`](Self::cut). With a cut, this is a failover behind one
+    /// address (a virtual IP, a DNS name, a proxy that follows the primary): clients reconnect to
+    /// the address they always used and reach another server.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self
+            .shared
+            .target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = target;
     }
 
     /// The proxy's address as a Redis connection URL, `redis://127.0.0.1:PORT/`, for a client
@@ -261,7 +276,7 @@ impl fmt::Debug for TcpProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpProxy")
             .field("addr", &self.addr)
-            .field("target", &self.target)
+            .field("target", &self.target())
             .field("stalled", &self.is_stalled())
             .field("bytes_to_target", &self.bytes_to_target())
             .field("bytes_to_client", &self.bytes_to_client())
@@ -303,6 +318,8 @@ struct Shared {
     connections: Mutex<Vec<Connection>>,
     to_target: AtomicU64,
     to_client: AtomicU64,
+    /// Where new connections go.
+    target: Mutex<SocketAddr>,
 }
 
 /// What every forwarding thread obeys; guarded by `Shared::control`.
@@ -432,8 +449,8 @@ fn shut_down(a: &TcpStream, b: &TcpStream) {
     let _ = b.shutdown(Shutdown::Both);
 }
 
-/// Accepts clients until the proxy is dropped, connecting each to `target`.
-fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>) {
+/// Accepts clients until the proxy is dropped, connecting each to the target of the moment.
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     let port = listener.local_addr().map(|addr| addr.port()).unwrap_or(0);
     loop {
         let accepted = listener.accept();
@@ -446,6 +463,10 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>)
             continue;
         };
         // A target that refuses or does not answer: dropping `client` closes it.
+        let target = *shared
+            .target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Ok(upstream) = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) else {
             continue;
         };

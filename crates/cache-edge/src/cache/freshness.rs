@@ -401,6 +401,27 @@ impl<C: Codec> Inner<C> {
         cursor.restart(epoch, head);
     }
 
+    /// Follows every sequenced namespace's log from its head as L2 has it now, dropping its L1
+    /// (after L2 moved to a server that may have lost the end of the logs: the numbers it gives
+    /// out next may repeat ones this node applied, and would be taken for duplicates).
+    ///
+    /// # Errors
+    /// The first log that cannot be read; the namespaces before it were rebased.
+    pub(super) async fn rebase_logs(&self) -> Result<()> {
+        for ns in &self.namespaces {
+            let Some(fresh) = self.fresh(ns) else {
+                continue;
+            };
+            let read = self
+                .l2
+                .read_log(&ns.config.key_namespace, u64::MAX >> 11, 1)
+                .await
+                .map_err(|e| self.l2_failed("read_log", e))?;
+            self.restart_namespace(ns, fresh, read.epoch, read.head, "new_server");
+        }
+        Ok(())
+    }
+
     /// Applies one entry read back from the log.
     fn replay(&self, ns: &NsState, message: &[u8]) {
         if message.starts_with(&self.own_prefix) {
@@ -468,6 +489,9 @@ pub(crate) async fn run<C: Codec>(inner: Arc<Inner<C>>, mut shutdown: watch::Rec
             () = tokio::time::sleep(wait) => {}
         }
         inner.sample_outage();
+        if let Err(e) = inner.l2.check_server().await {
+            tracing::debug!(node_id = %inner.node_id, error = %e, "could not ask L2 which server answers");
+        }
         if let Err(e) = inner.recover_after_failover().await {
             tracing::warn!(node_id = %inner.node_id, error = %e, "could not invalidate the event-driven namespaces on the server L2 moved to; L2 stays unread");
         }

@@ -295,6 +295,32 @@ fn cut_closes_both_sides_at_once_and_new_connections_still_work() {
     fresh.expect(PONG);
 }
 
+/// `retarget` moves new connections to another server; current ones stay until cut: a
+/// failover behind one address.
+#[test]
+fn retarget_sends_new_connections_to_another_server_and_cut_moves_the_old_ones() {
+    let (first, second) = (RedisServer::start(), RedisServer::start());
+    let proxy = TcpProxy::for_redis(&first);
+    let mut old = Client::connect(&proxy);
+    old.send(&["SET", "where", "first"]);
+    old.expect(b"+OK\r\n");
+
+    let second_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, second.port()));
+    proxy.retarget(second_addr);
+    assert_eq!(proxy.target(), second_addr);
+    old.send(&["GET", "where"]);
+    old.expect(b"$5\r\nfirst\r\n");
+    let mut new = Client::connect(&proxy);
+    new.send(&["GET", "where"]);
+    new.expect(b"$-1\r\n");
+
+    proxy.cut();
+    old.expect_closed();
+    let mut again = Client::connect(&proxy);
+    again.send(&["GET", "where"]);
+    again.expect(b"$-1\r\n");
+}
+
 #[test]
 fn a_target_that_refuses_closes_the_client_connection() {
     // A port that was free a moment ago, with nothing listening on it now.
