@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use amalgam::advanced::PluginObservations;
 use amalgam::events::{LayerEvent, MemoryEvent};
 use amalgam::{CacheEvent, Plugin};
-use anyhow::{bail, Context as _};
+use anyhow::{bail, ensure, Context as _};
 use cache_core::{CacheKey, Event};
 use cache_edge::{EdgeCache, Notification, Observer};
 use edge_cache_bench::{duration, percentiles, ratio, times, verdict};
@@ -153,11 +153,27 @@ struct Flows {
 impl Flows {
     /// Runs one event of `imp` on key `i` and returns how long until it was applied.
     async fn event(&mut self, imp: Imp, i: usize) -> anyhow::Result<Duration> {
-        // Nothing may be pending from an earlier event.
+        // Nothing may be pending from an earlier event: no receipt, and no edge-cache node A
+        // still decoding its own event heard back (work the next flow would pay for).
         while self.raw_rx.try_recv().is_ok() {}
         while self.edge_rx.try_recv().is_ok() {}
         while self.unlogged_rx.try_recv().is_ok() {}
         while self.amalgam_rx.try_recv().is_ok() {}
+        for node in [&self.edge_a, &self.unlogged_a] {
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                let stats = node.stats();
+                if stats.own_events_ignored >= stats.events_published {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "{} did not hear back its own events",
+                    node.node_id()
+                );
+                tokio::task::yield_now().await;
+            }
+        }
         let started = Instant::now();
         let applied = match imp {
             Imp::Raw | Imp::RawDel => {
