@@ -16,7 +16,9 @@ use serde_json::json;
 use test_support::history::History;
 use test_support::{eventually, RedisServer, TcpProxy};
 
-use crate::redis_sentinel::{read_loop, signal, write_loop, BOUND};
+use crate::redis_sentinel::{
+    acknowledge_writes_the_replica_misses, fault_scale, signal, spawn_readers, spawn_writers, BOUND,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -90,32 +92,10 @@ async fn failover_behind_one_address(bus_elsewhere: bool) {
     for key in &cold {
         write_once(&nodes[0], key, 1, &history, origin).await;
     }
-    let mut writers = Vec::new();
-    for (i, key) in hot.iter().enumerate() {
-        writers.push(tokio::spawn(write_loop(
-            nodes[i % 3].clone(),
-            key.clone(),
-            history.clone(),
-            origin,
-            Arc::clone(&stop_writers),
-        )));
-    }
+    let writers = spawn_writers(&nodes, &hot, &history, origin, &stop_writers);
     let keys: Vec<String> = hot.iter().chain(&cold).cloned().collect();
-    let mut readers = Vec::new();
-    for node in &nodes {
-        readers.push(tokio::spawn(read_loop(
-            node.clone(),
-            keys.clone(),
-            history.clone(),
-            origin,
-            Arc::clone(&stop),
-        )));
-    }
-    let scale = std::env::var("EDGE_CACHE_FAULT_SCALE")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
+    let readers = spawn_readers(&nodes, &keys, &history, origin, &stop);
+    let scale = fault_scale();
     eventually(
         "the fleet has written a while",
         DEADLINE * scale as u32,
@@ -124,21 +104,9 @@ async fn failover_behind_one_address(bus_elsewhere: bool) {
     .await;
 
     // The loss: the replica frozen and its link cut, writes the primary alone acknowledges.
-    signal(replica.pid(), "STOP");
-    let mut primary_admin = admin(&primary).await;
-    let cut: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query_async(&mut primary_admin)
-        .await
-        .unwrap();
-    assert_eq!(cut, 1, "the replica's link was cut");
     let acks_before_loss = history.check(BOUND).acks;
-    eventually("writes only the primary has", DEADLINE, || async {
-        history.check(BOUND).acks >= acks_before_loss + 60 * scale
-    })
-    .await;
+    acknowledge_writes_the_replica_misses(replica.pid(), primary.port(), &history, 60 * scale)
+        .await;
     stop_writers.store(true, SeqCst);
     for writer in writers {
         writer.await.unwrap();

@@ -274,6 +274,87 @@ pub(crate) async fn read_loop(
     reads
 }
 
+/// `EDGE_CACHE_FAULT_SCALE` (`cargo xtask chaos --faults SCALE`): how many times longer each
+/// workload runs than in `cargo xtask test`.
+pub(crate) fn fault_scale() -> usize {
+    std::env::var("EDGE_CACHE_FAULT_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// A [`write_loop`] for each of `keys`, on the nodes in turn.
+pub(crate) fn spawn_writers(
+    nodes: &[EdgeCache],
+    keys: &[String],
+    history: &History,
+    origin: Instant,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| {
+            tokio::spawn(write_loop(
+                nodes[i % nodes.len()].clone(),
+                key.clone(),
+                history.clone(),
+                origin,
+                Arc::clone(stop),
+            ))
+        })
+        .collect()
+}
+
+/// A [`read_loop`] of all `keys` on each node.
+pub(crate) fn spawn_readers(
+    nodes: &[EdgeCache],
+    keys: &[String],
+    history: &History,
+    origin: Instant,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    nodes
+        .iter()
+        .map(|node| {
+            tokio::spawn(read_loop(
+                node.clone(),
+                keys.to_vec(),
+                history.clone(),
+                origin,
+                Arc::clone(stop),
+            ))
+        })
+        .collect()
+}
+
+/// Freezes the replica (`SIGSTOP` of `replica_pid`, resumed by the caller) and cuts its link on
+/// the primary at `primary_port`, then waits until the primary alone has acknowledged `writes`
+/// more writes: what a failover to that replica loses.
+pub(crate) async fn acknowledge_writes_the_replica_misses(
+    replica_pid: u32,
+    primary_port: u16,
+    history: &History,
+    writes: usize,
+) {
+    signal(replica_pid, "STOP");
+    let primary = redis::Client::open(format!("redis://127.0.0.1:{primary_port}/")).unwrap();
+    let mut admin = primary.get_multiplexed_async_connection().await.unwrap();
+    let cut: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(cut, 1, "the replica's link was cut");
+    let acks_before_loss = history.check(BOUND).acks;
+    eventually("writes only the primary has", DEADLINE, || async {
+        history.check(BOUND).acks >= acks_before_loss + writes
+    })
+    .await;
+}
+
 /// Writers and readers on three nodes through `kill -9` of the primary, after the primary
 /// alone acknowledged writes the replica never got: every read is judged by the history checker
 /// against the bound. The promoted replica holds older values of those keys; each node
@@ -291,31 +372,9 @@ async fn no_read_is_stale_past_the_bound_across_a_failover() {
     let origin = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let keys: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
-    let mut writers = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
-        writers.push(tokio::spawn(write_loop(
-            nodes[i % 3].clone(),
-            key.clone(),
-            history.clone(),
-            origin,
-            Arc::clone(&stop),
-        )));
-    }
-    let mut readers = Vec::new();
-    for node in &nodes {
-        readers.push(tokio::spawn(read_loop(
-            node.clone(),
-            keys.clone(),
-            history.clone(),
-            origin,
-            Arc::clone(&stop),
-        )));
-    }
-    let scale = std::env::var("EDGE_CACHE_FAULT_SCALE")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
+    let writers = spawn_writers(&nodes, &keys, &history, origin, &stop);
+    let readers = spawn_readers(&nodes, &keys, &history, origin, &stop);
+    let scale = fault_scale();
     eventually(
         "the fleet has written a while",
         DEADLINE * scale as u32,
@@ -326,22 +385,12 @@ async fn no_read_is_stale_past_the_bound_across_a_failover() {
     // acknowledged by the primary alone, then kill the primary and let the replica, which
     // never got those writes, be promoted.
     let replica_pid = topology.pids()[1];
-    signal(replica_pid, "STOP");
-    let primary =
-        redis::Client::open(format!("redis://127.0.0.1:{}/", topology.primary_port())).unwrap();
-    let mut admin = primary.get_multiplexed_async_connection().await.unwrap();
-    let cut: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    assert_eq!(cut, 1, "the replica's link was cut");
-    let acks_before_loss = history.check(BOUND).acks;
-    eventually("writes only the primary has", DEADLINE, || async {
-        history.check(BOUND).acks >= acks_before_loss + 60 * scale
-    })
+    acknowledge_writes_the_replica_misses(
+        replica_pid,
+        topology.primary_port(),
+        &history,
+        60 * scale,
+    )
     .await;
     topology.kill_primary();
     signal(replica_pid, "CONT");
