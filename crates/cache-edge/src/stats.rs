@@ -335,9 +335,7 @@ counters! {
     /// Namespace L1 drops because the log was trimmed past what the node missed (or so many
     /// events arrived out of order that the node could not keep track).
     drops_trimmed,
-    /// Namespace L1 drops because the log started a new epoch (L2 restarted empty, evicted), or
-    /// because another server answers for L2 (a failover, a restart), whose log is followed
-    /// from its head.
+    /// Namespace L1 drops because the log started a new epoch (L2 restarted empty, evicted).
     drops_new_epoch,
     /// Namespace L1 drops because the log went back (a failover lost its last entries).
     drops_regressed,

@@ -4,11 +4,16 @@
 //! older than a value the fleet was told about. Until this node has invalidated its
 //! event-driven namespaces there (announced and logged like any invalidation, so every node
 //! drops its L1 and forgets the generations it remembered), it reads nothing from L2: calls
-//! are skipped as if the breaker were open. The liveness task does the invalidation, then
-//! follows every log from its head on the new server (whose next numbers may repeat ones this
-//! node applied: taken for duplicates, they would be ignored); catch-ups do not vouch for L1
-//! before it. A move is a Sentinel switch, or another server found behind the same address
-//! ([`cache_core::L2Store::check_server`], asked at every liveness check).
+//! are skipped as if the breaker were open. The liveness task does the invalidation; catch-ups
+//! do not vouch for L1 before it. A move is a Sentinel switch, or another server found behind
+//! the same address ([`cache_core::L2Store::check_server`], asked at every liveness check).
+//!
+//! The new server's logs may end below what this node applied, so it numbers its next changes
+//! with numbers the node took already: those arriving before the invalidation are taken for
+//! duplicates and ignored, which the invalidation covers (it drops L1, and makes what they
+//! replaced in L2 unreachable); the catch-up that follows it in the same liveness round sees a
+//! head below what the node saw and follows that log from there (`drops_regressed`), or a head
+//! already past it, whose numbers above the node's are new changes it applies as they come.
 
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -58,9 +63,6 @@ impl<C: Codec> Inner<C> {
         let mut event = self.new_event(EventType::ManualInvalidation, "failover".to_owned(), data);
         event.affected_namespaces = namespaces;
         self.invalidate_namespaces_and_issue(&event).await?;
-        // The new server numbers its next changes from where its copy of each log ends, which
-        // may be below what this node applied: follow each log from its head there.
-        self.rebase_logs().await?;
         self.server_seen.store(epoch, SeqCst);
         self.counters.failovers_recovered.add(1);
         tracing::warn!(node_id = %self.node_id, "L2 moved to another server: event-driven namespaces invalidated there; reading it again");

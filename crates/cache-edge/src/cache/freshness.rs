@@ -401,27 +401,6 @@ impl<C: Codec> Inner<C> {
         cursor.restart(epoch, head);
     }
 
-    /// Follows every sequenced namespace's log from its head as L2 has it now, dropping its L1
-    /// (after L2 moved to a server that may have lost the end of the logs: the numbers it gives
-    /// out next may repeat ones this node applied, and would be taken for duplicates).
-    ///
-    /// # Errors
-    /// The first log that cannot be read; the namespaces before it were rebased.
-    pub(super) async fn rebase_logs(&self) -> Result<()> {
-        for ns in &self.namespaces {
-            let Some(fresh) = self.fresh(ns) else {
-                continue;
-            };
-            let read = self
-                .l2
-                .read_log(&ns.config.key_namespace, u64::MAX >> 11, 1)
-                .await
-                .map_err(|e| self.l2_failed("read_log", e))?;
-            self.restart_namespace(ns, fresh, read.epoch, read.head, "new_server");
-        }
-        Ok(())
-    }
-
     /// Applies one entry read back from the log.
     fn replay(&self, ns: &NsState, message: &[u8]) {
         if message.starts_with(&self.own_prefix) {
@@ -494,6 +473,16 @@ pub(crate) async fn run<C: Codec>(inner: Arc<Inner<C>>, mut shutdown: watch::Rec
         }
         if let Err(e) = inner.recover_after_failover().await {
             tracing::warn!(node_id = %inner.node_id, error = %e, "could not invalidate the event-driven namespaces on the server L2 moved to; L2 stays unread");
+            // No catch-up (it refuses while L2 moved) and no wake-up before the retry: every
+            // skipped L2 call wakes this task, and an unreachable server would otherwise be
+            // asked again at once, without end.
+            inner.counters.log_check_failures.add(1);
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep(liveness / 10) => {}
+            }
+            continue;
         }
         // A resubscribe after this read is not covered by this catch-up.
         let resubscribes = inner.freshness.resubscribes.load(SeqCst);
