@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_memory::{MemoryBus, MemoryL2};
+use cache_memory::{MemoryBus, MemoryL2, Replica};
 
 use super::links::NodeLink;
 use super::rng::Rng;
@@ -37,6 +37,11 @@ pub(crate) enum Action {
     EndSubscriptions,
     /// L2 restarts empty: data, generations, fences and logs lost; new epochs.
     RestartL2,
+    /// L2's replica stops receiving changes (its link breaks)...
+    Replicate,
+    /// ...and is promoted: every change since is lost, the logs' next numbers repeat ones given
+    /// out, and L2's server epoch moves (a failover under asynchronous replication).
+    FailOver,
     /// L2 is unreachable for everyone.
     L2Down(bool),
     /// A namespace's log keeps only its newest entries.
@@ -62,6 +67,8 @@ impl fmt::Display for Action {
             Action::FailPublishes(on) => write!(f, "bus: fail publishes = {on}"),
             Action::EndSubscriptions => write!(f, "bus: end every subscription"),
             Action::RestartL2 => write!(f, "L2: restart empty"),
+            Action::Replicate => write!(f, "L2: the replica's link breaks"),
+            Action::FailOver => write!(f, "L2: fail over to the replica"),
             Action::L2Down(on) => write!(f, "L2: unavailable = {on}"),
             Action::TrimLog(ns, keep) => write!(f, "L2: trim {ns}'s log to {keep} entries"),
             Action::Deaf(n, on) => write!(f, "node-{n}: deaf subscription = {on}"),
@@ -109,7 +116,11 @@ impl Plan {
                     let (on, off) = (Action::Deaf(node, true), Action::Deaf(node, false));
                     plan.window("deaf", at, d, on, off);
                 }
-                53..=58 => {
+                53..=55 => {
+                    let d = rng.millis(5..=600);
+                    plan.window("failover", at, d, Action::Replicate, Action::FailOver);
+                }
+                56..=58 => {
                     plan.once("l2_restart", at, Action::RestartL2);
                     if rng.chance(40) {
                         // A crash loop: it restarts again soon after.
@@ -215,6 +226,8 @@ pub(crate) struct Targets {
     pub(crate) bus: Arc<MemoryBus>,
     pub(crate) l2: Arc<MemoryL2>,
     pub(crate) links: Vec<Arc<NodeLink>>,
+    /// The copy a [`Action::FailOver`] promotes, from the last [`Action::Replicate`].
+    pub(crate) replica: std::sync::Mutex<Option<Replica>>,
 }
 
 impl Targets {
@@ -230,12 +243,24 @@ impl Targets {
             Action::FailPublishes(on) => self.bus.fail_publishes(on),
             Action::EndSubscriptions => self.bus.end_subscriptions(),
             Action::RestartL2 => self.l2.restart_empty(),
+            Action::Replicate => *self.replica() = Some(self.l2.replica()),
+            Action::FailOver => {
+                if let Some(replica) = self.replica().take() {
+                    self.l2.fail_over_to(replica);
+                }
+            }
             Action::L2Down(on) => self.l2.set_unavailable(on),
             Action::TrimLog(ns, keep) => self.l2.trim_log(ns, keep),
             Action::Deaf(n, on) => self.links[n].deaf.store(on, SeqCst),
             Action::Cut(n, on) => self.links[n].cut.store(on, SeqCst),
             Action::LoseReplies(n, k) => self.links[n].lose_replies(k),
         }
+    }
+
+    fn replica(&self) -> std::sync::MutexGuard<'_, Option<Replica>> {
+        self.replica
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Ends every fault: held publishes delivered, subscribers reconnected, L2 and every link

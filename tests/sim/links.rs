@@ -220,6 +220,16 @@ impl L2Store for NodeL2 {
         !self.unsequenced && self.store.sequenced()
     }
 
+    fn server_epoch(&self) -> u64 {
+        self.store.server_epoch()
+    }
+
+    async fn check_server(&self) -> Result<()> {
+        self.link.send().await?;
+        let out = self.store.check_server().await;
+        self.link.reply(out).await
+    }
+
     async fn read_log(&self, key_namespace: &str, after: u64, limit: usize) -> Result<LogRead> {
         self.link.send().await?;
         let out = self.store.read_log(key_namespace, after, limit).await;

@@ -10,8 +10,9 @@
 //! keep re-reading the keys with `get` and `get_or_load` (whose loader reads the source, then is
 //! sometimes slow), and every read is recorded. Faults are drawn from the seed: publishes lost,
 //! duplicated, delayed and reordered; subscriptions lost, deaf (messages vanish, the connection
-//! looks up) or ended for good; L2 restarting empty (sometimes in a crash loop), unreachable, its
-//! logs trimmed, its publishes failing; a node cut off from L2 or from everything, its replies
+//! looks up) or ended for good; L2 restarting empty (sometimes in a crash loop), failing over to
+//! a replica that stopped receiving changes a moment before, unreachable, its logs trimmed, its
+//! publishes failing; a node cut off from L2 or from everything, its replies
 //! lost or slow. In half the runs every writer goes quiet for longer than the bound once, so a
 //! change a node missed is not covered up by the next one.
 //!
@@ -864,6 +865,7 @@ async fn simulate(config: SimConfig) -> Outcome {
         bus: Arc::clone(&bus),
         l2: Arc::clone(&l2),
         links: links.clone(),
+        replica: std::sync::Mutex::new(None),
     });
     let ends_subscriptions = params.plan.ends_subscriptions();
     let faults = params.plan.kinds.clone();

@@ -67,6 +67,7 @@ fn fresh_epoch() -> u64 {
 }
 
 /// One namespace's event log: the events announced with its changes, by sequence number.
+#[derive(Clone)]
 struct Log {
     epoch: u64,
     /// The last sequence number given out in `epoch`.
@@ -109,6 +110,7 @@ impl Log {
 }
 
 /// One stored entry.
+#[derive(Clone)]
 struct Stored {
     bytes: Vec<u8>,
     expires_at: Timestamp,
@@ -136,7 +138,7 @@ impl Weighter<String, Stored> for StoredWeighter {
 }
 
 /// Per key-namespace bookkeeping.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Namespace {
     /// Bumped by `invalidate_namespace`; entries from older generations are absent.
     generation: u64,
@@ -411,6 +413,18 @@ pub struct MemoryL2 {
     log_capacity: usize,
     /// Fill leases, by key.
     leases: crate::lease::Leases,
+    /// Failovers to a [`Replica`] so far: [`L2Store::server_epoch`].
+    failovers: AtomicU64,
+}
+
+/// What a replica of a [`MemoryL2`] holds: a copy of every entry, generation, fence, tag index
+/// and event log as of [`MemoryL2::replica`], as a replica that stopped receiving changes then
+/// would. [`MemoryL2::fail_over_to`] makes the store that replica.
+pub struct Replica {
+    entries: Vec<(String, Stored)>,
+    namespaces: HashMap<String, Namespace>,
+    tag_records: usize,
+    prune_floor: usize,
 }
 
 impl MemoryL2 {
@@ -436,6 +450,7 @@ impl MemoryL2 {
             bus: None,
             log_capacity: DEFAULT_LOG_CAPACITY,
             leases: crate::lease::Leases::default(),
+            failovers: AtomicU64::new(0),
         }
     }
 
@@ -497,6 +512,40 @@ impl MemoryL2 {
     pub fn log_capacity(mut self, entries: usize) -> Self {
         self.log_capacity = entries;
         self
+    }
+
+    /// A copy of what the store holds now: a replica whose link breaks at this moment (see
+    /// [`MemoryL2::fail_over_to`]).
+    pub fn replica(&self) -> Replica {
+        let state = self.lock();
+        Replica {
+            entries: state
+                .entries
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            namespaces: state.namespaces.clone(),
+            tag_records: state.tag_records,
+            prune_floor: state.prune_floor,
+        }
+    }
+
+    /// Fails over to `replica`, as a promoted replica whose link broke when the copy was taken:
+    /// every change made since is lost (entries, generations, fences, tag indexes and the end
+    /// of each event log, whose next numbers then repeat ones already given out), and
+    /// [`L2Store::server_epoch`] moves, as `RedisL2`'s does when it follows a new primary.
+    /// Write numbers ([`L2Entry::version`]) keep counting up, and the configuration is kept.
+    pub fn fail_over_to(&self, replica: Replica) {
+        let mut state = self.lock();
+        state.entries.clear();
+        for (key, stored) in replica.entries {
+            state.entries.insert(key, stored);
+        }
+        state.namespaces = replica.namespaces;
+        state.tag_records = replica.tag_records;
+        state.prune_floor = replica.prune_floor;
+        drop(state);
+        self.failovers.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Loses everything, as a Redis restarted without persistence does: every entry, and every
@@ -770,6 +819,10 @@ impl L2Store for MemoryL2 {
 
     fn announce_route(&self) -> Option<String> {
         self.bus.as_ref().map(|bus| bus.route_id())
+    }
+
+    fn server_epoch(&self) -> u64 {
+        self.failovers.load(Ordering::SeqCst)
     }
 
     fn sequenced(&self) -> bool {

@@ -53,4 +53,4 @@ pub use clock::{ManualClock, SystemClock, EXPIRY_SLACK};
 pub use l1::{
     MemoryL1, MemoryL1Factory, ENTRY_OVERHEAD_BYTES, NEW_TAG_OVERHEAD_BYTES, TAG_OVERHEAD_BYTES,
 };
-pub use l2::{MemoryL2, DEFAULT_LOG_CAPACITY, L2_ENTRY_OVERHEAD_BYTES};
+pub use l2::{MemoryL2, Replica, DEFAULT_LOG_CAPACITY, L2_ENTRY_OVERHEAD_BYTES};

@@ -673,3 +673,39 @@ async fn a_failed_publish_keeps_the_change_and_its_log_entry_and_reports_a_bus_e
 fn unused_log(read: &LogRead) -> bool {
     read.epoch != NO_EPOCH && read.head == 0 && read.first == 1 && read.entries.is_empty()
 }
+
+/// `fail_over_to` a replica taken earlier: what changed since is lost (the entry, the
+/// generation bump, the end of the log, whose next number repeats one given out), the epoch is
+/// the same, and `server_epoch` moves so a node can tell.
+#[tokio::test]
+async fn a_failover_to_a_lagging_replica_loses_what_changed_since_and_moves_the_server_epoch() {
+    let (l2, _bus) = sequenced();
+    let (kept, lost) = (key("gpu_avail", 1), key("gpu_avail", 2));
+    l2.set(announced_write(&kept, b"kept", "e1")).await.unwrap();
+    assert_eq!(l2.server_epoch(), 0);
+    let before = log(&l2, "gpu_avail").await;
+    let replica = l2.replica();
+
+    l2.set(announced_write(&lost, b"lost", "e2")).await.unwrap();
+    l2.set(announced_write(&kept, b"kept, then changed", "e3"))
+        .await
+        .unwrap();
+    l2.invalidate_namespace("gpu_avail").await.unwrap();
+    assert_eq!(log(&l2, "gpu_avail").await.head, before.head + 2);
+
+    l2.fail_over_to(replica);
+    assert_eq!(l2.server_epoch(), 1, "a node sees the store moved");
+    assert_eq!(read(&l2, &kept).await.as_deref(), Some(&b"kept"[..]));
+    assert!(read(&l2, &lost).await.is_none());
+    let after = log(&l2, "gpu_avail").await;
+    assert_eq!((after.epoch, after.head), (before.epoch, before.head));
+    l2.set(announced_write(&lost, b"again", "e4"))
+        .await
+        .unwrap();
+    let again = log(&l2, "gpu_avail").await;
+    assert_eq!(
+        (again.head, event_id(&again.entries.last().unwrap().1)),
+        (before.head + 1, "e4".to_owned()),
+        "the next change takes a number already given out, to another event"
+    );
+}
