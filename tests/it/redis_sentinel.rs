@@ -410,7 +410,30 @@ async fn no_read_is_stale_past_the_bound_across_a_failover() {
         || async { history.check(BOUND).acks >= acks_at_recovery + 200 * scale },
     )
     .await;
-    // Past the bound, every read must have caught up with every write acknowledged before it.
+    conclude_failover(
+        &format!("sentinel failover under load (new primary named {promoted_in:?} after kill -9)"),
+        nodes,
+        &history,
+        origin,
+        &stop,
+        writers,
+        readers,
+    )
+    .await;
+}
+
+/// Past the bound (every read must then have caught up with every write acknowledged before
+/// it), stops the workload, prints what the history checker found under `what`, and asserts
+/// it: no violation, and some reads exposed. Then shuts the nodes down.
+pub(crate) async fn conclude_failover(
+    what: &str,
+    nodes: Vec<EdgeCache>,
+    history: &History,
+    origin: Instant,
+    stop: &AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<u64>>,
+    readers: Vec<tokio::task::JoinHandle<u64>>,
+) {
     let settle = origin.elapsed() + BOUND;
     eventually("the bound passes", DEADLINE, || async {
         origin.elapsed() > settle
@@ -430,9 +453,8 @@ async fn no_read_is_stale_past_the_bound_across_a_failover() {
         .map(|n| n.stats().failovers_recovered)
         .collect();
     println!(
-        "sentinel failover under load: {reads} reads, {} acks, exposed {}, stale {}, violations \
-         {}, worst staleness {:?} (bound {BOUND:?}); new primary named {promoted_in:?} after \
-         kill -9; recoveries per node {recovered:?}",
+        "{what}: {reads} reads, {} acks, exposed {}, stale {}, violations {}, worst staleness \
+         {:?} (bound {BOUND:?}); recoveries per node {recovered:?}",
         report.acks,
         report.exposed,
         report.stale,

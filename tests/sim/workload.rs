@@ -229,12 +229,7 @@ impl Writer<'_> {
             world.turns.unpark(op);
             world.trace(|| self.outcome("invalidate_keys", &result));
             if result.is_ok() {
-                world.history.ack_many(
-                    acked
-                        .iter()
-                        .map(|&(key, version)| (world.keys[key].label.as_str(), version)),
-                    world.now(),
-                );
+                world.ack_versions(&acked);
                 return;
             }
             if !self.again(attempt, rng).await {
@@ -312,12 +307,7 @@ impl Writer<'_> {
             world.turns.unpark(op);
             world.trace(|| self.outcome("namespace change", &result));
             if result.is_ok() {
-                world.history.ack_many(
-                    acked
-                        .iter()
-                        .map(|&(key, version)| (world.keys[key].label.as_str(), version)),
-                    world.now(),
-                );
+                world.ack_versions(&acked);
                 return;
             }
             if !self.again(attempt, rng).await {

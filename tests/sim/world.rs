@@ -88,6 +88,16 @@ impl World {
         }
     }
 
+    /// Records, now, the acknowledgement of each `(key index, version)` of one call.
+    pub(crate) fn ack_versions(&self, acked: &[(usize, u64)]) {
+        self.history.ack_many(
+            acked
+                .iter()
+                .map(|&(key, version)| (self.keys[key].label.as_str(), version)),
+            self.now(),
+        );
+    }
+
     /// True simulated time since the run began.
     pub(crate) fn now(&self) -> Duration {
         since(self.origin)
